@@ -1,0 +1,259 @@
+"""The one place that runs a BERT-family forward pass.
+
+:class:`CoreEncoder` owns the layer loop over Hugging Face's own modules (embeddings, the Linear and
+LayerNorm modules of each layer, the classification head). A :class:`~nimblebert.core.plan.Plan`
+decides which layers run and at which width; hooks called after each layer may remove finished rows
+from the batch (early exit) or drop tokens (token reduction), and the loop really runs on the smaller
+tensors afterwards. With the full Plan and no hooks, the outputs equal the plain transformers model's
+(guarded by ``tests/core/test_golden.py``).
+
+The layer math is written out here rather than calling ``BertLayer.forward`` because the methods need
+what that call hides: sliced widths (DynaBERT), pre-softmax scores (TinyBERT), shorter batches
+(FastBERT, TR-BERT). It is also fewer Python-level operations per layer, which is what batch-1 latency
+on a CPU is made of.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .families import Family, LayerParts, classify, embed, family_of, layer_parts
+from .plan import FULL, Plan
+from .tokens import gather_tokens, keep_index
+
+
+@dataclass
+class Step:
+    """One layer step as it ran: which original rows, with how many real tokens, at which width."""
+
+    layer: int
+    rows: torch.Tensor  # (b,) original row ids that ran this layer
+    lengths: torch.Tensor  # (b,) real tokens each of those rows had entering the layer
+    heads: int
+    ffn: int
+
+
+@dataclass
+class EncoderOutput:
+    logits: torch.Tensor  # (B, C), in the original row order
+    layers_run: torch.Tensor  # (B,) number of layers each sample ran
+    steps: list[Step]
+    hidden_states: list[torch.Tensor] | None = None  # [embeddings, layer 1, ...] — only without row removal
+    scores: list[torch.Tensor] | None = None  # pre-softmax scores + additive mask, (B, h, T, T) per layer
+    extras: dict = field(default_factory=dict)  # whatever hooks want to hand back (per-layer logits, ...)
+
+
+class LoopState:
+    """The live batch inside the layer loop, handed to hooks after every layer.
+
+    Hooks may call :meth:`finish` (rows leave with their logits) and :meth:`keep_tokens` (tokens
+    leave); the loop continues on what remains.
+    """
+
+    def __init__(self, hidden: torch.Tensor, mask: torch.Tensor, num_labels: int) -> None:
+        batch = hidden.size(0)
+        self.hidden = hidden  # (b, t, d) the live rows' hidden states
+        self.mask = mask  # (b, t) 1 = real token
+        self.rows = torch.arange(batch, device=hidden.device)  # (b,) original row id of each live row
+        self.lengths = mask.sum(dim=1)  # (b,)
+        self.logits = hidden.new_zeros(batch, num_labels)  # (B, C) output buffer
+        self.layers_run = torch.zeros(batch, dtype=torch.long, device=hidden.device)
+        self.step = 0  # number of layers run so far by the live rows
+        self.layer = -1  # model index of the last layer run
+        self.extras: dict = {}
+        self.removed = False  # whether any row has left (then outputs go through the row buffer)
+        self._bias: torch.Tensor | None = None
+        self._bias_valid = False
+
+    @property
+    def attn_bias(self) -> torch.Tensor | None:
+        """Additive attention mask (b, 1, 1, t), or None when no row has padding (the fast path)."""
+        if not self._bias_valid:
+            if bool(self.mask.all()):
+                self._bias = None
+            else:
+                neg = torch.finfo(self.hidden.dtype).min
+                self._bias = (1.0 - self.mask[:, None, None, :].to(self.hidden.dtype)) * neg
+            self._bias_valid = True
+        return self._bias
+
+    def finish(self, done: torch.Tensor, logits: torch.Tensor) -> None:
+        """Rows with ``done`` (b,) True leave the batch with ``logits`` (b, C) as their answer."""
+        if not bool(done.any()):
+            return
+        self.logits[self.rows[done]] = logits[done].to(self.logits.dtype)
+        self.layers_run[self.rows[done]] = self.step
+        live = ~done
+        self.removed = True
+        self.hidden, self.mask = self.hidden[live], self.mask[live]
+        self.rows, self.lengths = self.rows[live], self.lengths[live]
+        self._bias_valid = False
+
+    def keep_tokens(self, keep: torch.Tensor) -> None:
+        """Keep the tokens where ``keep`` (b, t) is True ([CLS] always kept); the rest leave."""
+        index, new_mask = keep_index(keep, self.mask)
+        self.hidden = gather_tokens(self.hidden, index)
+        self.mask = new_mask
+        self.lengths = new_mask.sum(dim=1)
+        self._bias_valid = False
+
+    @property
+    def empty(self) -> bool:
+        return self.rows.numel() == 0
+
+
+Hook = Callable[[LoopState], None]
+
+
+class CoreEncoder(nn.Module):
+    """Runs a Hugging Face ``*ForSequenceClassification`` model under a Plan.
+
+    Args:
+        model: e.g. ``BertForSequenceClassification``; its modules are used, not copied.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.family: Family = family_of(model)
+        cfg = model.config
+        self.num_layers: int = cfg.num_hidden_layers
+        self.num_heads: int = cfg.num_attention_heads
+        self.head_dim: int = cfg.hidden_size // cfg.num_attention_heads
+        self.ffn_size: int = cfg.intermediate_size
+        self.num_labels: int = cfg.num_labels
+        self.train(model.training)  # follow the wrapped model's mode (dropout on or off)
+
+    @property
+    def parts(self) -> list[LayerParts]:
+        # Looked up on each call (cheap) so that modules replaced by rewiring or slicing are seen.
+        return layer_parts(self.model, self.family)
+
+    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return embed(self.model, self.family, input_ids, token_type_ids)
+
+    def classify(self, sequence_output: torch.Tensor) -> torch.Tensor:
+        return classify(self.model, self.family, sequence_output)
+
+    def layer(
+        self,
+        p: LayerParts,
+        x: torch.Tensor,
+        bias: torch.Tensor | None,
+        heads: int | None = None,
+        ffn: int | None = None,
+        need_scores: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One post-LayerNorm Transformer layer (Vaswani et al. 2017; BERT's layer) on ``x`` (b, t, d).
+
+        ``heads`` / ``ffn`` keep only the first heads / FFN neurons as smaller matrix products.
+        Returns the layer output and, when ``need_scores``, the pre-softmax scores QKᵀ/√d_h + mask
+        (b, h, t, t) that TinyBERT distils.
+        """
+        b, t, _ = x.shape
+        h = self.num_heads if heads is None else heads
+        f = self.ffn_size if ffn is None else ffn
+        n = h * self.head_dim
+        training = self.model.training
+
+        if h == self.num_heads:
+            q, k, v = p.query(x), p.key(x), p.value(x)  # (b, t, n) each
+        else:
+            q = F.linear(x, p.query.weight[:n], p.query.bias[:n])
+            k = F.linear(x, p.key.weight[:n], p.key.bias[:n])
+            v = F.linear(x, p.value.weight[:n], p.value.bias[:n])
+        q = q.view(b, t, h, self.head_dim).transpose(1, 2)  # (b, h, t, dh)
+        k = k.view(b, t, h, self.head_dim).transpose(1, 2)
+        v = v.view(b, t, h, self.head_dim).transpose(1, 2)
+
+        scores = None
+        if need_scores:
+            scores = torch.matmul(q, k.transpose(-1, -2)) * self.head_dim**-0.5  # (b, h, t, t)
+            if bias is not None:
+                scores = scores + bias
+            probs = F.dropout(torch.softmax(scores, dim=-1), p.attn_dropout_p, training)
+            ctx = torch.matmul(probs, v)  # (b, h, t, dh)
+        else:
+            ctx = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=bias, dropout_p=p.attn_dropout_p if training else 0.0
+            )
+        ctx = ctx.transpose(1, 2).reshape(b, t, n)  # (b, t, n)
+
+        if h == self.num_heads:
+            a = p.attn_out(ctx)
+        else:
+            a = F.linear(ctx, p.attn_out.weight[:, :n], p.attn_out.bias)
+        a = p.attn_norm(F.dropout(a, p.dropout_p, training) + x)  # (b, t, d)
+
+        if f == self.ffn_size:
+            y = p.ffn_out(p.ffn_act(p.ffn_in(a)))
+        else:
+            y = F.linear(p.ffn_act(F.linear(a, p.ffn_in.weight[:f], p.ffn_in.bias[:f])), p.ffn_out.weight[:, :f],
+                         p.ffn_out.bias)
+        return p.ffn_norm(F.dropout(y, p.dropout_p, training) + a), scores
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        plan: Plan = FULL,
+        hooks: Sequence[Hook] = (),
+        output_hidden_states: bool = False,
+        output_scores: bool = False,
+        classify: bool = True,
+    ) -> EncoderOutput:
+        """Run the encoder under ``plan``; hooks run after every layer, in order.
+
+        Rows still live after the last layer get their logits from the model's own head (unless
+        ``classify`` is False: then the logits are zeros and the last hidden state is in
+        ``extras["last_hidden"]``).
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        hidden = self.embed(input_ids, token_type_ids)  # (B, T, d)
+        state = LoopState(hidden, attention_mask, self.num_labels)
+        hiddens = [hidden] if output_hidden_states else None
+        scores_out: list[torch.Tensor] | None = [] if output_scores else None
+        steps: list[Step] = []
+        parts = self.parts
+
+        for i in plan.layer_indices(self.num_layers):
+            heads = plan.heads_at(i, self.num_heads)
+            ffn = plan.ffn_at(i, self.ffn_size)
+            steps.append(Step(i, state.rows, state.lengths, heads, ffn))
+            state.hidden, scores = self.layer(parts[i], state.hidden, state.attn_bias, heads, ffn, output_scores)
+            state.step += 1
+            state.layer = i
+            if hiddens is not None:
+                hiddens.append(state.hidden)
+            if scores_out is not None:
+                scores_out.append(scores)
+            for hook in hooks:
+                hook(state)
+            if state.empty:
+                break
+
+        logits = state.logits
+        if not state.empty:
+            state.layers_run[state.rows] = state.step
+            state.extras["head_rows"] = state.rows
+            if not classify:
+                state.extras["last_hidden"] = state.hidden
+            elif state.removed:
+                logits[state.rows] = self.classify(state.hidden).to(logits.dtype)
+            else:  # the common full-batch case: no scatter needed
+                logits = self.classify(state.hidden)
+        return EncoderOutput(
+            logits=logits,
+            layers_run=state.layers_run,
+            steps=steps,
+            hidden_states=hiddens,
+            scores=scores_out,
+            extras=state.extras,
+        )

@@ -1,0 +1,61 @@
+"""Plan: what the core encoder runs.
+
+A Plan is static per call: which layers run, and how many heads / FFN neurons each layer keeps
+(the *first* ones, so importance rewiring must put the important ones first — DynaBERT, Hou et al.
+2020, §3.1). Per-sample decisions (early exit, token dropping) are not in the Plan: they are made by
+hooks while the layer loop runs (see :mod:`nimblebert.core.encoder`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which parts of the encoder run.
+
+    Attributes:
+        layers: indices of the layers to run, in order. ``None`` runs every layer.
+        heads: heads kept per *model* layer (indexed by the layer's own index). ``None`` keeps all.
+        ffn: FFN neurons kept per model layer. ``None`` keeps all.
+    """
+
+    layers: tuple[int, ...] | None = None
+    heads: tuple[int, ...] | None = None
+    ffn: tuple[int, ...] | None = None
+
+    def layer_indices(self, num_layers: int) -> tuple[int, ...]:
+        """The layers that run, validated against the model's depth."""
+        if self.layers is None:
+            return tuple(range(num_layers))
+        for i in self.layers:
+            if not 0 <= i < num_layers:
+                raise UserError(f"plan names layer {i}, but the model has {num_layers} layers (0..{num_layers - 1})")
+        return self.layers
+
+    def heads_at(self, layer: int, total: int) -> int:
+        return total if self.heads is None else self.heads[layer]
+
+    def ffn_at(self, layer: int, total: int) -> int:
+        return total if self.ffn is None else self.ffn[layer]
+
+    def is_full(self, num_layers: int) -> bool:
+        return self.layers in (None, tuple(range(num_layers))) and self.heads is None and self.ffn is None
+
+
+FULL = Plan()
+
+
+def depth_layers(num_layers: int, depth_mult: float) -> tuple[int, ...]:
+    """Layers kept at depth multiplier ``m_d`` as in DynaBERT's official code.
+
+    Keeps ``floor(i / m_d)`` for ``i = 0 .. round(L·m_d) − 1`` (0-based): at ``m_d = 0.5`` on 12 layers
+    that is {0, 2, 4, 6, 8, 10}; on 6 layers {0, 2, 4}.
+    """
+    if not 0 < depth_mult <= 1:
+        raise UserError(f"depth {depth_mult} is out of range: use a value in (0, 1]")
+    kept = max(1, round(num_layers * depth_mult))
+    return tuple(min(int(i / depth_mult), num_layers - 1) for i in range(kept))
