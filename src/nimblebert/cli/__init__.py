@@ -1,0 +1,1 @@
+"""The ``nimblebert`` command: one file per subcommand."""

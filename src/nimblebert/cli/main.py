@@ -1,0 +1,44 @@
+"""``nimblebert`` / ``python -m nimblebert``: dispatch to one file per subcommand.
+
+Bad input (:class:`~nimblebert.errors.UserError`) ends with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from ..errors import UserError
+from . import bench, data, evaluate, predict, train
+from .common import Parser
+
+COMMANDS = {"data": data, "train": train, "evaluate": evaluate, "predict": predict, "bench": bench}
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="nimblebert", description="Fast, small BERT encoders with a speed knob.")
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"nimblebert {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for name, module in COMMANDS.items():
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except UserError as e:
+        sys.stderr.write(f"nimblebert: error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("nimblebert: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,72 @@
+"""``nimblebert train METHOD``: the shared training flags plus each method's own options."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..methods import get_method, list_methods
+from ..train.stages import TrainOptions
+from .common import add_config_flags, add_data_flags, config_from_args, positive
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model with one of the methods")
+    msub = p.add_subparsers(dest="method", required=True, parser_class=type(p))
+    for name in list_methods():
+        method = get_method(name)
+        m = msub.add_parser(name, help=method.help, description=method.help)
+        g = m.add_argument_group("model")
+        g.add_argument("--model", help="base model: built-in alias (minilm-l6), a model folder or a hub id")
+        g.add_argument("--teacher", help="fine-tuned teacher folder (distillation methods)")
+        g.add_argument("--out", required=True, help="output model folder")
+        add_data_flags(m)
+        t = m.add_argument_group("training (the same for every method)")
+        t.add_argument("--epochs", type=positive(float, "--epochs"), default=3.0)
+        t.add_argument("--max-steps", type=positive(int, "--max-steps"), default=None,
+                       help="optimizer steps per stage; overrides --epochs")
+        t.add_argument("--batch-size", type=positive(int, "--batch-size"), default=32)
+        t.add_argument("--lr", type=positive(float, "--lr"), default=5e-5)
+        t.add_argument("--seed", type=int, default=42)
+        t.add_argument("--eval-every", type=positive(int, "--eval-every"), default=None,
+                       help="steps between validation runs (default: once per epoch)")
+        t.add_argument("--save-every", type=positive(int, "--save-every"), default=100,
+                       help="steps between resume checkpoints")
+        t.add_argument("--resume", action="store_true", help="continue a killed run in --out")
+        t.add_argument("--overwrite", action="store_true", help="replace a finished model in --out")
+        t.add_argument("--no-progress", action="store_true", help="no progress bar")
+        add_config_flags(m, method.config_cls)
+        m.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data import encode, load_task
+    from ..model import from_base
+    from ..train.loop import check_output_folder, train
+
+    method = get_method(args.method)
+    config = config_from_args(method.config_cls, args)
+    opts = TrainOptions(
+        out=args.out, model=args.model, teacher=args.teacher, epochs=args.epochs, max_steps=args.max_steps,
+        batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, seed=args.seed,
+        eval_every=args.eval_every, save_every=args.save_every, resume=args.resume, overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    check_output_folder(opts)
+    base = args.model or args.teacher
+    if base is None:
+        from ..errors import UserError
+
+        raise UserError(f"train {args.method} needs --model (e.g. --model minilm-l6 or a fine-tuned folder)")
+    task = load_task(args.data, text_column=args.text_column, text_pair_column=args.text_pair_column,
+                     label_column=args.label_column)
+    model = from_base(base, task.label_names, method.name, config)
+    train_enc = encode(task.train, model.tokenizer, args.max_length, task.has_pair)
+    val_enc = encode(task.validation, model.tokenizer, args.max_length, task.has_pair)
+    stages = method.stages(model, opts)
+    summary = train(model, stages, train_enc, val_enc, opts)
+    sys.stderr.write(f"saved {method.name} model to {args.out} ({summary['train_seconds']} s)\n")
+    print(json.dumps({"out": args.out, "method": method.name, "train_seconds": summary["train_seconds"],
+                      "validation": summary["stages"]}))
+    return 0

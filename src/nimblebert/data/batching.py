@@ -1,0 +1,192 @@
+"""Tokenization, padding and batching: from a :class:`TaskData` split to model-ready tensors.
+
+Batches are padded only to their own longest row (dynamic padding): on CPU, padding is paid for in
+full by every layer, and our benchmarks bucket rows by length to waste even less.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import datasets
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from nimblebert.errors import UserError
+
+# Columns that :func:`encode` writes and :class:`Collator` turns into tensors.
+MODEL_COLUMNS = ("input_ids", "token_type_ids", "attention_mask", "labels")
+
+
+def encode(ds: datasets.Dataset, tokenizer: Any, max_length: int, has_pair: bool) -> datasets.Dataset:
+    """Tokenize ``text`` (and ``text_pair``) without padding; over-long texts are truncated.
+
+    Returns a dataset with ``input_ids``, ``token_type_ids`` (zeros when the tokenizer has none, as
+    for RoBERTa), ``attention_mask`` and, when ``ds`` has a ``label`` column, ``labels``.
+    """
+    # Below this, a tokenizer leaves some text with no token at all, or (for pairs) silently
+    # skips truncation altogether; neither is what the user asked for.
+    minimum = tokenizer.num_special_tokens_to_add(pair=has_pair) + (2 if has_pair else 1)
+    if max_length < minimum:
+        raise UserError(f"--max-length {max_length} is too small for this tokenizer; use at least {minimum}")
+    if has_pair and "text_pair" not in ds.column_names:
+        raise ValueError("encode(has_pair=True) needs a 'text_pair' column")
+
+    def tokenize(batch: dict[str, list]) -> dict[str, list]:
+        pairs = batch["text_pair"] if has_pair else None
+        enc = tokenizer(batch["text"], pairs, truncation=True, max_length=max_length)
+        ids = enc["input_ids"]
+        out = {
+            "input_ids": ids,
+            "token_type_ids": enc.get("token_type_ids") or [[0] * len(row) for row in ids],
+            "attention_mask": enc.get("attention_mask") or [[1] * len(row) for row in ids],
+        }
+        if "label" in batch:
+            out["labels"] = batch["label"]
+        return out
+
+    return ds.map(tokenize, batched=True, remove_columns=ds.column_names, desc="Tokenizing")
+
+
+class Collator:
+    """Pad a list of encoded rows to the longest one; return a dict of tensors.
+
+    Returns ``input_ids`` (padded with the tokenizer's pad id), ``attention_mask`` (1 = real token),
+    ``token_type_ids`` (padded with 0), and ``labels`` / ``index`` when the rows carry them.
+    Padding is always on the right, as BERT-family models were trained.
+    """
+
+    def __init__(self, tokenizer: Any = None, pad_token_id: int | None = None):
+        if pad_token_id is None:
+            pad_token_id = getattr(tokenizer, "pad_token_id", None)
+        if pad_token_id is None:
+            raise UserError(
+                "the tokenizer has no padding token; use a model whose tokenizer defines pad_token"
+            )
+        self.pad_token_id = int(pad_token_id)
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(row["input_ids"]) for row in rows)
+
+        def padded(key: str, fill: int) -> torch.Tensor:
+            return torch.tensor(
+                [list(row[key]) + [fill] * (width - len(row[key])) for row in rows], dtype=torch.long
+            )
+
+        batch = {
+            "input_ids": padded("input_ids", self.pad_token_id),
+            "attention_mask": torch.tensor(
+                [[1] * len(row["input_ids"]) + [0] * (width - len(row["input_ids"])) for row in rows],
+                dtype=torch.long,
+            ),
+        }
+        if "token_type_ids" in rows[0]:
+            batch["token_type_ids"] = padded("token_type_ids", 0)
+        else:
+            batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
+        label_key = next((k for k in ("labels", "label") if k in rows[0]), None)
+        if label_key is not None:
+            batch["labels"] = torch.tensor([row[label_key] for row in rows], dtype=torch.long)
+        if "index" in rows[0]:
+            batch["index"] = torch.tensor([row["index"] for row in rows], dtype=torch.long)
+        return batch
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Yields batches of row indices; the order depends only on ``seed`` and the epoch.
+
+    - ``shuffle``: rows are permuted with ``torch.Generator().manual_seed(seed + epoch)``.
+    - ``lengths`` given (bucketing): rows are sorted longest first and cut into batches, so each
+      batch holds rows of similar length; with ``shuffle`` the order of the batches is permuted.
+
+    Each pass over the sampler uses the next epoch (0, 1, 2, ...); ``set_epoch(e)`` makes the next
+    pass use epoch ``e``, which is how a resumed run gets the same order as the uninterrupted one.
+    Accelerate's prepared loaders call ``set_epoch`` themselves.
+    """
+
+    def __init__(
+        self,
+        num_rows: int,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int = 0,
+        lengths: list[int] | None = None,
+    ):
+        if batch_size < 1:
+            raise UserError(f"--batch-size {batch_size} must be at least 1")
+        self.num_rows = num_rows
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.lengths = lengths
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.num_rows / self.batch_size)
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        """The batches of ``epoch``, without advancing the sampler."""
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        if self.lengths is None:
+            order = (
+                torch.randperm(self.num_rows, generator=generator).tolist()
+                if self.shuffle
+                else range(self.num_rows)
+            )
+            order = list(order)
+        else:
+            # Ties broken by index so the order is fully determined.
+            order = sorted(range(self.num_rows), key=lambda i: (-self.lengths[i], i))
+        batches = [order[i : i + self.batch_size] for i in range(0, self.num_rows, self.batch_size)]
+        if self.lengths is not None and self.shuffle:
+            batches = [batches[j] for j in torch.randperm(len(batches), generator=generator).tolist()]
+        return batches
+
+    def __iter__(self):
+        epoch = self.epoch
+        self.epoch += 1
+        yield from self.batches(epoch)
+
+
+class _IndexedRows(torch.utils.data.Dataset):
+    """An encoded dataset whose rows also carry their position (``index``)."""
+
+    def __init__(self, encoded: datasets.Dataset):
+        keep = [c for c in MODEL_COLUMNS if c in encoded.column_names]
+        self.rows = encoded.select_columns(keep).with_format(None)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {**self.rows[int(i)], "index": int(i)}
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        # One Arrow read per batch instead of one per row (DataLoader calls this when it exists).
+        columns = self.rows[list(indices)]
+        return [{**{k: v[j] for k, v in columns.items()}, "index": int(i)} for j, i in enumerate(indices)]
+
+
+def make_loader(
+    encoded: datasets.Dataset,
+    tokenizer: Any,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    bucket_by_length: bool = False,
+) -> DataLoader:
+    """A DataLoader of padded batches from a dataset made by :func:`encode`.
+
+    Every batch has an ``index`` tensor: the rows' positions in ``encoded``, so outputs can be put
+    back in the original order even when ``shuffle`` or ``bucket_by_length`` reorder them. The order
+    is reproducible: see :class:`EpochBatchSampler` (``loader.batch_sampler.set_epoch(epoch)``).
+    """
+    lengths = [len(ids) for ids in encoded["input_ids"]] if bucket_by_length else None
+    sampler = EpochBatchSampler(len(encoded), batch_size, shuffle=shuffle, seed=seed, lengths=lengths)
+    return DataLoader(_IndexedRows(encoded), batch_sampler=sampler, collate_fn=Collator(tokenizer))

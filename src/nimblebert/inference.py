@@ -1,0 +1,78 @@
+"""Batched inference over a loader, and the metrics every command reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from .core.flops import sample_flops
+from .model import NimbleModel
+
+
+@dataclass
+class Predictions:
+    """Per-example results in the data's original order."""
+
+    logits: torch.Tensor  # (N, C)
+    labels: torch.Tensor | None  # (N,)
+    layers: torch.Tensor  # (N,) layers run
+    flops: torch.Tensor  # (N,) FLOPs of what ran
+    tokens: torch.Tensor | None = None  # (N,) tokens kept after the last token cut (token reduction)
+
+    @property
+    def predicted(self) -> torch.Tensor:
+        return self.logits.argmax(dim=-1)
+
+
+def move(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+@torch.inference_mode()
+def predict_loader(model: NimbleModel, loader: DataLoader, **knobs: Any) -> Predictions:
+    """Run ``model.infer`` over every batch; batches carry ``index`` so outputs return to input order."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    parts: dict[str, list[torch.Tensor]] = {"logits": [], "labels": [], "layers": [], "flops": [], "index": []}
+    for batch in loader:
+        batch = move(batch, device)
+        out = model.infer(batch, **knobs)
+        parts["logits"].append(out.logits.float().cpu())
+        parts["layers"].append(out.layers_run.cpu())
+        parts["flops"].append(sample_flops(model.encoder, out))
+        parts["index"].append(batch["index"].cpu())
+        if "labels" in batch:
+            parts["labels"].append(batch["labels"].cpu())
+    model.train(was_training)
+    order = torch.argsort(torch.cat(parts["index"]))
+    cat = {k: torch.cat(v)[order] if v else None for k, v in parts.items()}
+    return Predictions(cat["logits"], cat["labels"], cat["layers"], cat["flops"])
+
+
+def macro_f1(pred: torch.Tensor, gold: torch.Tensor, num_labels: int) -> float:
+    """Unweighted mean of per-class F1 over the classes (a class absent from both counts as 0)."""
+    f1s = []
+    for c in range(num_labels):
+        tp = int(((pred == c) & (gold == c)).sum())
+        fp = int(((pred == c) & (gold != c)).sum())
+        fn = int(((pred != c) & (gold == c)).sum())
+        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return sum(f1s) / num_labels
+
+
+def metrics(p: Predictions, num_labels: int) -> dict[str, float]:
+    """accuracy, macro_f1, examples, mean_layers, flops_per_sample (the ``evaluate --json`` contract)."""
+    out: dict[str, float] = {
+        "examples": int(p.logits.size(0)),
+        "mean_layers": float(p.layers.float().mean()),
+        "flops_per_sample": float(p.flops.mean()),
+    }
+    if p.labels is not None:
+        pred = p.predicted
+        out["accuracy"] = float((pred == p.labels).float().mean())
+        out["macro_f1"] = macro_f1(pred, p.labels, num_labels)
+    return out

@@ -1,0 +1,3 @@
+"""Imports every built-in method so that its ``register_method`` call runs. One line per method."""
+
+from . import finetune  # noqa: F401

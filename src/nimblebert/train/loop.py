@@ -1,0 +1,248 @@
+"""The one training loop: a list of stages on Hugging Face Accelerate.
+
+For each stage: AdamW with linear warm-up/decay (or constant), gradient clipping, evaluation every N
+steps keeping the best checkpoint, a tqdm bar, a JSONL log, and resume checkpoints written atomically
+so that a killed run continues with ``--resume`` to the same weights as an uninterrupted one.
+
+Several processes (``torchrun --nproc_per_node 2`` on CPU with gloo, ``accelerate launch`` on GPUs):
+every rank builds the same seeded batch order and takes every world-size-th batch; DDP averages the
+gradients, so all ranks hold equal weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..data import make_loader
+from ..errors import UserError
+from ..inference import metrics, move, predict_loader
+from ..io import load_tensors, save_tensors, write_json
+from ..model import FINISHED_MARKER, NimbleModel
+from .stages import Stage, TrainOptions
+
+CHECKPOINT_DIR = "checkpoint"
+LOG_FILE = "train_log.jsonl"
+
+
+class StopTraining(Exception):
+    """Raised by ``stop_after`` (tests): behaves like a kill right after a checkpoint step."""
+
+
+def set_epoch(loader: DataLoader, epoch: int) -> None:
+    """Reseed the loader's shuffling for ``epoch`` (the batch order depends only on seed and epoch)."""
+    for obj in (loader, getattr(loader, "batch_sampler", None), getattr(loader, "sampler", None)):
+        if obj is not None and hasattr(obj, "set_epoch"):
+            obj.set_epoch(epoch)
+            return
+
+
+def check_output_folder(opts: TrainOptions) -> Path:
+    """Refuse to overwrite a finished model unless asked; refuse --resume with nothing to resume."""
+    out = Path(opts.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder path")
+    finished = (out / FINISHED_MARKER).exists()
+    if opts.resume:
+        if not (out / CHECKPOINT_DIR / "state.json").exists():
+            if finished:
+                raise UserError(f"{out} already holds a finished model; nothing to resume")
+            raise UserError(f"nothing to resume in {out} (no {CHECKPOINT_DIR}/); run without --resume")
+    elif finished and not opts.overwrite:
+        raise UserError(f"{out} already holds a finished model; pass --overwrite or choose another --out")
+    elif (out / CHECKPOINT_DIR).exists() and not opts.overwrite:
+        raise UserError(f"{out} holds an unfinished run; continue it with --resume or pass --overwrite")
+    return out
+
+
+def _param_groups(model: NimbleModel, stage: Stage) -> list[dict[str, Any]]:
+    """Trainable parameters for the stage; no weight decay on biases and LayerNorm weights (BERT)."""
+    chosen = list(stage.trainable(model)) if stage.trainable else list(model.parameters())
+    ids = {id(p) for p in chosen}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in ids)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if id(p) in ids:
+            (no_decay if name.endswith("bias") or "LayerNorm" in name or "norm" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": stage.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _schedule(stage: Stage, total: int):
+    warm = int(stage.warmup * total)
+
+    def factor(step: int) -> float:
+        if stage.schedule == "constant":
+            return 1.0
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total - step) / max(1, total - warm))
+
+    return factor
+
+
+def evaluate(model: NimbleModel, loader: DataLoader, knobs: dict[str, Any]) -> dict[str, float]:
+    return metrics(predict_loader(model, loader, **knobs), model.num_labels)
+
+
+class _Log:
+    def __init__(self, path: Path, main: bool) -> None:
+        self.path, self.main = path, main
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.main:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def train(
+    model: NimbleModel,
+    stages: list[Stage],
+    train_data: Any,
+    validation_data: Any,
+    opts: TrainOptions,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Run ``stages`` in order and save the final model to ``opts.out``.
+
+    Args:
+        train_data / validation_data: encoded datasets (see :func:`nimblebert.data.encode`).
+        stop_after: tests only — stop (as if killed) after this many optimizer steps in total.
+
+    Returns: a summary with the best validation metrics of each stage and the training time.
+    """
+    accelerator = Accelerator()
+    rank, world = accelerator.process_index, accelerator.num_processes
+    main = accelerator.is_main_process
+    out = Path(opts.out)
+    ckpt = out / CHECKPOINT_DIR
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        if not opts.resume:
+            shutil.rmtree(ckpt, ignore_errors=True)
+            (out / LOG_FILE).unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+    log = _Log(out / LOG_FILE, main)
+    torch.manual_seed(opts.seed)
+    random.seed(opts.seed)
+
+    state: dict[str, Any] = {"stage": 0, "step": 0, "global_step": 0, "best": None, "summary": {}, "elapsed": 0.0}
+    if opts.resume:
+        state = json.loads((ckpt / "state.json").read_text())
+        model.load_state_dict(load_tensors(ckpt / "model.safetensors"))
+        log.write({"event": "resume", "stage": state["stage"], "step": state["step"]})
+    model.to(accelerator.device)
+    val_loader = make_loader(validation_data, model.tokenizer, opts.eval_batch_size, shuffle=False,
+                             bucket_by_length=True)
+    start = time.time() - state["elapsed"]
+
+    for si, stage in enumerate(stages):
+        if si < state["stage"]:
+            continue
+        data = stage.train_data if stage.train_data is not None else train_data
+        loader = make_loader(data, model.tokenizer, opts.batch_size, shuffle=True, seed=opts.seed + 1000 * si)
+        per_epoch = max(1, len(loader) // world)
+        total = stage.max_steps or max(1, math.ceil(stage.epochs * per_epoch))
+        optimizer = torch.optim.AdamW(_param_groups(model, stage), lr=stage.lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(stage, total))
+        step, best = 0, None
+        if opts.resume and si == state["stage"] and state["step"] > 0:
+            extra = torch.load(ckpt / "optimizer.pt", weights_only=True)
+            optimizer.load_state_dict(extra["optimizer"])
+            scheduler.load_state_dict(extra["scheduler"])
+            torch.set_rng_state(extra["torch_rng"])
+            random.setstate(extra["python_rng"])
+            step, best = state["step"], state["best"]
+        wrapped = accelerator.prepare_model(model)  # DDP on several processes, the model itself on one
+        eval_every = opts.eval_every or per_epoch
+
+        def save_checkpoint() -> None:
+            if main:
+                save_tensors(ckpt / "model.safetensors", model.state_dict())
+                blob = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
+                tmp = ckpt / "optimizer.pt.tmp"
+                torch.save(blob, tmp)
+                tmp.replace(ckpt / "optimizer.pt")
+                write_json(ckpt / "state.json", {**state, "stage": si, "step": step, "best": best,
+                                                  "elapsed": time.time() - start})
+            accelerator.wait_for_everyone()
+
+        bar = tqdm(total=total, initial=step, desc=stage.name, disable=not (main and opts.progress), leave=False)
+        wrapped.train()
+        model.objective = stage.objective
+        while step < total:
+            epoch, skip = divmod(step, per_epoch)
+            set_epoch(loader, epoch)
+            for bi, batch in enumerate(loader):
+                if bi // world >= per_epoch or step >= total:
+                    break
+                if bi % world != rank or bi // world < skip:
+                    continue
+                parts = wrapped(move(batch, accelerator.device))
+                accelerator.backward(parts["loss"])
+                if opts.grad_clip:
+                    accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], opts.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                state["global_step"] += 1
+                bar.update(1)
+                if step % opts.log_every == 0 or step == total:
+                    log.write({"stage": stage.name, "step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
+                               **{k: float(v.detach()) for k, v in parts.items()}})
+                if step % eval_every == 0 or step == total:
+                    scores = evaluate(model, val_loader, stage.eval_knobs)
+                    wrapped.train()
+                    value = scores.get(stage.metric, 0.0)
+                    log.write({"stage": stage.name, "step": step, "event": "eval", **scores})
+                    if stage.select == "best" and (best is None or value > best):
+                        best = value
+                        if main:
+                            save_tensors(ckpt / f"best-{si}.safetensors", model.state_dict())
+                        state["summary"][stage.name] = scores
+                    elif stage.select == "last":
+                        state["summary"][stage.name] = scores
+                if step % opts.save_every == 0 or step == total:
+                    save_checkpoint()
+                if stop_after is not None and state["global_step"] >= stop_after:
+                    bar.close()
+                    if step % opts.save_every != 0 and step != total:
+                        save_checkpoint()
+                    raise StopTraining(f"stopped after {stop_after} steps")
+        bar.close()
+        accelerator.wait_for_everyone()
+        if stage.select == "best" and (ckpt / f"best-{si}.safetensors").exists():
+            model.load_state_dict(load_tensors(ckpt / f"best-{si}.safetensors", accelerator.device))
+        model.objective = None
+        state.update(stage=si + 1, step=0, best=None)
+        step = 0
+        if main:
+            save_tensors(ckpt / "model.safetensors", model.state_dict())
+            write_json(ckpt / "state.json", {**state, "elapsed": time.time() - start})
+        accelerator.wait_for_everyone()
+
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.eval()
+    summary = {"stages": state["summary"], "train_seconds": round(time.time() - start, 1),
+               "options": asdict(opts), "processes": world}
+    if main:
+        model.save(out)
+        write_json(out / "train_summary.json", summary)
+        shutil.rmtree(ckpt, ignore_errors=True)
+        log.write({"event": "done", **{k: v for k, v in summary.items() if k != "options"}})
+    accelerator.wait_for_everyone()
+    return summary
