@@ -258,7 +258,7 @@ def test_error_jsonl_bad_line_and_missing_label(tmp_path: Path) -> None:
     (folder / "train.jsonl").write_text('{"text": "good", "label": "pos"}\n\n{"text": "bad", \n')
     assert "train.jsonl line 3 is not valid JSON" in _error(str(folder))
     (folder / "train.jsonl").write_text('{"text": "good", "label": "pos"}\n{"text": "bad"}\n')
-    assert "train.jsonl line 2: missing or invalid label None" in _error(str(folder))
+    assert "train.jsonl line 2 has no label; give every example a label" in _error(str(folder))
 
 
 def test_error_label_unseen_in_train(tmp_path: Path) -> None:
@@ -294,6 +294,29 @@ def test_hub_dataset_dict_conversion() -> None:
     assert (len(task.train), len(task.validation)) == (18, 2)  # 10% held out, one per class
     assert sorted(task.validation["label"]) == [0, 1]
     assert set(task.train["text"]).isdisjoint(task.validation["text"])
+
+
+def test_hub_unreachable_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    import nimblebert.data.task as task_module
+
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    # Both the probe and the real loader fail, so nothing here can reach the network.
+    monkeypatch.setattr(task_module.socket, "create_connection", no_network)
+    monkeypatch.setattr(task_module.datasets, "load_dataset", no_network)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    message = _error("someone/some-data")
+    assert "'someone/some-data'" in message and "not a built-in" in message
+
+
+def test_parquet_int_labels_and_missing_label_cell(tmp_path: Path) -> None:
+    rows = [{"text": "good", "label": 1}, {"text": "bad", "label": 0}]
+    task = load_task(str(make_folder(tmp_path / "d", "parquet", train=rows, validation=rows, test=None)))
+    assert task.label_names == ["0", "1"] and list(task.train["label"]) == [1, 0]
+    folder = make_folder(tmp_path / "e", "csv", validation=[{"text": "good", "label": ""}])
+    assert "validation.csv data row 1 has no label" in _error(str(folder))
 
 
 # ---------------------------------------------------------------------------------------------

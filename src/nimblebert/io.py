@@ -37,4 +37,6 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
 
 
 def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    return load_file(str(path), device=str(device))
+    device = torch.device(device)
+    # safetensors accepts "cpu" but not "cpu:0" (what Accelerate reports under gloo).
+    return load_file(str(path), device="cpu" if device.type == "cpu" else str(device))

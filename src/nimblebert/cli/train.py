@@ -61,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"train {args.method} needs --model (e.g. --model minilm-l6 or a fine-tuned folder)")
     task = load_task(args.data, text_column=args.text_column, text_pair_column=args.text_pair_column,
                      label_column=args.label_column)
+    import torch
+
+    torch.manual_seed(args.seed)  # the new classifier's initialisation is part of the run's seed
     model = from_base(base, task.label_names, method.name, config)
     train_enc = encode(task.train, model.tokenizer, args.max_length, task.has_pair)
     val_enc = encode(task.validation, model.tokenizer, args.max_length, task.has_pair)

@@ -132,16 +132,13 @@ class EpochBatchSampler(Sampler[list[int]]):
     def batches(self, epoch: int) -> list[list[int]]:
         """The batches of ``epoch``, without advancing the sampler."""
         generator = torch.Generator().manual_seed(self.seed + epoch)
-        if self.lengths is None:
-            order = (
-                torch.randperm(self.num_rows, generator=generator).tolist()
-                if self.shuffle
-                else range(self.num_rows)
-            )
-            order = list(order)
-        else:
-            # Ties broken by index so the order is fully determined.
+        if self.lengths is not None:
+            # Longest first (a memory problem shows at once); ties broken by index.
             order = sorted(range(self.num_rows), key=lambda i: (-self.lengths[i], i))
+        elif self.shuffle:
+            order = torch.randperm(self.num_rows, generator=generator).tolist()
+        else:
+            order = list(range(self.num_rows))
         batches = [order[i : i + self.batch_size] for i in range(0, self.num_rows, self.batch_size)]
         if self.lengths is not None and self.shuffle:
             batches = [batches[j] for j in torch.randperm(len(batches), generator=generator).tolist()]

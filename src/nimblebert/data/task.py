@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
+import socket
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,8 +106,8 @@ def load_task(
         raise UserError(f"{spec} is a file; give the folder that holds train.* and validation.* files")
     if _looks_like_path(spec) or not _HUB_ID.fullmatch(spec):
         raise UserError(
-            f"data folder {spec} does not exist; give a folder with train.* and validation.* files, "
-            f"a built-in dataset ({', '.join(builtin_names())}) or a hub dataset id"
+            f"data folder {spec!r} does not exist (nor is it a built-in: {', '.join(builtin_names())}, "
+            f"or a hub dataset id); give a folder holding train.* and validation.* files"
         )
     return _load_hub(spec, columns, label_names, wanted)
 
@@ -159,6 +162,7 @@ def _load_hub(
     spec: str, columns: _Columns, label_names: list[str] | None, wanted: tuple[str, ...]
 ) -> TaskData:
     repo, _, config = spec.partition(":")
+    _check_hub_reachable(spec)
     try:
         loaded = datasets.load_dataset(repo, config or None)
     except Exception as err:  # any hub, network or format failure means the same thing to the user
@@ -168,6 +172,27 @@ def _load_hub(
             f"and as a hub dataset it failed ({reason}); check the name or path (the hub needs a connection)"
         ) from None
     return from_dataset_dict(loaded, spec, columns, label_names, wanted)
+
+
+def _check_hub_reachable(spec: str) -> None:
+    """Fail in seconds, not after half a minute of retries, when the hub cannot be reached.
+
+    Skipped in offline mode (``datasets`` then reads its cache) and behind a proxy (a direct
+    connection says nothing there).
+    """
+    import huggingface_hub.constants as hub
+
+    proxies = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+    if hub.HF_HUB_OFFLINE or any(os.environ.get(v) for v in proxies):
+        return
+    url = urllib.parse.urlsplit(hub.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=5).close()
+    except OSError as err:
+        raise UserError(
+            f"{spec!r} is not a built-in ({', '.join(builtin_names())}) or a folder, and the hub "
+            f"({url.hostname}) cannot be reached ({err}); check the name or path, or go online"
+        ) from None
 
 
 def from_dataset_dict(
@@ -296,20 +321,20 @@ def _texts(table: RawTable, column: str, flag: str) -> list[str]:
 
 
 def _label_key(table: RawTable, i: int, value: Any) -> str:
-    """A label as the string we match on: ints and integral floats as digits, strings stripped."""
+    """A label as the string we match on: ints (and integral floats) as digits, strings stripped."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 1.0 from a float parquet/pandas column means label 1
     if isinstance(value, bool):
-        value = str(value).lower()
-    elif isinstance(value, float) and value.is_integer():
-        value = int(value)  # 1.0 from a parquet/pandas float column means label 1
+        return str(value).lower()
     if isinstance(value, int):
         return str(value)
     if isinstance(value, str) and value.strip():
         return value.strip()
-    if isinstance(value, float) and not math.isnan(value):
-        return str(value)
-    raise UserError(
-        f"{table.source} {table.where(i)}: missing or invalid label {value!r}; give every example a label"
-    )
+    if value is None or isinstance(value, str) or (isinstance(value, float) and math.isnan(value)):
+        problem = "has no label"
+    else:
+        problem = f"has an invalid label {value!r}"
+    raise UserError(f"{table.source} {table.where(i)} {problem}; give every example a label")
 
 
 def _derive_names(labels: list[str]) -> list[str]:

@@ -1,3 +1,4 @@
 """Imports every built-in method so that its ``register_method`` call runs. One line per method."""
 
 from . import finetune  # noqa: F401
+from . import fastbert  # noqa: F401

@@ -122,7 +122,9 @@ def train(
 
     Returns: a summary with the best validation metrics of each stage and the training time.
     """
-    accelerator = Accelerator()
+    # Without a GPU, cpu=True is what makes Accelerate start gloo under torchrun (MULTI_CPU);
+    # with one, Accelerate picks the device (and NCCL under a launcher) itself.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
     out = Path(opts.out)

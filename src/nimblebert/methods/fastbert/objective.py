@@ -1,0 +1,141 @@
+"""FastBERT's two training stages (Liu et al., ACL 2020, "Model training"; official ``run_fastbert.py``).
+
+Stage 1, fine-tuning: the backbone and the teacher classifier learn the task with cross-entropy on the
+gold labels; the student branches are untouched. Skipped when the model is already a fine-tuned
+classifier (its head then *is* the stage-1 teacher).
+
+Stage 2, self-distillation: the backbone and the teacher run under ``no_grad`` (frozen, as the authors
+insist in FastBERT#38), and every student branch learns to match the teacher's distribution:
+
+    loss = Σ_{i=1..L-1} KL(p_T ‖ p_S,i),   p_T = softmax(z_L) (T = 1),   batch-mean reduction,
+
+summed over the students, not averaged. The paper writes D_KL(p_s, p_t); the official code computes
+KL(teacher ‖ student), which we follow. No labels are needed, so unlabelled text can be used. The
+learning rate is 10× stage 1's.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig
+
+from ...errors import UserError
+from ...train.stages import Stage, TrainOptions
+from .config import FastBertConfig
+from .modules import additive_bias
+
+if TYPE_CHECKING:
+    from ...model import NimbleModel
+
+# nimblebert methods whose saved head is a classifier fine-tuned on the task's labels.
+FINETUNED_METHODS = ("finetune", "fastbert")
+
+
+def finetune_objective(model: NimbleModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Stage 1: cross-entropy of the teacher (the model's own head after the last layer) on gold labels."""
+    out = model.encoder(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
+    loss = F.cross_entropy(out.logits.float(), batch["labels"])
+    return {"loss": loss, "ce": loss.detach()}
+
+
+def distill_objective(model: NimbleModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Stage 2: Σ over student branches of KL(p_teacher ‖ p_student), batch-mean, T = 1.
+
+    The teacher is the model's own classification head — the one stage 1 trained (or the fine-tuned
+    model's classifier) — never a fresh module (the BitVoyage/FastBERT#12 bug). As in the official code
+    the backbone keeps its training-mode dropout while it runs under ``no_grad``.
+    """
+    ids = batch["input_ids"]
+    mask = batch.get("attention_mask")
+    if mask is None:
+        mask = torch.ones_like(ids)
+    with torch.no_grad():
+        out = model.encoder(ids, mask, batch.get("token_type_ids"), output_hidden_states=True)
+        teacher = torch.softmax(out.logits.float(), dim=-1)  # (b, C)
+    hiddens = out.hidden_states  # [embeddings, layer 1, ..., layer L], each (b, t, d)
+    assert hiddens is not None
+    bias = additive_bias(mask, hiddens[0].dtype)
+    parts: dict[str, torch.Tensor] = {}
+    total = torch.zeros((), device=ids.device)
+    for i, branch in enumerate(model.extras["branches"]):
+        log_student = F.log_softmax(branch(hiddens[i + 1], mask, bias).float(), dim=-1)
+        kl = F.kl_div(log_student, teacher, reduction="batchmean")
+        total = total + kl
+        parts[f"kl_{i + 1}"] = kl.detach()
+    return {"loss": total, **parts}
+
+
+def config_of(model: NimbleModel) -> FastBertConfig:
+    fields = FastBertConfig.__dataclass_fields__
+    return FastBertConfig(**{k: v for k, v in model.method_config.items() if k in fields})
+
+
+def is_finetuned(spec: str | None) -> bool:
+    """Whether ``spec`` is a model folder written by nimblebert fine-tuning (or FastBERT) training.
+
+    Its labels are those of the data: ``from_base`` refuses a folder trained on other labels.
+    """
+    if not spec:
+        return False
+    from ...model import resolve_model
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model(spec))
+    except (OSError, ValueError, UserError):
+        return False
+    section = getattr(config, "nimblebert", None) or {}
+    return isinstance(section, dict) and section.get("method") in FINETUNED_METHODS
+
+
+def distill_texts(path: str, tokenizer: Any, max_length: int) -> Any:
+    """The encoded texts of a JSONL file (``{"text": ...}`` or a JSON string per line), no labels."""
+    import datasets
+
+    from ...data import encode, read_texts_jsonl
+
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"--distill-data {path} does not exist; give a JSONL file of texts")
+    with file.open(encoding="utf-8") as stream:
+        rows = read_texts_jsonl(stream)
+    if not rows:
+        raise UserError(f"--distill-data {path} holds no texts; give one {{\"text\": ...}} per line")
+    has_pair = any("text_pair" in r for r in rows)
+    ds = datasets.Dataset.from_list(
+        [{"text": r["text"], **({"text_pair": r.get("text_pair", "")} if has_pair else {})} for r in rows])
+    return encode(ds, tokenizer, max_length, has_pair)
+
+
+def stages(model: NimbleModel, opts: TrainOptions) -> list[Stage]:
+    """Stage 1 (unless skipped, see ``--finetune``) then stage 2, with the official recipe: linear
+    warm-up (10%) and decay in both, stage-2 learning rate = ``distill_lr_mult`` × ``--lr``."""
+    cfg = config_of(model)
+    base = opts.model or opts.teacher
+    run_stage1 = cfg.finetune == "yes" or (cfg.finetune == "auto" and not is_finetuned(base))
+    if cfg.finetune == "auto":
+        sys.stderr.write(
+            f"fastbert: {base} is already a fine-tuned classifier: stage 1 skipped, its head is the teacher\n"
+            if not run_stage1 else
+            f"fastbert: stage 1 fine-tunes {base} first (pass --finetune no if it is already fine-tuned)\n")
+    result = []
+    if run_stage1:
+        result.append(Stage(
+            "finetune", finetune_objective, lr=opts.lr, epochs=opts.epochs, max_steps=opts.max_steps,
+            warmup=opts.warmup, weight_decay=opts.weight_decay,
+            trainable=lambda m: m.hf.parameters(),  # backbone + teacher head; the students stay as they are
+            select="best", eval_knobs={"speed": 0.0}))
+    texts = distill_texts(cfg.distill_data, model.tokenizer, opts.max_length) if cfg.distill_data else None
+    result.append(Stage(
+        "distill", distill_objective, lr=opts.lr * cfg.distill_lr_mult,
+        epochs=cfg.distill_epochs or opts.epochs,
+        max_steps=opts.max_steps, warmup=opts.warmup, weight_decay=opts.weight_decay,
+        trainable=lambda m: m.extras["branches"].parameters(),  # only the students learn
+        # The paper has no model selection for stage 2 (FastBERT#26): keep the last weights.
+        select="last", eval_knobs={"speed": cfg.eval_speed},
+        train_data=texts))
+    return result
