@@ -9,7 +9,8 @@ import random
 import datasets
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import WORDS, tiny_model
+from transformers import BertTokenizerFast
 
 import nimblebert
 from nimblebert.cli.main import main
@@ -25,6 +26,16 @@ from nimblebert.train.stages import TrainOptions
 POS = "good great fun best love funny smart beautiful moving".split()
 NEG = "bad awful boring worst hate dull stupid ugly slow".split()
 NEUTRAL = "the a movie film plot actor story is was and it this that script acting ending".split()
+
+
+@pytest.fixture
+def words() -> BertTokenizerFast:
+    """conftest's ``words`` maps every word to [UNK] under transformers 5 (its ``vocab_file``
+    argument is ignored), which makes every toy text identical; this one really knows the words."""
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    assert tokenizer.unk_token_id not in tokenizer("a good movie")["input_ids"]
+    return tokenizer
 
 
 def toy_rows(n: int, seed: int) -> dict[str, list]:
@@ -73,9 +84,9 @@ def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_one_training_step_per_stage_gives_a_finite_loss(tmp_path, tiny_tokenizer) -> None:
-    model = fastbert_model(tiny_tokenizer, finetune="yes")
-    train_enc, val_enc = toy_data(tiny_tokenizer, 32, 16)
+def test_one_training_step_per_stage_gives_a_finite_loss(tmp_path, words) -> None:
+    model = fastbert_model(words, finetune="yes")
+    train_enc, val_enc = toy_data(words, 32, 16)
     opts = options(tmp_path, "run", max_steps=1)
     plan = stages(model, opts)
     assert [s.name for s in plan] == ["finetune", "distill"]
@@ -85,7 +96,7 @@ def test_one_training_step_per_stage_gives_a_finite_loss(tmp_path, tiny_tokenize
     losses = {r["stage"]: r["loss"] for r in log if "loss" in r}
     assert set(losses) == {"finetune", "distill"} and all(math.isfinite(v) for v in losses.values())
     loaded = nimblebert.load(tmp_path / "run")
-    batch = first_batch(val_enc, tiny_tokenizer, 4)
+    batch = first_batch(val_enc, words, 4)
     with torch.no_grad():
         for speed in (0.0, 0.5, 1.0):
             a, b = model.eval().infer(batch, speed=speed), loaded.infer(batch, speed=speed)
@@ -93,10 +104,10 @@ def test_one_training_step_per_stage_gives_a_finite_loss(tmp_path, tiny_tokenize
             assert torch.equal(a.layers_run, b.layers_run)
 
 
-def test_two_stages_train_the_teacher_then_distil_it_into_confident_students(tmp_path, tiny_tokenizer):
+def test_two_stages_train_the_teacher_then_distil_it_into_confident_students(tmp_path, words):
     torch.manual_seed(0)
-    model = fastbert_model(tiny_tokenizer, finetune="yes")
-    train_enc, val_enc = toy_data(tiny_tokenizer)
+    model = fastbert_model(words, finetune="yes")
+    train_enc, val_enc = toy_data(words)
     opts = options(tmp_path, "s1", max_steps=80, lr=2e-3)
     finetune, distill = stages(model, opts)
 
@@ -115,7 +126,7 @@ def test_two_stages_train_the_teacher_then_distil_it_into_confident_students(tmp
     # "uncertainty ≈ 1 everywhere, speed does nothing" symptom of distilling a fresh head is absent),
     # and exiting early costs little accuracy.
     model.eval()
-    batch = first_batch(val_enc, tiny_tokenizer, 48)
+    batch = first_batch(val_enc, words, 48)
     labels = batch.pop("labels")
     with torch.no_grad():
         out = model.encoder(batch["input_ids"], batch["attention_mask"], output_hidden_states=True)
@@ -129,11 +140,11 @@ def test_two_stages_train_the_teacher_then_distil_it_into_confident_students(tmp
     assert float((fast.logits.argmax(-1) == labels).float().mean()) >= 0.8
 
 
-def test_stage1_is_skipped_for_a_finetuned_folder(tmp_path, tiny_tokenizer) -> None:
-    teacher = NimbleModel(tiny_model(layers=3), tiny_tokenizer, "finetune", {}, ["neg", "pos"])
+def test_stage1_is_skipped_for_a_finetuned_folder(tmp_path, words) -> None:
+    teacher = NimbleModel(tiny_model(layers=3), words, "finetune", {}, ["neg", "pos"])
     teacher.save(tmp_path / "teacher")
     tiny_model(layers=3).save_pretrained(tmp_path / "plain")  # a transformers folder: no nimblebert section
-    tiny_tokenizer.save_pretrained(tmp_path / "plain")
+    words.save_pretrained(tmp_path / "plain")
 
     def names(spec: str, **cfg) -> list[str]:
         model = nimblebert.model.from_base(spec, ["neg", "pos"], "fastbert", cfg)
@@ -148,29 +159,29 @@ def test_stage1_is_skipped_for_a_finetuned_folder(tmp_path, tiny_tokenizer) -> N
     assert same(snapshot(model.hf.classifier), snapshot(teacher.hf.classifier))
 
 
-def test_stage2_can_distil_on_unlabelled_text(tmp_path, tiny_tokenizer) -> None:
+def test_stage2_can_distil_on_unlabelled_text(tmp_path, words) -> None:
     texts = tmp_path / "texts.jsonl"
     texts.write_text("".join(json.dumps(t) + "\n" for t in toy_rows(20, 7)["text"]))
-    model = fastbert_model(tiny_tokenizer, finetune="no", distill_data=str(texts))
+    model = fastbert_model(words, finetune="no", distill_data=str(texts))
     (distill,) = stages(model, options(tmp_path, "u"))
     assert len(distill.train_data) == 20 and "labels" not in distill.train_data.column_names
-    train_enc, val_enc = toy_data(tiny_tokenizer, 32, 16)
+    train_enc, val_enc = toy_data(words, 32, 16)
     before = snapshot(model.extras)
     train(model, [distill], train_enc, val_enc, options(tmp_path, "u"))
     assert not same(before, snapshot(model.extras))
     with pytest.raises(nimblebert.errors.UserError, match="does not exist"):
-        stages(fastbert_model(tiny_tokenizer, distill_data=str(tmp_path / "missing.jsonl")),
+        stages(fastbert_model(words, distill_data=str(tmp_path / "missing.jsonl")),
                options(tmp_path, "m"))
 
 
-def test_cli_train_evaluate_predict_bench(tmp_path, tiny_tokenizer, capsys) -> None:
+def test_cli_train_evaluate_predict_bench(tmp_path, words, capsys) -> None:
     data = tmp_path / "data"
     data.mkdir()
     for split, (n, seed) in {"train": (48, 0), "validation": (16, 1), "test": (16, 2)}.items():
         rows = toy_rows(n, seed)
         datasets.Dataset.from_dict({"text": rows["text"], "label": [("neg", "pos")[y] for y in rows["label"]]}
                                    ).to_csv(str(data / f"{split}.csv"), index=False)
-    teacher = NimbleModel(tiny_model(layers=3), tiny_tokenizer, "finetune", {}, ["neg", "pos"])
+    teacher = NimbleModel(tiny_model(layers=3), words, "finetune", {}, ["neg", "pos"])
     teacher.save(tmp_path / "teacher")
     out = tmp_path / "fast"
     common = ["--data", str(data), "--max-length", "24"]

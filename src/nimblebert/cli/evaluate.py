@@ -43,7 +43,13 @@ def run(args: argparse.Namespace) -> int:
               "eval_samples_per_s": round(len(encoded) / seconds, 2)}
     if args.latency:
         from ..bench.latency import environment
-        from ..bench.measure import add_speedups, hf_contender, measure_latency, nimble_contender, transformers_baselines
+        from ..bench.measure import (
+            add_speedups,
+            hf_contender,
+            measure_latency,
+            nimble_contender,
+            transformers_baselines,
+        )
 
         contenders = {"nimblebert": nimble_contender(model, knobs)}
         if model.source:

@@ -22,7 +22,7 @@ def build_parser() -> Parser:
 
     parser.add_argument("--version", action="version", version=f"nimblebert {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for name, module in COMMANDS.items():
+    for module in COMMANDS.values():
         module.register(sub)
     return parser
 

@@ -67,20 +67,20 @@ class LoopState:
         self.layer = -1  # model index of the last layer run
         self.extras: dict = {}
         self.removed = False  # whether any row has left (then outputs go through the row buffer)
-        self._bias: torch.Tensor | None = None
-        self._bias_valid = False
+        self._mask4d: torch.Tensor | None = None
+        self._mask4d_valid = False
 
     @property
-    def attn_bias(self) -> torch.Tensor | None:
-        """Additive attention mask (b, 1, 1, t), or None when no row has padding (the fast path)."""
-        if not self._bias_valid:
-            if bool(self.mask.all()):
-                self._bias = None
-            else:
-                neg = torch.finfo(self.hidden.dtype).min
-                self._bias = (1.0 - self.mask[:, None, None, :].to(self.hidden.dtype)) * neg
-            self._bias_valid = True
-        return self._bias
+    def attn_mask(self) -> torch.Tensor | None:
+        """Boolean attention mask (b, 1, 1, t), True = may attend; None when no row has padding.
+
+        Boolean rather than additive: it is what transformers hands to SDPA, and CPU SDPA is faster
+        with it. The explicit-scores path turns it into the additive −inf-like mask itself.
+        """
+        if not self._mask4d_valid:
+            self._mask4d = None if bool(self.mask.all()) else self.mask[:, None, None, :].bool()
+            self._mask4d_valid = True
+        return self._mask4d
 
     def finish(self, done: torch.Tensor, logits: torch.Tensor) -> None:
         """Rows with ``done`` (b,) True leave the batch with ``logits`` (b, C) as their answer."""
@@ -92,7 +92,7 @@ class LoopState:
         self.removed = True
         self.hidden, self.mask = self.hidden[live], self.mask[live]
         self.rows, self.lengths = self.rows[live], self.lengths[live]
-        self._bias_valid = False
+        self._mask4d_valid = False
 
     def keep_tokens(self, keep: torch.Tensor) -> None:
         """Keep the tokens where ``keep`` (b, t) is True ([CLS] always kept); the rest leave."""
@@ -100,7 +100,7 @@ class LoopState:
         self.hidden = gather_tokens(self.hidden, index)
         self.mask = new_mask
         self.lengths = new_mask.sum(dim=1)
-        self._bias_valid = False
+        self._mask4d_valid = False
 
     @property
     def empty(self) -> bool:
@@ -144,7 +144,7 @@ class CoreEncoder(nn.Module):
         self,
         p: LayerParts,
         x: torch.Tensor,
-        bias: torch.Tensor | None,
+        mask4d: torch.Tensor | None,
         heads: int | None = None,
         ffn: int | None = None,
         need_scores: bool = False,
@@ -174,13 +174,13 @@ class CoreEncoder(nn.Module):
         scores = None
         if need_scores:
             scores = torch.matmul(q, k.transpose(-1, -2)) * self.head_dim**-0.5  # (b, h, t, t)
-            if bias is not None:
-                scores = scores + bias
+            if mask4d is not None:  # the additive mask, as BERT adds it: min-float at padding
+                scores = scores.masked_fill(~mask4d, torch.finfo(scores.dtype).min)
             probs = F.dropout(torch.softmax(scores, dim=-1), p.attn_dropout_p, training)
             ctx = torch.matmul(probs, v)  # (b, h, t, dh)
         else:
             ctx = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=bias, dropout_p=p.attn_dropout_p if training else 0.0
+                q, k, v, attn_mask=mask4d, dropout_p=p.attn_dropout_p if training else 0.0
             )
         ctx = ctx.transpose(1, 2).reshape(b, t, n)  # (b, t, n)
 
@@ -227,7 +227,7 @@ class CoreEncoder(nn.Module):
             heads = plan.heads_at(i, self.num_heads)
             ffn = plan.ffn_at(i, self.ffn_size)
             steps.append(Step(i, state.rows, state.lengths, heads, ffn))
-            state.hidden, scores = self.layer(parts[i], state.hidden, state.attn_bias, heads, ffn, output_scores)
+            state.hidden, scores = self.layer(parts[i], state.hidden, state.attn_mask, heads, ffn, output_scores)
             state.step += 1
             state.layer = i
             if hiddens is not None:

@@ -17,6 +17,7 @@ from nimblebert.errors import UserError
 
 # Columns that :func:`encode` writes and :class:`Collator` turns into tensors.
 MODEL_COLUMNS = ("input_ids", "token_type_ids", "attention_mask", "labels")
+PROGRESS_MIN_ROWS = 50_000  # encode() shows a progress bar from this many rows on
 
 
 def encode(ds: datasets.Dataset, tokenizer: Any, max_length: int, has_pair: bool) -> datasets.Dataset:
@@ -46,7 +47,16 @@ def encode(ds: datasets.Dataset, tokenizer: Any, max_length: int, has_pair: bool
             out["labels"] = batch["label"]
         return out
 
-    return ds.map(tokenize, batched=True, remove_columns=ds.column_names, desc="Tokenizing")
+    # A progress bar only where tokenizing takes a while: on small sets it is stderr noise (and the
+    # CLI promises a single stderr line when the input is bad).
+    quiet = len(ds) < PROGRESS_MIN_ROWS and datasets.is_progress_bar_enabled()
+    if quiet:
+        datasets.disable_progress_bars()
+    try:
+        return ds.map(tokenize, batched=True, remove_columns=ds.column_names, desc="Tokenizing")
+    finally:
+        if quiet:
+            datasets.enable_progress_bars()
 
 
 class Collator:
@@ -61,18 +71,14 @@ class Collator:
         if pad_token_id is None:
             pad_token_id = getattr(tokenizer, "pad_token_id", None)
         if pad_token_id is None:
-            raise UserError(
-                "the tokenizer has no padding token; use a model whose tokenizer defines pad_token"
-            )
+            raise UserError("the tokenizer has no padding token; use a model whose tokenizer defines pad_token")
         self.pad_token_id = int(pad_token_id)
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         width = max(len(row["input_ids"]) for row in rows)
 
         def padded(key: str, fill: int) -> torch.Tensor:
-            return torch.tensor(
-                [list(row[key]) + [fill] * (width - len(row[key])) for row in rows], dtype=torch.long
-            )
+            return torch.tensor([list(row[key]) + [fill] * (width - len(row[key])) for row in rows], dtype=torch.long)
 
         batch = {
             "input_ids": padded("input_ids", self.pad_token_id),

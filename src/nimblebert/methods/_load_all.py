@@ -1,4 +1,6 @@
 """Imports every built-in method so that its ``register_method`` call runs. One line per method."""
 
-from . import finetune  # noqa: F401
-from . import fastbert  # noqa: F401
+from . import (
+    fastbert,  # noqa: F401
+    finetune,  # noqa: F401
+)

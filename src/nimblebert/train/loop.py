@@ -96,6 +96,20 @@ def evaluate(model: NimbleModel, loader: DataLoader, knobs: dict[str, Any]) -> d
     return metrics(predict_loader(model, loader, **knobs), model.num_labels)
 
 
+def save_checkpoint(ckpt: Path, model: NimbleModel, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    accelerator: Accelerator, state: dict[str, Any]) -> None:
+    """Everything a resumed run needs, each file written atomically; ``state.json`` last."""
+    if accelerator.is_main_process:
+        save_tensors(ckpt / "model.safetensors", model.state_dict())
+        blob = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
+        tmp = ckpt / "optimizer.pt.tmp"
+        torch.save(blob, tmp)  # our own file: read back with weights_only=True
+        tmp.replace(ckpt / "optimizer.pt")
+        write_json(ckpt / "state.json", state)
+    accelerator.wait_for_everyone()
+
+
 class _Log:
     def __init__(self, path: Path, main: bool) -> None:
         self.path, self.main = path, main
@@ -169,18 +183,6 @@ def train(
         wrapped = accelerator.prepare_model(model)  # DDP on several processes, the model itself on one
         eval_every = opts.eval_every or per_epoch
 
-        def save_checkpoint() -> None:
-            if main:
-                save_tensors(ckpt / "model.safetensors", model.state_dict())
-                blob = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
-                tmp = ckpt / "optimizer.pt.tmp"
-                torch.save(blob, tmp)
-                tmp.replace(ckpt / "optimizer.pt")
-                write_json(ckpt / "state.json", {**state, "stage": si, "step": step, "best": best,
-                                                  "elapsed": time.time() - start})
-            accelerator.wait_for_everyone()
-
         bar = tqdm(total=total, initial=step, desc=stage.name, disable=not (main and opts.progress), leave=False)
         wrapped.train()
         model.objective = stage.objective
@@ -218,11 +220,13 @@ def train(
                     elif stage.select == "last":
                         state["summary"][stage.name] = scores
                 if step % opts.save_every == 0 or step == total:
-                    save_checkpoint()
+                    save_checkpoint(ckpt, model, optimizer, scheduler, accelerator, {
+                        **state, "stage": si, "step": step, "best": best, "elapsed": time.time() - start})
                 if stop_after is not None and state["global_step"] >= stop_after:
                     bar.close()
                     if step % opts.save_every != 0 and step != total:
-                        save_checkpoint()
+                        save_checkpoint(ckpt, model, optimizer, scheduler, accelerator, {
+                        **state, "stage": si, "step": step, "best": best, "elapsed": time.time() - start})
                     raise StopTraining(f"stopped after {stop_after} steps")
         bar.close()
         accelerator.wait_for_everyone()

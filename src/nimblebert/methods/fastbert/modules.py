@@ -21,14 +21,15 @@ from torch import nn
 
 from .config import FastBertConfig
 
-FROM_MASK: Any = object()  # "make the attention bias from the mask" (the default of the branches' ``bias``)
+FROM_MASK: Any = object()  # "make the 4-d attention mask from ``mask``" (the default of the branches' ``mask4d``)
 
 
-def additive_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
-    """(b, t) 1 = real token -> additive attention bias (b, 1, 1, t), or None when there is no padding."""
-    if bool(mask.all()):
-        return None
-    return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+def attention_mask4d(mask: torch.Tensor) -> torch.Tensor | None:
+    """(b, t) 1 = real token -> boolean (b, 1, 1, t), True = may attend; None when there is no padding.
+
+    The same convention as the core's ``LoopState.attn_mask``, which the exit hook passes on.
+    """
+    return None if bool(mask.all()) else mask[:, None, None, :].bool()
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -58,14 +59,14 @@ class AttentionBranch(nn.Module):
         self.dense = nn.Linear(width, width)
         self.out = nn.Linear(width, labels)
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, bias: Any = FROM_MASK) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, mask4d: Any = FROM_MASK) -> torch.Tensor:
         """hidden (b, t, d), mask (b, t) -> logits (b, C).
 
-        ``bias``: the additive attention bias (b, 1, 1, t), or None when no row has padding — the core's
-        cached ``LoopState.attn_bias``; left out, it is made from ``mask``.
+        ``mask4d``: boolean (b, 1, 1, t), True = may attend, or None when no row has padding — the core's
+        cached ``LoopState.attn_mask``; left out, it is made from ``mask``.
         """
-        if bias is FROM_MASK:
-            bias = additive_bias(mask, hidden.dtype)
+        if mask4d is FROM_MASK:
+            mask4d = attention_mask4d(mask)
         b, t, _ = hidden.shape
         x = torch.tanh(self.proj(hidden))  # (b, t, w)
         kv = self.key_value(x).view(b, t, 2, self.heads, self.head_dim)  # (b, t, 2, h, dh)
@@ -75,8 +76,8 @@ class AttentionBranch(nn.Module):
         # Explicit products rather than scaled_dot_product_attention: with one query they are as fast, and
         # torch's flop counter sees them (the FLOPs test checks our formula against it).
         scores = torch.matmul(q, k.transpose(-1, -2)) * self.head_dim**-0.5  # (b, h, tq, t)
-        if bias is not None:
-            scores = scores + bias
+        if mask4d is not None:  # UER adds −10000 at padding; min-float is the same after softmax
+            scores = scores.masked_fill(~mask4d, torch.finfo(scores.dtype).min)
         probs = F.dropout(torch.softmax(scores, dim=-1), self.dropout, self.training)
         ctx = torch.matmul(probs, v).transpose(1, 2).reshape(b, -1, self.width)  # (b, tq, w)
         ctx = self.attn_out(ctx)
@@ -103,8 +104,8 @@ class PooledBranch(nn.Module):
         self.dense = nn.Linear(hidden, width) if kind == "mlp" else None
         self.out = nn.Linear(width if kind == "mlp" else hidden, labels)
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, bias: Any = FROM_MASK) -> torch.Tensor:
-        """hidden (b, t, d), mask (b, t) -> logits (b, C). ``bias`` is unused (same call as the paper's)."""
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, mask4d: Any = FROM_MASK) -> torch.Tensor:
+        """hidden (b, t, d), mask (b, t) -> logits (b, C). ``mask4d`` is unused (same call as the paper's)."""
         pooled = masked_mean(hidden, mask)  # (b, d)
         if self.dense is not None:
             pooled = torch.tanh(self.dense(pooled))  # (b, w)

@@ -27,7 +27,7 @@ from transformers import AutoConfig
 from ...errors import UserError
 from ...train.stages import Stage, TrainOptions
 from .config import FastBertConfig
-from .modules import additive_bias
+from .modules import attention_mask4d
 
 if TYPE_CHECKING:
     from ...model import NimbleModel
@@ -59,11 +59,11 @@ def distill_objective(model: NimbleModel, batch: dict[str, torch.Tensor]) -> dic
         teacher = torch.softmax(out.logits.float(), dim=-1)  # (b, C)
     hiddens = out.hidden_states  # [embeddings, layer 1, ..., layer L], each (b, t, d)
     assert hiddens is not None
-    bias = additive_bias(mask, hiddens[0].dtype)
+    mask4d = attention_mask4d(mask)
     parts: dict[str, torch.Tensor] = {}
     total = torch.zeros((), device=ids.device)
     for i, branch in enumerate(model.extras["branches"]):
-        log_student = F.log_softmax(branch(hiddens[i + 1], mask, bias).float(), dim=-1)
+        log_student = F.log_softmax(branch(hiddens[i + 1], mask, mask4d).float(), dim=-1)
         kl = F.kl_div(log_student, teacher, reduction="batchmean")
         total = total + kl
         parts[f"kl_{i + 1}"] = kl.detach()

@@ -42,7 +42,7 @@ class ExitHook:
     def __call__(self, state: LoopState) -> None:
         if state.layer >= len(self.branches):  # after the last layer: the teacher head answers
             return
-        logits = self.branches[state.layer](state.hidden, state.mask, state.attn_bias)  # (b, C)
+        logits = self.branches[state.layer](state.hidden, state.mask, state.attn_mask)  # (b, C)
         done = None
         if self.speed > 0:
             done = normalized_entropy(logits) <= self.speed
