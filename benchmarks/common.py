@@ -56,9 +56,12 @@ def paired_bootstrap(a: list[int], b: list[int], reps: int = 10000, seed: int = 
     return sum(diffs) / n, means[int(0.025 * reps)], means[int(0.975 * reps) - 1]
 
 
-def write_section(name: str, markdown: str, data: dict) -> None:
+def write_section(name: str, markdown: str, data: dict, headline: str | None = None) -> None:
+    """Write one benchmark's section (and its short headline for the README), then rebuild the docs."""
     SECTIONS.mkdir(parents=True, exist_ok=True)
     (SECTIONS / f"{name}.md").write_text(markdown.rstrip() + "\n")
+    if headline is not None:
+        (SECTIONS / f"{name}.headline.md").write_text(headline.rstrip() + "\n")
     (DOCS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     rebuild_results()
 
@@ -67,8 +70,16 @@ def rebuild_results() -> None:
     parts = ["# nimblebert — measured results\n",
              "Every figure below was produced by the script named in its section, on the machine described "
              "there. Speed-ups are ratios against the plain transformers model measured in the same run.\n"]
-    names = [n for n in ORDER if (SECTIONS / f"{n}.md").exists()]
-    names += sorted(p.stem for p in SECTIONS.glob("*.md") if p.stem not in ORDER)
+    stems = sorted(p.name[: -len(".md")] for p in SECTIONS.glob("*.md") if not p.name.endswith(".headline.md"))
+    names = [n for n in ORDER if n in stems] + [n for n in stems if n not in ORDER]
     for n in names:
         parts.append((SECTIONS / f"{n}.md").read_text())
     (DOCS / "results.md").write_text("\n".join(parts))
+    # The README shows each benchmark's headline between its markers.
+    headlines = [(SECTIONS / f"{n}.headline.md").read_text() for n in names if (SECTIONS / f"{n}.headline.md").exists()]
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start, end = "<!-- results:start -->\n", "<!-- results:end -->"
+    if start in text and end in text and headlines:
+        head, rest = text.split(start, 1)
+        readme.write_text(head + start + "\n".join(headlines) + rest[rest.index(end):])

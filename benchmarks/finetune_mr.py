@@ -63,8 +63,13 @@ transformers model. `nimblebert` is the core encoder at full Plan.
 Core ÷ faster transformers (must be ≤ 1.05): batch 1 {ratio['batch1']:.3f}, batch 32 {ratio['batch32']:.3f}.
 Environment: torch {env['torch']}, {env['threads']} threads, {env['cpu_count']} CPUs ({env['processor']}).
 """
+    b1, b32 = lat["batch1"]["nimblebert"], lat["batch32"]["nimblebert"]
+    headline = (f"**Baseline** (`python benchmarks/finetune_mr.py`): MiniLM-L6 fine-tuned on `mr` — test accuracy "
+                f"{test['accuracy']:.4f} ({test['examples']} sentences), {summary['train_seconds'] / 60:.1f} min of "
+                f"training on {env['cpu_count']} CPU cores; {b1['ms_per_sample']:.1f} ms per sentence at batch 1, "
+                f"{b32['ms_per_sample']:.1f} ms at batch 32.\n")
     write_section("finetune_mr", md, {"sizes": sizes, "train": summary, "validation": val, "test": test,
-                                      "core_over_transformers": ratio, "environment": environment()})
+                                      "core_over_transformers": ratio, "environment": environment()}, headline)
     print(md)
 
 

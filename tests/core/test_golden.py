@@ -65,3 +65,23 @@ def test_golden_on_real_minilm() -> None:
     real = mask.bool()
     torch.testing.assert_close(out.hidden_states[-1][real], ref.hidden_states[-1][real], atol=1e-5, rtol=0)
     torch.testing.assert_close(out.logits, ref.logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["roberta", "electra"])
+def test_other_families_equal_transformers(family: str) -> None:
+    """The family map is data: RoBERTa and ELECTRA run through the same loop and match too."""
+    from transformers import (ElectraConfig, ElectraForSequenceClassification, RobertaConfig,
+                              RobertaForSequenceClassification)
+
+    sizes = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                 max_position_embeddings=64, num_labels=3)
+    torch.manual_seed(0)
+    if family == "roberta":
+        model = RobertaForSequenceClassification(RobertaConfig(**sizes, pad_token_id=1, type_vocab_size=1)).eval()
+    else:
+        model = ElectraForSequenceClassification(ElectraConfig(**sizes, embedding_size=32)).eval()
+    ids, mask, _ = _batch(99)
+    with torch.no_grad():
+        ref = model(ids, attention_mask=mask)
+        out = CoreEncoder(model)(ids, mask)
+    torch.testing.assert_close(out.logits, ref.logits, atol=1e-5, rtol=0)

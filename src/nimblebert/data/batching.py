@@ -71,14 +71,18 @@ class Collator:
         if pad_token_id is None:
             pad_token_id = getattr(tokenizer, "pad_token_id", None)
         if pad_token_id is None:
-            raise UserError("the tokenizer has no padding token; use a model whose tokenizer defines pad_token")
+            raise UserError(
+                "the tokenizer has no padding token; use a model whose tokenizer defines pad_token"
+            )
         self.pad_token_id = int(pad_token_id)
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         width = max(len(row["input_ids"]) for row in rows)
 
         def padded(key: str, fill: int) -> torch.Tensor:
-            return torch.tensor([list(row[key]) + [fill] * (width - len(row[key])) for row in rows], dtype=torch.long)
+            return torch.tensor(
+                [list(row[key]) + [fill] * (width - len(row[key])) for row in rows], dtype=torch.long
+            )
 
         batch = {
             "input_ids": padded("input_ids", self.pad_token_id),

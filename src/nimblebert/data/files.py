@@ -116,7 +116,9 @@ def _from_rows(path: Path, rows: list[Any], lines: list[int] | None) -> RawTable
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             where = f"line {lines[i]}" if lines is not None else f"item {i + 1}"
-            raise UserError(f'{path} {where} is not a JSON object; write objects like {{"text": ..., "label": ...}}')
+            raise UserError(
+                f'{path} {where} is not a JSON object; write objects like {{"text": ..., "label": ...}}'
+            )
         keys.update(dict.fromkeys(row))
     # A key missing from a row reads as None and is reported by the row checks with its line number.
     columns = {key: [row.get(key) for row in rows] for key in keys}
@@ -130,7 +132,9 @@ def _read_parquet(path: Path) -> RawTable:
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as err:
-        raise UserError(f"{path} could not be read as parquet ({err}); re-write it or use csv/jsonl") from None
+        raise UserError(
+            f"{path} could not be read as parquet ({err}); re-write it or use csv/jsonl"
+        ) from None
     if table.num_rows == 0:
         raise UserError(f"{path} has no rows; add examples to it")
     return RawTable(str(path), table.to_pydict())

@@ -96,7 +96,9 @@ def load_task(
         columns = _Columns("text", "text_pair", "label", pair_required=False)
         return _load_folder(builtin_dir(spec), spec, columns, label_names or meta["label_names"], wanted)
 
-    columns = _Columns(text_column, text_pair_column, label_column, pair_required=text_pair_column != "text_pair")
+    columns = _Columns(
+        text_column, text_pair_column, label_column, pair_required=text_pair_column != "text_pair"
+    )
     path = Path(spec).expanduser()
     if path.is_dir():
         return _load_folder(path, spec, columns, label_names, wanted)
@@ -134,7 +136,9 @@ def _load_folder(
             f"no validation file in {folder}; add validation.csv (or dev.*, valid.*; .tsv, .jsonl, .parquet)"
         )
     # The train split is read even when not wanted if it is the only way to learn the label names.
-    to_read = [s for s in SPLIT_NAMES if files[s] is not None and (s in wanted or (s == "train" and not label_names))]
+    to_read = [
+        s for s in SPLIT_NAMES if files[s] is not None and (s in wanted or (s == "train" and not label_names))
+    ]
     tables = {split: read_table(files[split]) for split in to_read}
     return _build(name, tables, columns, label_names, wanted)
 
@@ -154,7 +158,9 @@ def _split_file(folder: Path, split: str) -> Path | None:
 # Hub datasets
 
 
-def _load_hub(spec: str, columns: _Columns, label_names: list[str] | None, wanted: tuple[str, ...]) -> TaskData:
+def _load_hub(
+    spec: str, columns: _Columns, label_names: list[str] | None, wanted: tuple[str, ...]
+) -> TaskData:
     repo, _, config = spec.partition(":")
     _check_hub_reachable(spec)
     try:
@@ -221,7 +227,9 @@ def from_dataset_dict(
         table_columns = {col: list(ds[col]) for col in ds.column_names}
         if isinstance(feature, datasets.ClassLabel):
             # -1 means "no label" in hub ClassLabels; None makes the row check report it.
-            table_columns[columns.label] = [feature.names[v] if v >= 0 else None for v in table_columns[columns.label]]
+            table_columns[columns.label] = [
+                feature.names[v] if v >= 0 else None for v in table_columns[columns.label]
+            ]
         tables[split] = RawTable(f"{name}[{hub_split}]", table_columns)
 
     if "validation" not in tables and "validation" in wanted:
@@ -233,7 +241,9 @@ def from_dataset_dict(
         log.info("%s has no validation split: holding out %d train examples", name, len(parts["validation"]))
         for split in ("train", "validation"):
             rows = sorted(parts[split])
-            tables[split] = RawTable(f"{name}[{split}]", {k: [v[i] for i in rows] for k, v in train.columns.items()})
+            tables[split] = RawTable(
+                f"{name}[{split}]", {k: [v[i] for i in rows] for k, v in train.columns.items()}
+            )
     tables = {s: t for s, t in tables.items() if s in wanted or (s == "train" and not label_names)}
     return _build(name, tables, columns, label_names, wanted)
 
@@ -259,7 +269,9 @@ def _build(
         cols = {"text": _texts(table, columns.text, "--text-column")}
         if has_pair:
             cols["text_pair"] = _texts(table, columns.text_pair, "--text-pair-column")
-        cols["label"] = [_label_key(table, i, v) for i, v in enumerate(_column(table, columns.label, "--label-column"))]
+        cols["label"] = [
+            _label_key(table, i, v) for i, v in enumerate(_column(table, columns.label, "--label-column"))
+        ]
         checked[split] = cols
 
     if label_names is None:
@@ -302,7 +314,9 @@ def _texts(table: RawTable, column: str, flag: str) -> list[str]:
     for i, value in enumerate(values):
         if not isinstance(value, str) or not value.strip():
             problem = "is empty" if isinstance(value, str) or value is None else f"is not text ({value!r})"
-            raise UserError(f"{table.source} {table.where(i)}: {column!r} {problem}; give every example a text")
+            raise UserError(
+                f"{table.source} {table.where(i)}: {column!r} {problem}; give every example a text"
+            )
     return values
 
 
