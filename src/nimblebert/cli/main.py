@@ -27,9 +27,19 @@ def build_parser() -> Parser:
     return parser
 
 
+def quiet_libraries() -> None:
+    """transformers' per-load progress bars and load reports are noise on a command line (and would
+    break the one-line error contract); our own progress bars and messages say what happens."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    quiet_libraries()
     try:
         return int(args.run(args) or 0)
     except UserError as e:
