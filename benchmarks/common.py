@@ -78,7 +78,7 @@ def rebuild_results() -> None:
     # The README shows each benchmark's headline between its markers.
     headlines = [(SECTIONS / f"{n}.headline.md").read_text() for n in names if (SECTIONS / f"{n}.headline.md").exists()]
     readme = ROOT / "README.md"
-    text = readme.read_text()
+    text = readme.read_text() if readme.exists() else ""
     start, end = "<!-- results:start -->\n", "<!-- results:end -->"
     if start in text and end in text and headlines:
         head, rest = text.split(start, 1)

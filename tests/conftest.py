@@ -12,7 +12,10 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# One thread: tiny models gain nothing from two, and spinning OpenMP threads on a shared 2-core machine
+# made tiny training tests 100× slower.
+torch.set_num_threads(1)
 
 WORDS = (
     "the a movie film good bad great awful boring fun plot actor story best worst is was not very and but "

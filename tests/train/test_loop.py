@@ -70,3 +70,10 @@ def test_output_folder_rules(tiny_model_dir: Path, toy_data_dir: Path, tmp_path:
     with pytest.raises(UserError, match="nothing to resume"):
         check_output_folder(TrainOptions(out=str(tmp_path / "empty"), resume=True))
     check_output_folder(TrainOptions(out=str(out), overwrite=True))
+
+
+def test_max_steps_flag_bounds_every_stage(tiny_model_dir: Path, toy_data_dir: Path, tmp_path: Path) -> None:
+    model, stages, enc, opts = _setup(tiny_model_dir, toy_data_dir, tmp_path / "short", max_steps=3)
+    train(model, stages, enc["train"], enc["validation"], opts)
+    steps = [json.loads(x).get("step") for x in (tmp_path / "short" / "train_log.jsonl").read_text().splitlines()]
+    assert max(s for s in steps if s is not None) == 3

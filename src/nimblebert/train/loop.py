@@ -66,7 +66,7 @@ def check_output_folder(opts: TrainOptions) -> Path:
     return out
 
 
-def _param_groups(model: NimbleModel, stage: Stage) -> list[dict[str, Any]]:
+def _param_groups(model: NimbleModel, stage: Stage, weight_decay: float) -> list[dict[str, Any]]:
     """Trainable parameters for the stage; no weight decay on biases and LayerNorm weights (BERT)."""
     chosen = list(stage.trainable(model)) if stage.trainable else list(model.parameters())
     ids = {id(p) for p in chosen}
@@ -76,7 +76,7 @@ def _param_groups(model: NimbleModel, stage: Stage) -> list[dict[str, Any]]:
     for name, p in model.named_parameters():
         if id(p) in ids:
             (no_decay if name.endswith("bias") or "LayerNorm" in name or "norm" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": stage.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def _schedule(stage: Stage, total: int):
@@ -169,8 +169,10 @@ def train(
         data = stage.train_data if stage.train_data is not None else train_data
         loader = make_loader(data, model.tokenizer, opts.batch_size, shuffle=True, seed=opts.seed + 1000 * si)
         per_epoch = max(1, len(loader) // world)
-        total = stage.max_steps or max(1, math.ceil(stage.epochs * per_epoch))
-        optimizer = torch.optim.AdamW(_param_groups(model, stage), lr=stage.lr)
+        # --max-steps applies to every stage that does not fix its own length.
+        total = stage.max_steps or opts.max_steps or max(1, math.ceil(stage.epochs * per_epoch))
+        decay = opts.weight_decay if stage.weight_decay is None else stage.weight_decay
+        optimizer = torch.optim.AdamW(_param_groups(model, stage, decay), lr=stage.lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(stage, total))
         step, best = 0, None
         if opts.resume and si == state["stage"] and state["step"] > 0:

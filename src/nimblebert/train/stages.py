@@ -57,10 +57,10 @@ class Stage:
     objective: Objective
     lr: float
     epochs: float = 3.0
-    max_steps: int | None = None
+    max_steps: int | None = None  # None: the run's --max-steps, if given
     warmup: float = 0.1
     schedule: str = "linear"
-    weight_decay: float = 0.01
+    weight_decay: float | None = None  # None: the run's --weight-decay
     trainable: Callable[[NimbleModel], Iterable[torch.nn.Parameter]] | None = None
     select: str = "best"
     metric: str = "accuracy"

@@ -1,4 +1,5 @@
-"""FastBERT's branch classifiers ("student classifiers", Liu et al., ACL 2020, §3.1 and Table 1).
+"""FastBERT's branch classifiers, the "student classifiers" (Liu et al., ACL 2020, "Model architecture";
+their cost in Table 1).
 
 One branch sits after every Transformer layer but the last. The paper's branch (``AttentionBranch``)
 reads **all** the layer's tokens: project to 128 with tanh, 2-head self-attention with the padding
@@ -71,14 +72,16 @@ class AttentionBranch(nn.Module):
         x = torch.tanh(self.proj(hidden))  # (b, t, w)
         kv = self.key_value(x).view(b, t, 2, self.heads, self.head_dim)  # (b, t, 2, h, dh)
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # (b, h, t, dh) each
-        q = self.query(x[:, :1] if self.pooling == "first" else x)  # (b, tq, w), tq = 1 or t
+        q = self.query(x[:, :1] if self.pooling == "first" else x) * self.head_dim**-0.5  # (b, tq, w), tq = 1 or t
         q = q.view(b, -1, self.heads, self.head_dim).transpose(1, 2)  # (b, h, tq, dh)
         # Explicit products rather than scaled_dot_product_attention: with one query they are as fast, and
         # torch's flop counter sees them (the FLOPs test checks our formula against it).
-        scores = torch.matmul(q, k.transpose(-1, -2)) * self.head_dim**-0.5  # (b, h, tq, t)
+        scores = torch.matmul(q, k.transpose(-1, -2))  # (b, h, tq, t), already scaled through q
         if mask4d is not None:  # UER adds −10000 at padding; min-float is the same after softmax
             scores = scores.masked_fill(~mask4d, torch.finfo(scores.dtype).min)
-        probs = F.dropout(torch.softmax(scores, dim=-1), self.dropout, self.training)
+        probs = torch.softmax(scores, dim=-1)
+        if self.training and self.dropout > 0:  # skipped at inference: one Python-level op fewer per layer
+            probs = F.dropout(probs, self.dropout, True)
         ctx = torch.matmul(probs, v).transpose(1, 2).reshape(b, -1, self.width)  # (b, tq, w)
         ctx = self.attn_out(ctx)
         pooled = ctx[:, 0] if self.pooling == "first" else masked_mean(ctx, mask)  # (b, w)

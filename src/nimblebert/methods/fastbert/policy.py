@@ -1,6 +1,6 @@
 """FastBERT's inference: samples leave at the first confident branch (Liu et al., ACL 2020, "Adaptive
 inference"), or, as a second policy on the same branches, when the branches' prediction has stayed the
-same for ``patience`` layers (PABEE: Zhou et al., NeurIPS 2020, "BERT Loses Patience", §3).
+same for ``patience`` layers (PABEE's rule: Zhou et al., "BERT Loses Patience", NeurIPS 2020).
 
 Batched exit is real: a row that leaves is removed from the hidden states and the mask
 (:meth:`LoopState.finish`), the padding that only it needed is cut off, and the next layers run on the
@@ -60,9 +60,9 @@ class ExitHook:
             done = patient if done is None else done | patient
         if done is None:
             return
-        width = state.hidden.size(1)
+        live, width = state.rows.numel(), state.hidden.size(1)
         state.finish(done, logits)
-        if not state.empty and width > 1:
+        if 0 < state.rows.numel() < live and width > 1:
             # Padding is on the right: once the longest rows have left, the columns that only they
             # filled are padding for everyone and can go too (fewer FLOPs, same results).
             longest = int(state.lengths.max())
