@@ -70,8 +70,12 @@ def test_golden_on_real_minilm() -> None:
 @pytest.mark.parametrize("family", ["roberta", "electra"])
 def test_other_families_equal_transformers(family: str) -> None:
     """The family map is data: RoBERTa and ELECTRA run through the same loop and match too."""
-    from transformers import (ElectraConfig, ElectraForSequenceClassification, RobertaConfig,
-                              RobertaForSequenceClassification)
+    from transformers import (
+        ElectraConfig,
+        ElectraForSequenceClassification,
+        RobertaConfig,
+        RobertaForSequenceClassification,
+    )
 
     sizes = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
                  max_position_embeddings=64, num_labels=3)

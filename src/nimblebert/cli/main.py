@@ -10,10 +10,11 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import UserError
-from . import bench, data, evaluate, predict, train
+from . import bench, data, evaluate, export, pick, predict, train
 from .common import Parser
 
-COMMANDS = {"data": data, "train": train, "evaluate": evaluate, "predict": predict, "bench": bench}
+COMMANDS = {"data": data, "train": train, "evaluate": evaluate, "predict": predict, "bench": bench,
+            "export": export, "pick": pick}
 
 
 def build_parser() -> Parser:

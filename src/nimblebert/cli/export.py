@@ -1,0 +1,41 @@
+"""``nimblebert export DIR --out OUT [--format onnx|hf] [--int8] [--teacher-only] [knobs]``.
+
+Writes a static model in a deployable format and checks it against PyTorch. Static models (plain
+fine-tunes, TinyBERT students, exported sub-networks) export as they are; a dynamic method exports at
+given knob settings once it registers a materializer (DynaBERT: ``--width 0.5 --depth 0.5``); a model with
+per-sample control flow (FastBERT) exports its teacher with ``--teacher-only``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .common import add_knob_flags, knob_values
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..export import get_exporter, list_formats
+
+    p = sub.add_parser("export", help="write a static model as ONNX (or a plain transformers folder), checked "
+                                      "against PyTorch")
+    p.add_argument("model", help="a model folder written by nimblebert (or transformers)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--format", default="onnx", choices=list_formats(),
+                   help="; ".join(f"{n}: {get_exporter(n).help}" for n in list_formats()) + " (default onnx)")
+    p.add_argument("--int8", action="store_true",
+                   help="also write model_int8.onnx (dynamic int8 quantization of the weights)")
+    p.add_argument("--teacher-only", action="store_true",
+                   help="export the plain transformers model inside a dynamic model (e.g. FastBERT's backbone and "
+                        "head) as it is")
+    add_knob_flags(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..export import ExportOptions, export_model
+
+    report = export_model(args.model, args.out, args.format, knob_values(args), args.teacher_only,
+                          ExportOptions(int8=args.int8))
+    print(json.dumps(report))
+    return 0

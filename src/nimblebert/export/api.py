@@ -1,0 +1,52 @@
+"""``export_model``: load a model folder, make it static, write it in one format, finish the folder last."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from ..model import FINISHED_MARKER, load
+from .registry import ExportOptions, get_exporter
+from .static import to_static
+
+
+def export_model(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    fmt: str = "onnx",
+    knobs: dict[str, Any] | None = None,
+    teacher_only: bool = False,
+    options: ExportOptions | None = None,
+) -> dict[str, Any]:
+    """Export the model in ``source`` to ``out`` in format ``fmt``; returns the exporter's report.
+
+    Files are written into ``out/.exporting`` and moved into ``out`` only after every check passed,
+    ``config.json`` last: a failed export leaves no folder that looks finished.
+    """
+    options = options or ExportOptions()
+    exporter = get_exporter(fmt)
+    if options.int8 and not exporter.supports_int8:
+        raise UserError(f"--int8 does not apply to --format {fmt} (formats with int8: onnx)")
+    out = Path(out)
+    if out.exists() and Path(source).exists() and out.resolve() == Path(source).resolve():
+        raise UserError(f"--out {out} is the model folder itself; give a new folder")
+    model = load(source)
+    static = to_static(model, knobs, teacher_only)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / FINISHED_MARKER).unlink(missing_ok=True)
+    for stale in [*out.glob("*.onnx"), out / "export.json"]:  # left by an earlier export, e.g. with --int8
+        stale.unlink(missing_ok=True)
+    staging = out / ".exporting"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        report = exporter.write(static, staging, options)
+        for f in sorted(staging.iterdir(), key=lambda p: p.name == FINISHED_MARKER):
+            os.replace(f, out / f.name)  # config.json goes last: it marks the folder finished
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"format": fmt, "source": str(source), "out": str(out), "method": model.method,
+            "exported_method": static.method, "teacher_only": teacher_only, **report}

@@ -1,0 +1,227 @@
+"""ONNX: a static model as ``model.onnx`` (and ``model_int8.onnx``), checked against PyTorch.
+
+The graph has inputs ``input_ids``, ``attention_mask`` and ``token_type_ids`` (int64, dynamic batch and
+sequence axes; ``token_type_ids`` only when the model's ``forward`` takes it) and one output, ``logits``
+(float32, dynamic batch axis), at opset 17 (the first with ``LayerNormalization``).
+
+Why the TorchScript exporter (``dynamo=False``): torch 2.13's default, torch.export-based exporter needs
+the ``onnxscript`` package, which is not a dependency of nimblebert. The TorchScript exporter traces one
+example batch; transformers' mask code has value-dependent branches, so the trace is made on a batch
+*with* padding and the result is checked on batches of other sizes, lengths and padding (the check
+fails loudly if a branch was baked in). It is deprecated upstream: when onnxscript becomes a dependency,
+switch ``_export`` to ``dynamo=True`` with ``dynamic_shapes`` and keep the same check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import json
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .registry import Exporter, ExportOptions, register_exporter
+
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+OPSET = 17
+MODEL_FILE = "model.onnx"
+INT8_FILE = "model_int8.onnx"
+FP32_TOLERANCE = 1e-4  # max |ONNX - PyTorch| on the logits; float32 kernels differ by ~1e-6
+
+# Texts for the check: different lengths, so batches carry padding (the traced mask path must hold).
+CHECK_TEXTS = (
+    "the movie was good",
+    "a very boring film and the acting was not great but the story is fun , i think",
+    "bad",
+    "it was a beautiful , moving and smart film with the best ending",
+    "slow",
+)
+
+
+def require_onnx() -> None:
+    """A clear error instead of an ImportError when the optional ONNX packages are missing."""
+    import importlib.util
+
+    missing = [p for p in ("onnx", "onnxruntime") if importlib.util.find_spec(p) is None]
+    if missing:
+        raise UserError(f"{' and '.join(missing)} not installed: pip install 'nimblebert[onnx]' "
+                        "(or leave out the ONNX work: bench --no-onnx)")
+
+
+class _Logits(nn.Module):
+    """``model(**inputs).logits`` with positional inputs, as the exporter traces them."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.names = tuple(names)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.names, inputs, strict=True))).logits
+
+
+def input_names(model: nn.Module) -> list[str]:
+    """The graph inputs: ``token_type_ids`` only if ``forward`` takes it (an unused input would be
+    pruned from the graph by the exporter anyway)."""
+    params = inspect.signature(model.forward).parameters
+    return [n for n in INPUTS if n in params]
+
+
+def check_batches(tokenizer: Any, config: Any) -> list[dict[str, torch.Tensor]]:
+    """A few padded batches of different sizes and lengths (one with text pairs) for the checks."""
+    limit = getattr(config, "max_position_embeddings", 512) - 2  # RoBERTa's positions start at 2
+    limit = max(8, min(48, limit))
+
+    def enc(texts: Sequence[str], pairs: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        out = tokenizer(list(texts), list(pairs) if pairs else None, padding=True, truncation=True,
+                        max_length=limit, return_tensors="pt")
+        batch = {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
+        batch["token_type_ids"] = out.get("token_type_ids", torch.zeros_like(out["input_ids"]))
+        return batch
+
+    return [
+        enc(CHECK_TEXTS[:3]),  # the traced batch: padded, batch > 1
+        enc(CHECK_TEXTS[3:4]),  # batch 1, no padding
+        enc(CHECK_TEXTS),  # another size and length
+        enc(CHECK_TEXTS[:2], CHECK_TEXTS[2:4]),  # pairs: token_type_ids = 1 on the second text (BERT)
+    ]
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporter's TracerWarnings and deprecation notice, and onnxruntime.quantization's advice on the
+    root logger, are noise for a user of ``nimblebert export``: the numeric check says whether it worked."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(previous)
+
+
+def export_onnx(model: nn.Module, path: Path, example: dict[str, torch.Tensor], opset: int = OPSET) -> None:
+    """Write ``model`` (a transformers sequence classifier) as ONNX with dynamic batch and sequence axes.
+
+    ``example`` must be a padded batch of more than one row (see the module docstring).
+    """
+    names = input_names(model)
+    wrapper = _Logits(model, names).eval()
+    was_training = model.training
+    model.eval()
+    dynamic = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+    try:
+        with _quiet(), torch.no_grad():
+            torch.onnx.export(
+                wrapper, tuple(example[n] for n in names), str(path), dynamo=False, opset_version=opset,
+                input_names=names, output_names=["logits"], dynamic_axes=dynamic, do_constant_folding=True,
+            )
+    finally:
+        # The exporter restores the *wrapper's* mode, which propagates to ``model``: put it back as it was.
+        model.train(was_training)
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """Dynamic int8 quantization (QInt8 weights, activations quantized at run time) with onnxruntime."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet():
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+
+
+class OrtModel:
+    """An onnxruntime session called like a model: ``ort_model(batch) -> logits`` (a float32 tensor).
+
+    Threads match torch's (``torch.get_num_threads()``) so that timings compare like with like; the
+    intra-op pool does not spin between calls, since spinning threads would steal the CPU from whatever
+    is timed next in an interleaved benchmark.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3  # errors only
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        feed = {}
+        for n in self.names:
+            value = batch[n] if n in batch else torch.zeros_like(batch["input_ids"])
+            feed[n] = value.detach().cpu().numpy().astype(np.int64, copy=False)
+        return torch.from_numpy(self.session.run(["logits"], feed)[0])
+
+
+@torch.no_grad()
+def compare(model: nn.Module, ort_model: OrtModel, batches: Sequence[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """Max |logits difference| and argmax agreement of the ONNX model against PyTorch on ``batches``."""
+    names = input_names(model)
+    diff, agree, total = 0.0, 0, 0
+    for b in batches:
+        ref = model(**{n: b[n] for n in names}).logits.float()
+        out = ort_model(b)
+        diff = max(diff, float((out - ref).abs().max()))
+        agree += int((out.argmax(-1) == ref.argmax(-1)).sum())
+        total += ref.size(0)
+    return {"max_abs_diff": diff, "argmax_agreement": agree / total, "examples": total}
+
+
+def write_onnx_files(model: nn.Module, tokenizer: Any, folder: Path, options: ExportOptions) -> dict[str, Any]:
+    """``model.onnx`` (and ``model_int8.onnx`` with ``options.int8``) in ``folder``, each compared with
+    PyTorch. Raises :class:`UserError` when the float32 model disagrees by more than 1e-4."""
+    require_onnx()
+    folder.mkdir(parents=True, exist_ok=True)
+    batches = check_batches(tokenizer, model.config)
+    export_onnx(model, folder / MODEL_FILE, batches[0], options.opset)
+    report: dict[str, Any] = {"opset": options.opset, "inputs": input_names(model), "outputs": ["logits"],
+                              "files": {MODEL_FILE: (folder / MODEL_FILE).stat().st_size}}
+    if options.check:
+        report["fp32"] = compare(model, OrtModel(folder / MODEL_FILE), batches)
+        if report["fp32"]["max_abs_diff"] > FP32_TOLERANCE:
+            raise UserError(f"the exported ONNX model disagrees with PyTorch (max |logits diff| "
+                            f"{report['fp32']['max_abs_diff']:.2e} > {FP32_TOLERANCE:g}); this model cannot be "
+                            "exported faithfully with the TorchScript exporter: please report it")
+    if options.int8:
+        quantize_int8(folder / MODEL_FILE, folder / INT8_FILE)
+        report["files"][INT8_FILE] = (folder / INT8_FILE).stat().st_size
+        if options.check:
+            # int8 changes the numbers by design; what matters to a user is whether the labels stay.
+            report["int8"] = compare(model, OrtModel(folder / INT8_FILE), batches)
+    return report
+
+
+def write(model: Any, folder: Path, options: ExportOptions) -> dict[str, Any]:
+    """The ``onnx`` format: the ONNX files, the tokenizer, and ``config.json`` (labels, nimblebert section)."""
+    report = write_onnx_files(model.hf, model.tokenizer, folder, options)
+    model.tokenizer.save_pretrained(folder)
+    config = copy.deepcopy(model.hf.config)
+    config.id2label = dict(enumerate(model.label_names))
+    config.label2id = {name: i for i, name in enumerate(model.label_names)}
+    config.nimblebert = {**model.nimblebert_config(), "format": "onnx"}
+    config.save_pretrained(folder)
+    (folder / "export.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+ONNX = register_exporter(Exporter(
+    name="onnx",
+    help="model.onnx for onnxruntime (dynamic batch and length), checked against PyTorch; --int8 also "
+         "writes model_int8.onnx (dynamic int8 quantization)",
+    write=write,
+    supports_int8=True,
+))
