@@ -1,6 +1,9 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   fine-tune MiniLM-L6 on the built-in `mr` data, evaluate it, print accuracy and speed
+#   make demo   fine-tune MiniLM-L6 on the built-in `mr` data, evaluate it, print accuracy and speed,
+#               then a short FastBERT run and its speed sweep (about 15 minutes on 2 CPU cores)
 #   make test   run the test suite (offline, tiny random models)
+# and one regenerates every measured figure in docs/results.md from scratch (about 35 minutes):
+#   make bench
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -29,7 +32,13 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks
 
 demo: data
+	$(BIN)/python benchmarks/finetune_mr.py --reuse
+	$(BIN)/python benchmarks/fastbert_mr.py --docs runs/demo --out runs/demo/fastbert-mr --distill-epochs 3 --speeds 0,0.3,0.5,0.7 --patience ""
+
+bench: data
 	$(BIN)/python benchmarks/finetune_mr.py
+	$(BIN)/python benchmarks/fastbert_mr.py
+	$(BIN)/python benchmarks/report_mr.py
 
 clean-runs:
 	rm -rf runs bench

@@ -26,6 +26,7 @@ from transformers import AutoConfig
 
 from ...errors import UserError
 from ...train.stages import Stage, TrainOptions
+from ..losses import kl_batchmean
 from .config import FastBertConfig
 from .modules import attention_mask4d
 
@@ -56,15 +57,14 @@ def distill_objective(model: NimbleModel, batch: dict[str, torch.Tensor]) -> dic
         mask = torch.ones_like(ids)
     with torch.no_grad():
         out = model.encoder(ids, mask, batch.get("token_type_ids"), output_hidden_states=True)
-        teacher = torch.softmax(out.logits.float(), dim=-1)  # (b, C)
+        teacher = out.logits.float()  # (b, C) the teacher head's logits
     hiddens = out.hidden_states  # [embeddings, layer 1, ..., layer L], each (b, t, d)
     assert hiddens is not None
     mask4d = attention_mask4d(mask)
     parts: dict[str, torch.Tensor] = {}
     total = torch.zeros((), device=ids.device)
     for i, branch in enumerate(model.extras["branches"]):
-        log_student = F.log_softmax(branch(hiddens[i + 1], mask, mask4d).float(), dim=-1)
-        kl = F.kl_div(log_student, teacher, reduction="batchmean")
+        kl = kl_batchmean(branch(hiddens[i + 1], mask, mask4d).float(), teacher)
         total = total + kl
         parts[f"kl_{i + 1}"] = kl.detach()
     return {"loss": total, **parts}
