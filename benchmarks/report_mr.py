@@ -37,12 +37,18 @@ def _cell(row: dict | None, key: str) -> str:
 
 
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--threads", help="CPU threads for every contender (default: torch's)")
+    opts = ap.parse_args()
     if not finished("runs/teacher-mr"):
         raise SystemExit("runs/teacher-mr is missing: run benchmarks/finetune_mr.py first")
     args = [path for path, _ in MODELS if finished(path)]
     sweeps = [f"--sweep={s}" for p, s in MODELS if s and finished(p)]
     out = ROOT / "bench" / "mr"
-    cli("bench", *args, "--data", "mr", "--max-length", "64", "--out", str(out), *sweeps, capture=False)
+    threads = ["--threads", opts.threads] if opts.threads else []
+    cli("bench", *args, "--data", "mr", "--max-length", "64", "--out", str(out), *sweeps, *threads, capture=False)
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     teacher = next(r for r in rows if r["method"] == "finetune")
     acc = teacher["accuracy"]

@@ -6,13 +6,15 @@ import importlib.util
 import os
 from pathlib import Path
 
-import pytest
-import torch
-from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
-
+# Before transformers / huggingface_hub are imported: they read these once. Tests never reach a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizer  # noqa: E402
+
 # One thread: tiny models gain nothing from two, and spinning OpenMP threads on a shared 2-core machine
 # made tiny training tests 100× slower.
 torch.set_num_threads(1)

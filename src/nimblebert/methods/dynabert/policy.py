@@ -1,0 +1,35 @@
+"""DynaBERT's inference: the sub-network at width ``m_w`` and depth ``m_d`` (Hou et al., NeurIPS 2020,
+§3; official ``eval_glue.py``).
+
+The core keeps the first round(H·m_w) heads and the matching share of FFN neurons in every layer as
+really smaller matrix products (sliced weight views, not masks), and runs only the layers of the
+official depth rule. Width 1 and depth 1 is the plain model, exactly.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from ...core.encoder import EncoderOutput
+from ...core.plan import Plan
+from ...core.slicing import encoder_plan
+
+if TYPE_CHECKING:
+    from ...model import NimbleModel
+
+
+def plan_of(model: NimbleModel, width: float = 1.0, depth: float = 1.0) -> Plan:
+    """The core Plan of the sub-network at (``width``, ``depth``)."""
+    return encoder_plan(model.encoder, width, depth)
+
+
+def infer(model: NimbleModel, batch: dict[str, torch.Tensor], width: float = 1.0, depth: float = 1.0) -> EncoderOutput:
+    """One inference pass of the sub-network at (``width``, ``depth``) ∈ (0, 1]².
+
+    ``layers_run`` is the number of layers the sub-network has; the FLOPs the core records are those of
+    the sliced widths.
+    """
+    plan = plan_of(model, width, depth)
+    return model.encoder(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"), plan=plan)

@@ -1,0 +1,134 @@
+"""TinyBERT options (Jiao et al., Findings of EMNLP 2020). Each field is a ``nimblebert train tinybert --flag``.
+
+The defaults are the official recipe (``TinyBERT/task_distill.py``, ``general_distill.py``,
+``data_augmentation.py`` and the README): intermediate-layer distillation for 10 epochs at a constant
+5e-5, prediction-layer distillation for ``--epochs`` at ``--lr`` with 10% warm-up (the README uses 3
+epochs at 3e-5), general distillation for 3 epochs at 5e-5, augmentation with p = 0.4, K = 15 and N = 20.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ...errors import UserError
+
+STAGES = ("general", "intermediate", "prediction")
+INITS = ("auto", "teacher", "random", "model")
+AUG_SOURCES = ("auto", "mlm", "embeddings")
+
+
+@dataclass
+class TinyBertConfig:
+    """The student's shape, how it is initialised, and the stages and augmentation of its distillation."""
+
+    student_layers: int = field(default=0, metadata={
+        "help": "student Transformer layers M; 0 = half the teacher's. With the uniform layer map the teacher's "
+                "depth N must be a multiple of M (g(m) = N/M · m)"})
+    student_hidden: int = field(default=0, metadata={"help": "student hidden size; 0 = the teacher's"})
+    student_ffn: int = field(default=0, metadata={
+        "help": "student FFN size; 0 = the teacher's FFN/hidden ratio times --student-hidden"})
+    student_heads: int = field(default=0, metadata={
+        "help": "student attention heads; 0 = the teacher's. Must equal the teacher's: the attention loss "
+                "compares the maps head by head"})
+    student_init: str = field(default="auto", metadata={
+        "help": "'teacher' = copy the embeddings, head and the mapped layers g(m) of the teacher (needs the "
+                "teacher's hidden and FFN sizes); 'random'; 'model' = the small pretrained model given with "
+                "--model (the teacher then comes from --teacher); 'auto' = 'model' when both --model and "
+                "--teacher are given, else 'teacher' when the sizes allow it, else 'random'"})
+    init_layers: str = field(default="", metadata={
+        "help": "with --student-init teacher: the teacher layers (1-based, comma-separated) copied into the "
+                "student's layers 1..M; default: the layer map"})
+    layer_map: str = field(default="", metadata={
+        "help": "teacher layer g(m) (1-based, comma-separated) distilled into each student layer m = 1..M; "
+                "default: the paper's uniform map g(m) = (N/M)·m. The embeddings always map to the embeddings"})
+    stages: str = field(default="auto", metadata={
+        "help": "comma-separated stages to run, in order, from general, intermediate, prediction; 'auto' = "
+                "general (only with --general-data), intermediate, prediction. A run without the prediction "
+                "stage keeps the projection in nimblebert.safetensors, so a later run (--model that folder) "
+                "continues with it, as the official general and task checkpoints do"})
+    intermediate_epochs: float = field(default=10.0, metadata={
+        "help": "epochs of intermediate-layer distillation (embeddings + attention + hidden states; README: 10)"})
+    intermediate_lr: float = field(default=5e-5, metadata={
+        "help": "learning rate of intermediate-layer distillation, constant (official schedule 'none')"})
+    temperature: float = field(default=1.0, metadata={
+        "help": "temperature t of the prediction-layer soft cross-entropy (official default 1)"})
+    general_data: str = field(default="", metadata={
+        "help": "unlabelled text for general distillation: a .txt file (one text per line), a .jsonl file "
+                "({\"text\": ...} per line), or a built-in name / data folder (the texts of its train split). "
+                "Long texts are cut into pieces of --max-length tokens"})
+    general_teacher: str = field(default="", metadata={
+        "help": "the pre-trained (not fine-tuned) teacher of general distillation: alias, folder or hub id; "
+                "default: the teacher itself when it has no trained classifier, else the base model it was "
+                "fine-tuned from (read from its train_summary.json)"})
+    general_epochs: float = field(default=3.0, metadata={"help": "epochs of general distillation (official: 3)"})
+    general_lr: float = field(default=5e-5, metadata={
+        "help": "learning rate of general distillation, 10%% warm-up then linear decay (official: 5e-5)"})
+    augment: bool = field(default=True, metadata={
+        "help": "train the task stages on the augmented training set (original + up to --aug-copies variants "
+                "per example); --no-augment trains on the training set as it is"})
+    aug_copies: int = field(default=20, metadata={
+        "help": "N: augmentation trials per text field (paper: 20; the official per-task values range 10-30)"})
+    aug_p: float = field(default=0.4, metadata={"help": "p: probability of replacing each candidate word"})
+    aug_candidates: int = field(default=15, metadata={"help": "K: replacement candidates per word (paper: 15)"})
+    aug_source: str = field(default="auto", metadata={
+        "help": "where replacement candidates come from: 'mlm' = the top-K predictions of a masked-LM head for "
+                "single-piece words (as the paper), 'embeddings' = the K nearest whole words in the input "
+                "embedding space (cosine); 'auto' = 'mlm' when the --aug-model has an MLM head, else "
+                "'embeddings'. Words of several pieces always use embeddings (the paper uses GloVe there)"})
+    aug_model: str = field(default="", metadata={
+        "help": "model that proposes the candidates (a masked LM, e.g. bert-base-uncased); default: the teacher"})
+    teacher_cache_gb: float = field(default=8.0, metadata={
+        "help": "disk the cached teacher hidden states and attention scores may take per dataset; above it they "
+                "are recomputed at every step (the teacher's logits are always cached); 0 = never cache them"})
+    cache_dir: str = field(default="", metadata={
+        "help": "folder for the augmented sets and the cached teacher outputs; default $NIMBLEBERT_HOME/cache/"
+                "tinybert (~/.cache/nimblebert/cache/tinybert). Safe to delete"})
+
+    def __post_init__(self) -> None:
+        for name in ("student_layers", "student_hidden", "student_ffn", "student_heads"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be ≥ 0 (0 = from the teacher)")
+        if self.student_init not in INITS:
+            raise UserError(f"--student-init {self.student_init!r} is unknown; choose from {', '.join(INITS)}")
+        if self.aug_source not in AUG_SOURCES:
+            raise UserError(f"--aug-source {self.aug_source!r} is unknown; choose from {', '.join(AUG_SOURCES)}")
+        self.stage_list()  # validates --stages
+        parse_layers(self.layer_map, "--layer-map")
+        parse_layers(self.init_layers, "--init-layers")
+        if self.intermediate_epochs <= 0 or self.general_epochs <= 0:
+            raise UserError("--intermediate-epochs and --general-epochs must be > 0")
+        if self.intermediate_lr <= 0 or self.general_lr <= 0:
+            raise UserError("--intermediate-lr and --general-lr must be > 0")
+        if self.temperature <= 0:
+            raise UserError(f"--temperature {self.temperature} must be > 0")
+        if not 0.0 <= self.aug_p <= 1.0:
+            raise UserError(f"--aug-p {self.aug_p} is out of range: use a value in [0, 1]")
+        if self.aug_copies < 0 or self.aug_candidates < 1:
+            raise UserError("--aug-copies must be ≥ 0 and --aug-candidates ≥ 1")
+        if self.teacher_cache_gb < 0:
+            raise UserError("--teacher-cache-gb must be ≥ 0")
+
+    def stage_list(self) -> list[str]:
+        """The stages to run, in the official order."""
+        if self.stages.strip() == "auto":
+            return [s for s in STAGES if s != "general" or self.general_data]
+        chosen = [s.strip() for s in self.stages.split(",") if s.strip()]
+        unknown = [s for s in chosen if s not in STAGES]
+        if unknown or not chosen:
+            raise UserError(f"--stages {self.stages!r}: give 'auto' or some of {', '.join(STAGES)} (comma-separated)")
+        if "general" in chosen and not self.general_data:
+            raise UserError("--stages general needs --general-data (a text file or a built-in name)")
+        return [s for s in STAGES if s in chosen]  # the official order, whatever order was typed
+
+
+def parse_layers(text: str, flag: str) -> list[int] | None:
+    """'2,4,6' -> [2, 4, 6]; '' -> None. Range checks need the depths and happen in :mod:`.student`."""
+    if not text.strip():
+        return None
+    try:
+        layers = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{flag} {text!r} must be comma-separated layer numbers, e.g. 2,4,6") from None
+    if not layers or min(layers) < 1:
+        raise UserError(f"{flag} {text!r}: layer numbers start at 1")
+    return layers
