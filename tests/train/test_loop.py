@@ -28,16 +28,19 @@ def _setup(model_dir: Path, data_dir: Path, out: Path, **kw):
 
 def test_resume_reaches_the_same_weights(tiny_model_dir: Path, toy_data_dir: Path, tmp_path: Path) -> None:
     model, stages, enc, opts = _setup(tiny_model_dir, toy_data_dir, tmp_path / "full")
+    stages[0].select = "last"  # compare the final weights (a best checkpoint before the kill would hide a drift)
     train(model, stages, enc["train"], enc["validation"], opts)
     full = load(tmp_path / "full")
 
     model, stages, enc, opts = _setup(tiny_model_dir, toy_data_dir, tmp_path / "killed")
+    stages[0].select = "last"
     with pytest.raises(StopTraining):
         train(model, stages, enc["train"], enc["validation"], opts, stop_after=9)
     assert not (tmp_path / "killed" / "config.json").exists()  # does not look finished
     assert (tmp_path / "killed" / "checkpoint" / "state.json").exists()
     # A fresh process: rebuild everything from the folder on disk.
     model, stages, enc, _ = _setup(tiny_model_dir, toy_data_dir, tmp_path / "killed")
+    stages[0].select = "last"
     opts_resume = TrainOptions(**{**opts.__dict__, "resume": True})
     train(model, stages, enc["train"], enc["validation"], opts_resume)
     resumed = load(tmp_path / "killed")

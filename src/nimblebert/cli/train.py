@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..methods import get_method, list_methods
-from ..train.stages import TrainOptions
+from ..train.stages import TrainData, TrainOptions
 from .common import add_config_flags, add_data_flags, config_from_args, positive
 
 
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     model = from_base(base, task.label_names, method.name, config)
     train_enc = encode(task.train, model.tokenizer, args.max_length, task.has_pair)
     val_enc = encode(task.validation, model.tokenizer, args.max_length, task.has_pair)
-    stages = method.stages(model, opts)
+    stages = method.stages(model, opts, TrainData(task, train_enc, val_enc))
     summary = train(model, stages, train_enc, val_enc, opts)
     sys.stderr.write(f"saved {method.name} model to {args.out} ({summary['train_seconds']} s)\n")
     print(json.dumps({"out": args.out, "method": method.name, "train_seconds": summary["train_seconds"],

@@ -196,4 +196,7 @@ def make_loader(
     """
     lengths = [len(ids) for ids in encoded["input_ids"]] if bucket_by_length else None
     sampler = EpochBatchSampler(len(encoded), batch_size, shuffle=shuffle, seed=seed, lengths=lengths)
-    return DataLoader(_IndexedRows(encoded), batch_sampler=sampler, collate_fn=Collator(tokenizer))
+    # A private generator: starting an iterator draws a seed from the loader's generator, and drawing it from
+    # the global one would shift the dropout masks of a run resumed mid-epoch.
+    return DataLoader(_IndexedRows(encoded), batch_sampler=sampler, collate_fn=Collator(tokenizer),
+                      generator=torch.Generator().manual_seed(seed))

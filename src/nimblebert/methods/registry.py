@@ -17,7 +17,7 @@ from ..errors import UserError
 if TYPE_CHECKING:
     from ..core.encoder import EncoderOutput
     from ..model import NimbleModel
-    from ..train.stages import Stage, TrainOptions
+    from ..train.stages import Stage, TrainData, TrainOptions
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,8 @@ class Method:
         config_cls: dataclass of the method's options (saved in config.json's ``nimblebert`` section).
         attach: adds the method's modules to ``model.extras`` from ``model.method_config``; used both
             when training starts and when a saved model is loaded.
-        stages: the training stages, run in order by the one trainer.
+        stages: the training stages, run in order by the one trainer: ``stages(model, opts, data)`` with
+            ``data`` a :class:`~nimblebert.train.stages.TrainData`.
         infer: one forward pass at inference with the given knob values.
         knobs: the inference knobs.
         static: True when the result is a plain transformers model (no extras, no knobs).
@@ -61,7 +62,7 @@ class Method:
     name: str
     config_cls: type
     attach: Callable[[NimbleModel], None]
-    stages: Callable[[NimbleModel, TrainOptions], list[Stage]]
+    stages: Callable[[NimbleModel, TrainOptions, TrainData | None], list[Stage]]
     infer: Callable[..., EncoderOutput]
     knobs: tuple[Knob, ...] = ()
     static: bool = True

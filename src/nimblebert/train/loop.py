@@ -210,7 +210,8 @@ def train(
                     log.write({"stage": stage.name, "step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
                                **{k: float(v.detach()) for k, v in parts.items()}})
                 if step % eval_every == 0 or step == total:
-                    scores = evaluate(model, val_loader, stage.eval_knobs)
+                    scores = (stage.evaluate(model, val_loader) if stage.evaluate
+                              else evaluate(model, val_loader, stage.eval_knobs))
                     wrapped.train()
                     value = scores.get(stage.metric, 0.0)
                     log.write({"stage": stage.name, "step": step, "event": "eval", **scores})

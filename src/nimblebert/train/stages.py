@@ -40,6 +40,15 @@ class TrainOptions:
 
 
 @dataclass
+class TrainData:
+    """What the trainer trains on, handed to ``Method.stages`` (importance data, augmentation sources)."""
+
+    task: Any  # nimblebert.data.TaskData: raw splits and label names
+    train: Any  # encoded train split
+    validation: Any  # encoded validation split
+
+
+@dataclass
 class Stage:
     """One phase of training, run by :func:`nimblebert.train.loop.train`.
 
@@ -48,6 +57,8 @@ class Stage:
         trainable: the parameters this stage updates (all others are frozen); None = all.
         select: "best" keeps the checkpoint with the best validation ``metric``; "last" the final one.
         eval_knobs: knob values used for validation inference in this stage.
+        evaluate: (model, validation loader) -> metrics, replacing the default single-setting evaluation
+            (e.g. DynaBERT selects on the summed accuracy of all its sub-networks).
         train_data: an encoded dataset to train on instead of the task's train split (augmented or
             unlabelled text).
         schedule: "linear" (warm-up then linear decay to 0) or "constant".
@@ -65,4 +76,5 @@ class Stage:
     select: str = "best"
     metric: str = "accuracy"
     eval_knobs: dict[str, Any] = field(default_factory=dict)
+    evaluate: Callable[[NimbleModel, Any], dict[str, float]] | None = None
     train_data: Any = None

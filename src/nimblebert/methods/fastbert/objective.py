@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig
 
 from ...errors import UserError
-from ...train.stages import Stage, TrainOptions
+from ...train.stages import Stage, TrainData, TrainOptions
 from ..losses import kl_batchmean
 from .config import FastBertConfig
 from .modules import attention_mask4d
@@ -111,7 +111,7 @@ def distill_texts(path: str, tokenizer: Any, max_length: int) -> Any:
     return encode(ds, tokenizer, max_length, has_pair)
 
 
-def stages(model: NimbleModel, opts: TrainOptions) -> list[Stage]:
+def stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None = None) -> list[Stage]:
     """Stage 1 (unless skipped, see ``--finetune``) then stage 2, with the official recipe: linear
     warm-up (10%) and decay in both, stage-2 learning rate = ``distill_lr_mult`` × ``--lr``."""
     cfg = config_of(model)

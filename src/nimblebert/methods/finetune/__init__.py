@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from ...core.encoder import EncoderOutput
+from ...core.plan import FULL, Plan
 from ...model import NimbleModel
-from ...train.stages import Stage, TrainOptions
+from ...train.stages import Stage, TrainData, TrainOptions
 from ..registry import Method, register_method
 
 
@@ -29,10 +30,14 @@ def cross_entropy_objective(model: NimbleModel, batch: dict[str, torch.Tensor]) 
 
 
 def infer(model: NimbleModel, batch: dict[str, torch.Tensor]) -> EncoderOutput:
-    return model.encoder(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+    """The full model — or, for a sub-network exported with fewer heads (which transformers can only
+    store as zeroed heads), only the heads it kept, as really smaller products with FLOPs to match."""
+    heads = model.method_config.get("heads_per_layer")
+    plan = Plan(heads=tuple(heads)) if heads else FULL
+    return model.encoder(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), plan=plan)
 
 
-def stages(model: NimbleModel, opts: TrainOptions) -> list[Stage]:
+def stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None = None) -> list[Stage]:
     return [Stage("finetune", cross_entropy_objective, lr=opts.lr, epochs=opts.epochs, warmup=opts.warmup)]
 
 

@@ -1,0 +1,318 @@
+"""DynaBERT on `mr`: train one width- and depth-adaptive model from the fine-tuned teacher, then measure the
+grid of sub-networks (Hou et al., NeurIPS 2020).
+
+Steps, all through the CLI: ``nimblebert train dynabert`` from ``runs/teacher-mr`` (rewiring by importance
+on the validation split, then the width stage and the width × depth stage), ``nimblebert export --format hf``
+of every (width, depth) of the grid, and one ``nimblebert bench`` that times, interleaved on the same test
+sentences, the plain transformers teacher (the baseline), every exported sub-network and the dynamic model
+at every (width, depth) (``--sweep``). Per setting the section reports accuracy with the paired bootstrap 95%
+interval of its difference from the teacher on the same sentences, parameters (of the sub-network, and of
+the exported folder), FLOPs, and the measured speed-ups at batch 1 and 32.
+
+Why two speed-ups per setting: a plain transformers 5 BERT cannot hold fewer attention heads of the same
+size (``prune_heads`` is gone and the Q/K/V width follows ``hidden_size``), so the exported folders keep the
+attention projections at full size with the dropped heads zeroed (FFN and depth *are* physically smaller);
+the dynamic model runs the kept heads alone. Both give the same predictions.
+
+Budget (2 CPU cores): one training step of the width stage is a teacher forward plus forward + backward of
+the 4 widths, about 8–9 full-model forwards; one step of the width × depth stage runs 12 sub-networks, about
+18. On MiniLM-L6 with 64 tokens and batch 32 that is roughly 7 s and 14 s per step, i.e. about 10 and 21
+minutes per epoch of `mr` (88 steps). The defaults (1 epoch each, ~35 min with the measurements) are cheap;
+the official recipe is 3 epochs each (``--width-epochs 3 --depth-epochs 3``, ~1.5 h), and ``--max-steps``
+caps every stage for a quick look.
+
+    python benchmarks/finetune_mr.py                   # first: the teacher, runs/teacher-mr
+    python benchmarks/dynabert_mr.py                   # trains runs/dynabert-mr, writes docs/dynabert_mr.*
+    python benchmarks/dynabert_mr.py --reuse           # keep an already trained model and its exports
+    python benchmarks/dynabert_mr.py --width-epochs 3 --depth-epochs 3   # the official number of epochs
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import common
+import numpy as np
+from common import ROOT, cli, environment, finished
+
+if importlib.util.find_spec("nimblebert") is None:  # not installed: run from the source tree (also for the CLI)
+    sys.path.insert(0, str(ROOT / "src"))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+
+WIDTHS = "1,0.75,0.5,0.25"
+DEPTHS = "1,0.75,0.5"
+
+
+def paired_bootstrap(teacher: np.ndarray, other: np.ndarray, reps: int, seed: int = 0) -> dict[str, float]:
+    """Accuracy difference (other − teacher) on the same examples and its bootstrap 95% interval; the same
+    resamples (same seed) for every setting, so the intervals are comparable."""
+    diffs = other.astype(np.float64) - teacher.astype(np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(diffs), size=(reps, len(diffs)))
+    means = diffs[idx].mean(axis=1)
+    return {"diff": float(diffs.mean()), "low": float(np.percentile(means, 2.5)),
+            "high": float(np.percentile(means, 97.5))}
+
+
+def sub_network_params(model: Any, width: float, depth: float) -> int:
+    """Parameters the sub-network really uses: embeddings, pooler and classifier, plus the kept layers at
+    the kept heads / FFN neurons (what a head-pruning runtime would hold)."""
+    from nimblebert.core.plan import depth_layers
+    from nimblebert.core.slicing import width_sizes
+
+    enc = model.encoder
+    d = model.hf.config.hidden_size
+
+    def layer(heads: int, ffn: int) -> int:
+        n = heads * enc.head_dim
+        return 3 * (d * n + n) + (n * d + d) + 2 * d + (d * ffn + ffn) + (ffn * d + d) + 2 * d
+
+    total = sum(p.numel() for p in model.hf.parameters())
+    rest = total - enc.num_layers * layer(enc.num_heads, enc.ffn_size)
+    heads, ffn = width_sizes(enc.num_heads, enc.ffn_size, width)
+    return rest + len(depth_layers(enc.num_layers, depth)) * layer(heads, ffn)
+
+
+def plot(rows: list[dict[str, Any]], teacher_acc: float, path: Path, title: str) -> None:
+    """Accuracy against the measured batch-32 speed-up: the dynamic model and the exported folders, one point
+    per (width, depth), with the FLOPs speed-up for reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for key, marker, label in (("dyn_b32_speedup", "o", "dynamic model (kept heads only), batch 32"),
+                               ("exp_b32_speedup", "s", "exported transformers folder, batch 32"),
+                               ("flops_speedup", "x", "FLOPs")):
+        ax.plot([r[key] for r in rows], [r["accuracy"] for r in rows], marker, label=label, alpha=0.8)
+    for r in rows:
+        ax.annotate(f"{r['width']:g}/{r['depth']:g}", (r["dyn_b32_speedup"], r["accuracy"]),
+                    textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.axhline(teacher_acc, color="grey", linestyle=":", label="teacher")
+    ax.set_xlabel("speed-up over the plain transformers teacher (×); labels: width/depth")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="mr", help="mr, or a data folder")
+    ap.add_argument("--teacher", help="fine-tuned teacher folder (default runs/teacher-<data>)")
+    ap.add_argument("--out", help="DynaBERT model folder (default runs/dynabert-<data>); exports go to <out>-exports/")
+    ap.add_argument("--name", help="results name (default dynabert_<data>): docs/<name>.json, .png, section")
+    ap.add_argument("--docs", help="write the files here instead of docs/ (no docs/results.md or README update)")
+    ap.add_argument("--reuse", action="store_true", help="reuse a finished --out and finished exports")
+    ap.add_argument("--max-length", default="64")
+    ap.add_argument("--lr", default="2e-5", help="learning rate of every stage (official: 2e-5)")
+    ap.add_argument("--batch-size", default="32")
+    ap.add_argument("--seed", default="42")
+    ap.add_argument("--width-epochs", default="1", help="epochs of the width stage (official: 3)")
+    ap.add_argument("--depth-epochs", default="1", help="epochs of the width × depth stage (official: 3)")
+    ap.add_argument("--final-epochs", default="0",
+                    help="> 0 adds the optional final fine-tuning of every sub-network for this many epochs")
+    ap.add_argument("--max-steps", help="cap every stage at this many optimizer steps (a quick look)")
+    ap.add_argument("--widths", default=WIDTHS, help="widths trained and measured")
+    ap.add_argument("--depths", default=DEPTHS, help="depths trained and measured")
+    ap.add_argument("--importance-split", default="validation", choices=["validation", "train"],
+                    help="labelled split for head/neuron importance (official: the dev set)")
+    ap.add_argument("--b1-examples", type=int, default=100)
+    ap.add_argument("--b32-examples", type=int, default=640)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--bootstrap", type=int, default=10000)
+    ap.add_argument("--threads", type=int, help="threads for every timed contender (default: torch's)")
+    args = ap.parse_args()
+    # Paths the user gave are taken from the current folder; the defaults live under the repository.
+    data = os.path.abspath(args.data) if Path(args.data).exists() else args.data
+    tag = Path(data).name if Path(data).exists() else data
+    teacher_dir = os.path.abspath(args.teacher) if args.teacher else f"runs/teacher-{tag}"
+    out = os.path.abspath(args.out) if args.out else f"runs/dynabert-{tag}"
+    exports_dir = f"{out}-exports"
+    name = args.name or f"dynabert_{tag}"
+    docs = Path(os.path.abspath(args.docs)) if args.docs else common.DOCS
+    widths = [float(w) for w in args.widths.split(",") if w.strip()]
+    depths = [float(d) for d in args.depths.split(",") if d.strip()]
+    grid = [(w, d) for d in sorted(depths, reverse=True) for w in sorted(widths, reverse=True)]
+
+    import torch
+
+    from nimblebert import load
+    from nimblebert.data import builtin_names, encode, load_task, make_loader
+    from nimblebert.inference import metrics, predict_loader
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.chdir(ROOT)
+    sizes = json.loads(cli("data", "prepare", data).strip().splitlines()[-1]) if data in builtin_names() else None
+    if not finished(teacher_dir):
+        raise SystemExit(f"no teacher in {teacher_dir}: run benchmarks/finetune_mr.py first (or pass --teacher)")
+
+    # ---- train -----------------------------------------------------------------------------------------
+    phases = ["width", "depth"] + (["final"] if float(args.final_epochs) > 0 else [])
+    train_args = ["--model", teacher_dir, "--data", data, "--importance-data", data,
+                  "--importance-split", args.importance_split, "--out", out, "--max-length", args.max_length,
+                  "--lr", args.lr, "--batch-size", args.batch_size, "--seed", args.seed,
+                  "--widths", *[f"{w:g}" for w in widths], "--depths", *[f"{d:g}" for d in depths],
+                  "--phases", *phases, "--width-epochs", args.width_epochs, "--depth-epochs", args.depth_epochs]
+    if "final" in phases:
+        train_args += ["--final-epochs", args.final_epochs]
+    if args.max_steps:
+        train_args += ["--max-steps", args.max_steps]
+    if not (args.reuse and finished(out)):
+        cli("train", "dynabert", *train_args, "--overwrite", capture=False)
+    summary = json.loads((Path(out) / "train_summary.json").read_text())
+
+    # ---- export every sub-network as a plain transformers folder ----------------------------------------
+    exports = {}
+    for w, d in grid:
+        folder = f"{exports_dir}/w{w:g}-d{d:g}"
+        exports[w, d] = folder
+        if not (args.reuse and finished(folder)):
+            cli("export", out, "--format", "hf", "--width", f"{w:g}", "--depth", f"{d:g}", "--out", folder)
+
+    # ---- accuracy per example, paired with the teacher on the same sentences ---------------------------
+    teacher, dyn = load(teacher_dir), load(out)
+    task = load_task(data, label_names=dyn.label_names)
+    split = "test" if task.test is not None else "validation"
+    encoded = encode(getattr(task, split), dyn.tokenizer, int(args.max_length), task.has_pair)
+    loader = make_loader(encoded, dyn.tokenizer, 64, shuffle=False, bucket_by_length=True)
+    base = predict_loader(teacher, loader)
+    base_metrics = metrics(base, teacher.num_labels)
+    base_correct = (base.predicted == base.labels).numpy()
+    per_setting: dict[tuple[float, float], dict[str, Any]] = {}
+    for w, d in grid:
+        exported = load(exports[w, d])
+        pe = predict_loader(exported, loader)
+        pd = predict_loader(dyn, loader, width=w, depth=d)
+        per_setting[w, d] = {
+            "vs_teacher": paired_bootstrap(base_correct, (pe.predicted == pe.labels).numpy(), args.bootstrap),
+            "agreement_with_teacher": float((pe.predicted == base.predicted).float().mean()),
+            "export_agrees_with_dynamic": float((pe.predicted == pd.predicted).float().mean()),
+            "export_max_abs_logit_diff": float((pe.logits - pd.logits).abs().max()),
+            "sub_network_params_m": sub_network_params(dyn, w, d) / 1e6,
+            "exported_params_m": sum(p.numel() for p in exported.hf.parameters()) / 1e6,
+        }
+        print(f"width {w:g} depth {d:g}: accuracy {metrics(pe, dyn.num_labels)['accuracy']:.4f}", file=sys.stderr)
+
+    # ---- one bench run: teacher baseline, exported folders, the dynamic model at every setting ----------
+    bench_dir = f"{out}-bench"
+    bench_args = ["bench", teacher_dir, out, *exports.values(), "--data", data, "--split", split,
+                  "--max-length", args.max_length, "--out", bench_dir, "--no-onnx", "--rounds", str(args.rounds),
+                  "--b1-examples", str(args.b1_examples), "--b32-examples", str(args.b32_examples),
+                  "--sweep", "width=" + ",".join(f"{w:g}" for w in widths),
+                  "--sweep", "depth=" + ",".join(f"{d:g}" for d in depths)]
+    if args.threads:
+        bench_args += ["--threads", str(args.threads)]
+    cli(*bench_args)
+    bench_rows = [json.loads(x) for x in (Path(bench_dir) / "results.jsonl").read_text().splitlines()]
+
+    def bench_row(path: str, knobs: dict[str, float] | None = None) -> dict[str, Any]:
+        for r in bench_rows:
+            if r.get("path") == path and r.get("runtime") == "nimblebert" and (knobs is None or r["knobs"] == knobs):
+                return r
+        raise SystemExit(f"bench wrote no row for {path} {knobs or ''}")
+
+    teacher_row = bench_row(teacher_dir)
+    rows = []
+    for w, d in grid:
+        dyn_row, exp_row = bench_row(out, {"width": w, "depth": d}), bench_row(exports[w, d])
+        flops_speedup = teacher_row["flops_per_sample"] / dyn_row["flops_per_sample"]
+        rows.append({
+            "width": w, "depth": d, "accuracy": exp_row["accuracy"], "macro_f1": exp_row["macro_f1"],
+            "dynamic_accuracy": dyn_row["accuracy"], "layers": dyn_row["mean_layers"],
+            "flops_per_sample": dyn_row["flops_per_sample"], "flops_speedup": flops_speedup,
+            "exported_flops_per_sample": exp_row["flops_per_sample"],
+            "dyn_b1_speedup": dyn_row["b1_speedup"], "dyn_b32_speedup": dyn_row["b32_speedup"],
+            "exp_b1_speedup": exp_row["b1_speedup"], "exp_b32_speedup": exp_row["b32_speedup"],
+            "dyn_b32_over_flops": dyn_row["b32_speedup"] / flops_speedup,
+            "exp_b1_ms": exp_row["b1_ms"], "exp_b32_ms_per_sample": exp_row["b32_ms_per_sample"],
+            "exported_size_mb": exp_row["size_mb"], **per_setting[w, d]})
+
+    # ---- table, plot, JSON ------------------------------------------------------------------------------
+    env = environment()
+    table = ["| width | depth | accuracy | Δ vs teacher [95% CI] (points) | params M (sub-net / exported) | MFLOPs | "
+             "FLOPs × | b1 × dyn / exp | b32 × dyn / exp | b32 × ÷ FLOPs × (dyn) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        v = r["vs_teacher"]
+        table.append(f"| {r['width']:g} | {r['depth']:g} | {r['accuracy']:.4f} | {100 * v['diff']:+.2f} "
+                     f"[{100 * v['low']:+.2f}, {100 * v['high']:+.2f}] | {r['sub_network_params_m']:.2f} / "
+                     f"{r['exported_params_m']:.2f} | {r['flops_per_sample'] / 1e6:.3g} | {r['flops_speedup']:.2f} | "
+                     f"{r['dyn_b1_speedup']:.2f} / {r['exp_b1_speedup']:.2f} | {r['dyn_b32_speedup']:.2f} / "
+                     f"{r['exp_b32_speedup']:.2f} | {r['dyn_b32_over_flops']:.2f} |")
+    docs.mkdir(parents=True, exist_ok=True)
+    png = docs / f"{name}.png"
+    plot(rows, base_metrics["accuracy"], png, f"DynaBERT on {tag}: accuracy vs speed-up ({len(encoded)} {split} "
+                                              "sentences)")
+    stage_seconds = summary["train_seconds"]
+    worst_export = max(r["export_max_abs_logit_diff"] for r in rows)
+    command = "python benchmarks/dynabert_mr.py" + ("" if data == "mr" else f" --data {data}")
+    epochs = f"width stage {args.width_epochs} epoch(s), width × depth stage {args.depth_epochs} epoch(s)" + (
+        f", final fine-tuning {args.final_epochs}" if "final" in phases else "") + (
+        f", at most {args.max_steps} steps per stage" if args.max_steps else "")
+    md = f"""## DynaBERT on `{tag}`: the width × depth grid
+
+`{command}` — teacher `{teacher_dir}` (accuracy {base_metrics['accuracy']:.4f} on the {len(encoded)} {split}
+sentences), one DynaBERT model `{out}` trained from it.
+
+- Training: rewiring by head/neuron importance on the {args.importance_split} split, then {epochs}; lr {args.lr},
+  batch {args.batch_size}, max {args.max_length} tokens, no data augmentation; {stage_seconds / 60:.1f} min.
+  The trainer keeps each stage's last weights (selection on the summed validation accuracy needs a trainer hook).
+- accuracy and Δ: the exported transformers folder at that setting, against the teacher on the same sentences,
+  with the paired bootstrap 95% interval ({args.bootstrap} resamples). Exported and dynamic predictions agree
+  (max |logit difference| {worst_export:.1e}).
+- params: what the sub-network uses / what the exported folder holds (its attention keeps full-size
+  projections with the dropped heads zeroed: a plain transformers 5 BERT cannot have fewer heads of the
+  same size; FFN and depth are physically smaller).
+- ×: speed-up over the faster plain transformers teacher (eager/sdpa), timed interleaved in the same
+  `nimblebert bench` run; dyn = the dynamic model at that setting (kept heads only), exp = the exported folder
+  (run by nimblebert's core); batch 1 over {args.b1_examples} sentences, batch 32 over {args.b32_examples}
+  (bucketed by length), median of {args.rounds} passes. The last column should stay near 1.
+
+{chr(10).join(table)}
+
+![accuracy vs speed-up]({png.name})
+
+Environment: torch {env['torch']}, {env['threads']} threads, {env['cpu_count']} CPUs ({env['processor']}),
+{env['date']}.
+"""
+    lossless = [r for r in rows if r["vs_teacher"]["low"] <= 0 <= r["vs_teacher"]["high"] and
+                (r["width"], r["depth"]) != (1.0, 1.0)]
+    best = max(lossless, key=lambda r: r["dyn_b32_speedup"], default=None)
+    if best is None:
+        claim = "no smaller sub-network kept the teacher's accuracy within its 95% interval."
+    else:
+        v = best["vs_teacher"]
+        claim = (f"width {best['width']:g} × depth {best['depth']:g} keeps the teacher's accuracy "
+                 f"({best['accuracy']:.4f} vs {base_metrics['accuracy']:.4f}, Δ {100 * v['diff']:+.2f} points, "
+                 f"95% CI [{100 * v['low']:+.2f}, {100 * v['high']:+.2f}]) with {best['sub_network_params_m']:.1f} M "
+                 f"parameters in use, {best['dyn_b32_speedup']:.2f}× faster at batch 32 and "
+                 f"{best['dyn_b1_speedup']:.2f}× at batch 1 (FLOPs {best['flops_speedup']:.2f}×).")
+    headline = f"**DynaBERT** (`{command}`) on `{tag}`: {claim}"
+    result = {"data": data, "split": split, "examples": len(encoded), "sizes": sizes, "teacher": teacher_dir,
+              "model": out, "exports": {f"{w:g},{d:g}": f for (w, d), f in exports.items()},
+              "train_command": "nimblebert train dynabert " + " ".join(train_args),
+              "bench_command": "nimblebert " + " ".join(bench_args), "train": summary,
+              "teacher_metrics": base_metrics, "teacher_bench": teacher_row, "settings": rows,
+              "bench_rows": bench_rows, "environment": env}
+    if args.docs:
+        (docs / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (docs / f"{name}.md").write_text(md)
+    else:
+        common.write_section(name, md, result, headline)
+    print(md)
+    print(headline)
+
+
+if __name__ == "__main__":
+    main()
