@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 SECTIONS = DOCS / "sections"
-ORDER = ["finetune_mr", "fastbert_mr", "fastbert_chnsenti"]
+ORDER = ["finetune_mr", "report_mr", "fastbert_mr", "fastbert_chnsenti", "tinybert_mr", "dynabert_mr"]
 
 
 def cli(*args: str, capture: bool = True) -> str:

@@ -4,4 +4,5 @@ from . import (
     dynabert,  # noqa: F401
     fastbert,  # noqa: F401
     finetune,  # noqa: F401
+    tinybert,  # noqa: F401
 )

@@ -77,7 +77,7 @@ class TinyBertConfig:
                 "'embeddings'. Words of several pieces always use embeddings (the paper uses GloVe there)"})
     aug_model: str = field(default="", metadata={
         "help": "model that proposes the candidates (a masked LM, e.g. bert-base-uncased); default: the teacher"})
-    teacher_cache_gb: float = field(default=8.0, metadata={
+    teacher_cache_gb: float = field(default=16.0, metadata={
         "help": "disk the cached teacher hidden states and attention scores may take per dataset; above it they "
                 "are recomputed at every step (the teacher's logits are always cached); 0 = never cache them"})
     cache_dir: str = field(default="", metadata={

@@ -28,10 +28,10 @@ def uniform_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
                         f"{teacher_layers}: use --student-layers between 1 and {teacher_layers}")
     if teacher_layers % student_layers:
         divisors = [m for m in range(1, teacher_layers + 1) if teacher_layers % m == 0]
+        example = ",".join(str(round(m * teacher_layers / student_layers)) for m in range(1, student_layers + 1))
         raise UserError(f"the uniform layer map needs the teacher's {teacher_layers} layers to be a multiple of "
                         f"the student's {student_layers}: use --student-layers in {divisors}, or give the teacher "
-                        f"layers yourself with --layer-map (e.g. --layer-map "
-                        f"{','.join(str(round((m + 1) * teacher_layers / student_layers)) for m in range(student_layers))})")
+                        f"layers yourself with --layer-map (e.g. --layer-map {example})")
     k = teacher_layers // student_layers
     return [k * m for m in range(1, student_layers + 1)]
 
