@@ -41,6 +41,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--threads", help="CPU threads for every contender (default: torch's)")
+    ap.add_argument("--reuse", action="store_true", help="rebuild the section from an existing bench/mr run")
     opts = ap.parse_args()
     if not finished("runs/teacher-mr"):
         raise SystemExit("runs/teacher-mr is missing: run benchmarks/finetune_mr.py first")
@@ -48,7 +49,8 @@ def main() -> None:
     sweeps = [f"--sweep={s}" for p, s in MODELS if s and finished(p)]
     out = ROOT / "bench" / "mr"
     threads = ["--threads", opts.threads] if opts.threads else []
-    cli("bench", *args, "--data", "mr", "--max-length", "64", "--out", str(out), *sweeps, *threads, capture=False)
+    if not (opts.reuse and (out / "results.jsonl").exists()):
+        cli("bench", *args, "--data", "mr", "--max-length", "64", "--out", str(out), *sweeps, *threads, capture=False)
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     teacher = next(r for r in rows if r["method"] == "finetune")
     acc = teacher["accuracy"]
@@ -62,7 +64,7 @@ def main() -> None:
             lines.append(f"| {method} | ≤ {loss * 100:.0f} pt | {_cell(b1.get(method), 'b1_speedup')} | "
                          f"{_cell(b32.get(method), 'b32_speedup')} |")
     table = (out / "results.md").read_text()
-    env = environment()
+    env = {**environment(), **json.loads((out / "meta.json").read_text())["environment"]}  # as measured
     md = f"""## Efficiency report on `mr`: methods against the baselines users would pick instead
 
 `python benchmarks/report_mr.py` (after `finetune_mr.py` and `fastbert_mr.py`; `make bench` runs all three).
