@@ -82,7 +82,10 @@ Every row:
 {table}
 torch {env['torch']}, {env['threads']} threads, {env['cpu_count']} CPUs, {env['date']}.
 """
-    write_section("report_mr", md, {"rows": rows, "teacher_accuracy": acc, "environment": env})
+    headline = (f"**Efficiency on `mr`** (`python benchmarks/report_mr.py`; teacher test accuracy {acc:.4f}, "
+                f"{teacher['examples']} sentences; × = measured speed-up over plain transformers, same run, "
+                f"{env['threads']} thread(s)):\n\n" + "\n".join(lines) + "\n\n![Pareto chart](docs/report_mr.png)\n")
+    write_section("report_mr", md, {"rows": rows, "teacher_accuracy": acc, "environment": env}, headline)
     print(md)
 
 
