@@ -22,15 +22,6 @@ LABELS = ["negative", "positive"]
 FAST_ARGS = ["--max-length", "32", "--rounds", "1", "--b1-examples", "3", "--b32-examples", "32"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors gain nothing from threads; on a busy shared machine spinning threads only slow tests.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 def save_model(folder: Path, method: str = "finetune") -> Path:
     model = NimbleModel(tiny_model(layers=3), make_tokenizer(), method, {}, LABELS)
     get_method(method).attach(model)

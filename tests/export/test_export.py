@@ -25,15 +25,6 @@ from nimblebert.model import NimbleModel
 LABELS = ["negative", "positive"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny tensors gain nothing from threads; on a busy shared machine spinning threads only slow tests.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 def save_model(folder: Path, method: str = "finetune", seed: int = 0) -> Path:
     model = NimbleModel(tiny_model(seed=seed, layers=3), make_tokenizer(), method, {}, LABELS)
     get_method(method).attach(model)

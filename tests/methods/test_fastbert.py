@@ -31,16 +31,6 @@ BRANCH_KINDS = [{"branch": "attention"}, {"branch": "attention", "pooling": "mea
                 {"branch": "linear"}]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy 2-core machine two OpenMP threads spinning
-    against other processes made these tests ~100× slower (0.8 s -> 2 min)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 def make_model(tokenizer=None, layers: int = LAYERS, spread: bool = True, seed: int = 0,
                **cfg) -> NimbleModel:
     """A tiny FastBERT. Random branches are all near-uniform; ``spread`` rescales each branch's output

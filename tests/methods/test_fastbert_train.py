@@ -23,17 +23,6 @@ from nimblebert.model import NimbleModel
 from nimblebert.train.loop import train
 from nimblebert.train.stages import TrainOptions
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy 2-core machine two OpenMP threads spinning
-    against other processes made these tests ~100× slower (0.8 s -> 2 min)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 POS = "good great fun best love funny smart beautiful moving".split()
 NEG = "bad awful boring worst hate dull stupid ugly slow".split()
 NEUTRAL = "the a movie film plot actor story is was and it this that script acting ending".split()

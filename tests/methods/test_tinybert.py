@@ -25,14 +25,6 @@ TEXTS = ["the movie was good and fun", "a bad , boring film", "it is not very sm
          "this story was the worst"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 def batch_of(texts: list[str], tokenizer=None) -> dict[str, torch.Tensor]:
     tokenizer = tokenizer or make_tokenizer()
     enc = encode(datasets.Dataset.from_dict({"text": texts}), tokenizer, 24, False)

@@ -27,14 +27,6 @@ from nimblebert.train.stages import TrainData, TrainOptions
 LABELS = ["negative", "positive"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 @pytest.fixture
 def teacher_dir(tmp_path: Path) -> Path:
     """A 'fine-tuned' 4-layer teacher folder (a nimblebert finetune folder with a classifier)."""
