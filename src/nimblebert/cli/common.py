@@ -74,11 +74,12 @@ def add_config_flags(p: argparse.ArgumentParser, config_cls: type) -> None:
                            help=help_text)
         elif isinstance(default, (list, tuple)):
             kind = type(default[0]) if default else str
-            g.add_argument(flag, dest=f"cfg_{f.name}", nargs="+", type=kind, default=list(default), help=help_text)
+            g.add_argument(flag, dest=f"cfg_{f.name}", nargs="+", type=kind, default=list(default), help=help_text,
+                           metavar=f.name.upper())
         else:
             kind = type(default) if default is not None else str
             g.add_argument(flag, dest=f"cfg_{f.name}", type=kind, default=default,
-                           help=f"{help_text} (default {default})")
+                           help=f"{help_text} (default {default})", metavar=f.name.upper())
 
 
 def config_from_args(config_cls: type, args: argparse.Namespace) -> Any:
