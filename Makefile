@@ -38,6 +38,8 @@ demo: data
 bench: data
 	$(BIN)/python benchmarks/finetune_mr.py
 	$(BIN)/python benchmarks/fastbert_mr.py
+	$(BIN)/python benchmarks/tinybert_mr.py
+	$(BIN)/python benchmarks/dynabert_mr.py
 	$(BIN)/python benchmarks/report_mr.py
 
 clean-runs:

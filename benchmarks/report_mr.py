@@ -18,7 +18,14 @@ import shutil
 
 from common import DOCS, ROOT, cli, environment, finished, write_section
 
-MODELS = [("runs/teacher-mr", None), ("runs/fastbert-mr", "speed=0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8")]
+# (folder, knob sweeps): every method's model on mr that its benchmark script trained, when present.
+MODELS = [
+    ("runs/teacher-mr", []),
+    ("runs/fastbert-mr", ["speed=0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8"]),
+    ("runs/tinybert-mr/tinybert-3l", []),
+    ("runs/tinybert-mr/tinybert-2l", []),
+    ("runs/dynabert-mr", ["width=1,0.75,0.5", "depth=1,0.5"]),
+]
 
 
 def best_points(rows: list[dict], teacher_acc: float, loss: float, key: str) -> dict[str, dict]:
@@ -46,7 +53,7 @@ def main() -> None:
     if not finished("runs/teacher-mr"):
         raise SystemExit("runs/teacher-mr is missing: run benchmarks/finetune_mr.py first")
     args = [path for path, _ in MODELS if finished(path)]
-    sweeps = [f"--sweep={s}" for p, s in MODELS if s and finished(p)]
+    sweeps = [f"--sweep={s}" for p, knobs in MODELS if finished(p) for s in knobs]
     out = ROOT / "bench" / "mr"
     threads = ["--threads", opts.threads] if opts.threads else []
     if not (opts.reuse and (out / "results.jsonl").exists()):
@@ -67,7 +74,7 @@ def main() -> None:
     env = {**environment(), **json.loads((out / "meta.json").read_text())["environment"]}  # as measured
     md = f"""## Efficiency report on `mr`: methods against the baselines users would pick instead
 
-`python benchmarks/report_mr.py` (after `finetune_mr.py` and `fastbert_mr.py`; `make bench` runs all three).
+`python benchmarks/report_mr.py` (after `finetune_mr.py` and the methods' scripts; `make bench` runs them all).
 Teacher test accuracy {acc:.4f} on {teacher['examples']} sentences; × = measured speed-up over the faster plain
 transformers model of the teacher, in the same run (batch 1: ms per sentence; batch 32: per sentence).
 
