@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   fine-tune MiniLM-L6 on the built-in `mr` data, evaluate it, print accuracy and speed,
-#               then a short FastBERT run and its speed sweep (about 15 minutes on 2 CPU cores)
+#               then a short FastBERT run and its speed sweep (6.6 minutes measured on 2 CPU cores)
 #   make test   run the test suite (offline, tiny random models)
 # and one regenerates every measured figure in docs/results.md from scratch (about 35 minutes):
 #   make bench
