@@ -267,7 +267,7 @@ sentences), one DynaBERT model `{out}` trained from it.
 
 - Training: rewiring by head/neuron importance on the {args.importance_split} split, then {epochs}; lr {args.lr},
   batch {args.batch_size}, max {args.max_length} tokens, no data augmentation; {stage_seconds / 60:.1f} min.
-  The trainer keeps each stage's last weights (selection on the summed validation accuracy needs a trainer hook).
+  Each stage keeps its checkpoint with the best summed validation accuracy over its sub-networks (official).
 - accuracy and Δ: the exported transformers folder at that setting, against the teacher on the same sentences,
   with the paired bootstrap 95% interval ({args.bootstrap} resamples). Exported and dynamic predictions agree
   (max |logit difference| {worst_export:.1e}).
