@@ -2,7 +2,7 @@
 #   make demo   fine-tune MiniLM-L6 on the built-in `mr` data, evaluate it, print accuracy and speed,
 #               then a short FastBERT run and its speed sweep (6.6 minutes measured on 2 CPU cores)
 #   make test   run the test suite (offline, tiny random models)
-# and one regenerates every measured figure in docs/results.md from scratch (about 35 minutes):
+# and one regenerates every measured figure in docs/results.md from scratch (about an hour):
 #   make bench
 PYTHON ?= python3
 VENV   ?= .venv
