@@ -6,15 +6,21 @@ JSON file of everything it measured; ``docs/results.md`` is rebuilt from the sec
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
-import random
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
+
+if importlib.util.find_spec("nimblebert") is None:  # not installed: run from the source tree (also for the CLI)
+    sys.path.insert(0, str(ROOT / "src"))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
 DOCS = ROOT / "docs"
 SECTIONS = DOCS / "sections"
 ORDER = ["finetune_mr", "report_mr", "fastbert_mr", "fastbert_chnsenti", "tinybert_mr", "dynabert_mr"]
@@ -47,13 +53,25 @@ def environment() -> dict:
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "torch_threads": torch.get_num_threads()}
 
 
-def paired_bootstrap(a: list[int], b: list[int], reps: int = 10000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of (b − a) over paired 0/1 correctness and its bootstrap 95% interval."""
-    n = len(a)
-    diffs = [bi - ai for ai, bi in zip(a, b, strict=True)]
-    rng = random.Random(seed)
-    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(reps))
-    return sum(diffs) / n, means[int(0.025 * reps)], means[int(0.975 * reps) - 1]
+def paired_bootstrap(teacher: np.ndarray, other: np.ndarray, reps: int = 10000, seed: int = 0) -> dict[str, float]:
+    """Accuracy difference (other − teacher) over paired 0/1 correctness on the same examples, with its
+    bootstrap 95% interval. The same resamples (same seed) serve every setting, so intervals are comparable."""
+    diffs = other.astype(np.float64) - teacher.astype(np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(diffs), size=(reps, len(diffs)))
+    means = diffs[idx].mean(axis=1)
+    return {"diff": float(diffs.mean()), "low": float(np.percentile(means, 2.5)),
+            "high": float(np.percentile(means, 97.5))}
+
+
+def publish(name: str, markdown: str, data: dict, headline: str, docs: Path | None = None) -> None:
+    """Write a benchmark's results: into docs/ (section, README headline), or only into ``docs`` when given
+    (a demo or a trial run must not overwrite the published figures)."""
+    if docs is None:
+        write_section(name, markdown, data, headline)
+        return
+    docs.mkdir(parents=True, exist_ok=True)
+    (docs / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    (docs / f"{name}.md").write_text(markdown)
 
 
 def write_section(name: str, markdown: str, data: dict, headline: str | None = None) -> None:

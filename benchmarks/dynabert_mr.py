@@ -30,7 +30,6 @@ caps every stage for a quick look.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -38,25 +37,10 @@ from pathlib import Path
 from typing import Any
 
 import common
-import numpy as np
 from common import ROOT, cli, environment, finished
-
-if importlib.util.find_spec("nimblebert") is None:  # not installed: run from the source tree (also for the CLI)
-    sys.path.insert(0, str(ROOT / "src"))
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
 
 WIDTHS = "1,0.75,0.5,0.25"
 DEPTHS = "1,0.75,0.5"
-
-
-def paired_bootstrap(teacher: np.ndarray, other: np.ndarray, reps: int, seed: int = 0) -> dict[str, float]:
-    """Accuracy difference (other − teacher) on the same examples and its bootstrap 95% interval; the same
-    resamples (same seed) for every setting, so the intervals are comparable."""
-    diffs = other.astype(np.float64) - teacher.astype(np.float64)
-    idx = np.random.default_rng(seed).integers(0, len(diffs), size=(reps, len(diffs)))
-    means = diffs[idx].mean(axis=1)
-    return {"diff": float(diffs.mean()), "low": float(np.percentile(means, 2.5)),
-            "high": float(np.percentile(means, 97.5))}
 
 
 def sub_network_params(model: Any, width: float, depth: float) -> int:
@@ -195,7 +179,7 @@ def main() -> None:
         pe = predict_loader(exported, loader)
         pd = predict_loader(dyn, loader, width=w, depth=d)
         per_setting[w, d] = {
-            "vs_teacher": paired_bootstrap(base_correct, (pe.predicted == pe.labels).numpy(), args.bootstrap),
+            "vs_teacher": common.paired_bootstrap(base_correct, (pe.predicted == pe.labels).numpy(), args.bootstrap),
             "agreement_with_teacher": float((pe.predicted == base.predicted).float().mean()),
             "export_agrees_with_dynamic": float((pe.predicted == pd.predicted).float().mean()),
             "export_max_abs_logit_diff": float((pe.logits - pd.logits).abs().max()),
@@ -305,11 +289,7 @@ Environment: torch {env['torch']}, {env['threads']} threads, {env['cpu_count']} 
               "bench_command": "nimblebert " + " ".join(bench_args), "train": summary,
               "teacher_metrics": base_metrics, "teacher_bench": teacher_row, "settings": rows,
               "bench_rows": bench_rows, "environment": env}
-    if args.docs:
-        (docs / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-        (docs / f"{name}.md").write_text(md)
-    else:
-        common.write_section(name, md, result, headline)
+    common.publish(name, md, result, headline, docs if args.docs else None)
     print(md)
     print(headline)
 

@@ -15,7 +15,6 @@ mean uncertainty). Writes ``docs/<name>.json``, the Markdown section and ``docs/
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -26,24 +25,8 @@ import common
 import numpy as np
 from common import ROOT, cli, environment, finished
 
-if importlib.util.find_spec("nimblebert") is None:  # not installed: run from the source tree (also for the CLI)
-    sys.path.insert(0, str(ROOT / "src"))
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
-
 SPEEDS = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
 PATIENCE = "1,2,3"
-
-
-def paired_bootstrap(teacher: np.ndarray, fast: np.ndarray, reps: int, seed: int = 0) -> dict[str, float]:
-    """Accuracy difference (fast − teacher) on the same examples and its bootstrap 95% interval.
-
-    The same resamples (same seed) are used for every setting, so the intervals are comparable.
-    """
-    diffs = fast.astype(np.float64) - teacher.astype(np.float64)
-    idx = np.random.default_rng(seed).integers(0, len(diffs), size=(reps, len(diffs)))
-    means = diffs[idx].mean(axis=1)
-    return {"diff": float(diffs.mean()), "low": float(np.percentile(means, 2.5)),
-            "high": float(np.percentile(means, 97.5))}
 
 
 def branch_diagnostics(model: Any, loader: Any) -> list[dict[str, float]]:
@@ -197,7 +180,7 @@ def main() -> None:
         rows.append({"setting": label, "policy": "patience" if "patience" in knobs else "entropy",
                      "speed": knobs.get("speed", 0.0), "patience": knobs.get("patience", 0), **m,
                      "agreement_with_teacher": float((preds.predicted == base.predicted).float().mean()),
-                     "vs_teacher": paired_bootstrap(base_correct, correct, args.bootstrap),
+                     "vs_teacher": common.paired_bootstrap(base_correct, correct, args.bootstrap),
                      "exit_layer_counts": counts.tolist(),
                      "flops_speedup": base_metrics["flops_per_sample"] / m["flops_per_sample"]})
         contenders[label] = nimble_contender(fast, knobs)
@@ -282,11 +265,7 @@ Environment: torch {env['torch']}, {env['threads']} threads, {env['cpu_count']} 
               "model": out, "train_command": "nimblebert train fastbert " + " ".join(train_args),
               "train": summary, "teacher_metrics": base_metrics, "settings": rows, "branches": diagnostics,
               "transformers_latency": base_lat, "latency": lat, "environment": env}
-    if args.docs:
-        (docs / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-        (docs / f"{name}.md").write_text(md)
-    else:
-        common.write_section(name, md, result, headline)
+    common.publish(name, md, result, headline, docs if args.docs else None)
     print(md)
     print(headline)
 

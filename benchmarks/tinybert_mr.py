@@ -27,7 +27,6 @@ sentence for the whole benchmark (per layer map).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -36,22 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import common
-import numpy as np
 from common import ROOT, cli, environment, finished
-
-if importlib.util.find_spec("nimblebert") is None:  # not installed: run from the source tree (also for the CLI)
-    sys.path.insert(0, str(ROOT / "src"))
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
-
-
-def paired_bootstrap(teacher: np.ndarray, other: np.ndarray, reps: int, seed: int = 0) -> dict[str, float]:
-    """Accuracy difference (other − teacher) on the same examples and its bootstrap 95% interval (the same
-    resamples for every model, so the intervals are comparable)."""
-    diffs = other.astype(np.float64) - teacher.astype(np.float64)
-    idx = np.random.default_rng(seed).integers(0, len(diffs), size=(reps, len(diffs)))
-    means = diffs[idx].mean(axis=1)
-    return {"diff": float(diffs.mean()), "low": float(np.percentile(means, 2.5)),
-            "high": float(np.percentile(means, 97.5))}
 
 
 def summary_of(folder: Path) -> dict[str, Any]:
@@ -209,7 +193,7 @@ def main() -> None:
         shape = f"{cfg.num_hidden_layers}×{cfg.hidden_size}"
         rows.append({"model": folder, "label": label.format(shape=shape), "what": what, "shape": shape,
                      "accuracy": float(correct.mean()),
-                     "vs_teacher": paired_bootstrap(base_correct, correct, args.bootstrap),
+                     "vs_teacher": common.paired_bootstrap(base_correct, correct, args.bootstrap),
                      "agreement_with_teacher": float((preds.predicted == base.predicted).float().mean()),
                      "params_m": b["params_m"], "flops_per_sample": b["flops_per_sample"],
                      "flops_speedup": b["flops_speedup"], "b1_speedup": b["b1_speedup"],
@@ -287,12 +271,7 @@ Environment: torch {env['torch']}, {env['threads']} threads, {env['cpu_count']} 
               "settings": vars(args), "commands": {k: "nimblebert " + " ".join(c) for k, c in commands.items()},
               "train_seconds": seconds, "rows": rows, "bench": list(bench.values()), "bench_meta": meta,
               "environment": env}
-    if args.docs:
-        docs.mkdir(parents=True, exist_ok=True)
-        (docs / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
-        (docs / f"{name}.md").write_text(md)
-    else:
-        common.write_section(name, md, result, headline)
+    common.publish(name, md, result, headline, docs if args.docs else None)
     print(md)
     print(headline)
 
