@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from ..methods import get_method, list_methods
@@ -69,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     val_enc = encode(task.validation, model.tokenizer, args.max_length, task.has_pair)
     stages = method.stages(model, opts, TrainData(task, train_enc, val_enc))
     summary = train(model, stages, train_enc, val_enc, opts)
+    if int(os.environ.get("RANK", "0")) != 0:  # under a launcher, one process reports
+        return 0
     sys.stderr.write(f"saved {method.name} model to {args.out} ({summary['train_seconds']} s)\n")
     print(json.dumps({"out": args.out, "method": method.name, "train_seconds": summary["train_seconds"],
                       "validation": summary["stages"]}))
