@@ -24,7 +24,7 @@ from torch import nn
 
 from .families import Family, LayerParts, classify, embed, family_of, layer_parts
 from .plan import FULL, Plan
-from .tokens import gather_tokens, keep_index
+from .tokens import attention_mask4d, gather_tokens, keep_index
 
 
 @dataclass
@@ -72,13 +72,10 @@ class LoopState:
 
     @property
     def attn_mask(self) -> torch.Tensor | None:
-        """Boolean attention mask (b, 1, 1, t), True = may attend; None when no row has padding.
-
-        Boolean rather than additive: it is what transformers hands to SDPA, and CPU SDPA is faster
-        with it. The explicit-scores path turns it into the additive −inf-like mask itself.
-        """
+        """Boolean attention mask (b, 1, 1, t) of the live rows (see :func:`attention_mask4d`), cached until
+        rows or tokens change. The explicit-scores path turns it into the additive mask itself."""
         if not self._mask4d_valid:
-            self._mask4d = None if bool(self.mask.all()) else self.mask[:, None, None, :].bool()
+            self._mask4d = attention_mask4d(self.mask)
             self._mask4d_valid = True
         return self._mask4d
 

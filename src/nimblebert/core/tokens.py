@@ -10,6 +10,14 @@ from __future__ import annotations
 import torch
 
 
+def attention_mask4d(mask: torch.Tensor) -> torch.Tensor | None:
+    """(b, t) mask, 1 = real token -> boolean (b, 1, 1, t), True = may attend; None when nothing is padding.
+
+    Boolean rather than additive: it is what transformers hands to SDPA, and CPU SDPA is faster with it.
+    """
+    return None if bool(mask.all()) else mask[:, None, None, :].bool()
+
+
 def keep_index(keep: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Turn a per-token keep decision into a gather index and the new mask.
 

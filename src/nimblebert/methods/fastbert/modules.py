@@ -20,17 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...core.tokens import attention_mask4d
 from .config import FastBertConfig
 
 FROM_MASK: Any = object()  # "make the 4-d attention mask from ``mask``" (the default of the branches' ``mask4d``)
-
-
-def attention_mask4d(mask: torch.Tensor) -> torch.Tensor | None:
-    """(b, t) 1 = real token -> boolean (b, 1, 1, t), True = may attend; None when there is no padding.
-
-    The same convention as the core's ``LoopState.attn_mask``, which the exit hook passes on.
-    """
-    return None if bool(mask.all()) else mask[:, None, None, :].bool()
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig
 
+from ...core.tokens import attention_mask4d
 from ...errors import UserError
 from ...train.stages import Stage, TrainData, TrainOptions
 from ..losses import kl_batchmean
 from .config import FastBertConfig
-from .modules import attention_mask4d
 
 if TYPE_CHECKING:
     from ...model import NimbleModel
