@@ -395,6 +395,24 @@ def test_bucket_by_length_maps_back_through_index(tokenizer) -> None:
     assert sorted(_orders(shuffled)) == list(range(30))
 
 
+def test_shuffled_buckets_change_batch_mates_each_epoch_and_cut_padding() -> None:
+    from nimblebert.data import EpochBatchSampler
+
+    lengths = [(i * 37) % 61 + 3 for i in range(2000)]
+    bucketed = EpochBatchSampler(2000, 8, shuffle=True, seed=1, lengths=lengths)
+    plain = EpochBatchSampler(2000, 8, shuffle=True, seed=1)
+
+    def padding(batches: list[list[int]]) -> int:
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+    e0, e1 = bucketed.batches(0), bucketed.batches(1)
+    assert sorted(i for b in e0 for i in b) == list(range(2000))
+    assert padding(e0) < 0.2 * padding(plain.batches(0))
+    # Not the same batches in a new order: shuffled bucketing draws new batch-mates every epoch.
+    assert {tuple(sorted(b)) for b in e0} != {tuple(sorted(b)) for b in e1}
+    assert e0 == EpochBatchSampler(2000, 8, shuffle=True, seed=1, lengths=lengths).batches(0)
+
+
 # ---------------------------------------------------------------------------------------------
 # predict input
 

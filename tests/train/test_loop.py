@@ -54,8 +54,8 @@ def test_resume_reaches_the_same_weights(tiny_model_dir: Path, toy_data_dir: Pat
 
 def test_log_summary_and_training_learns(tiny_model_dir: Path, toy_data_dir: Path, tmp_path: Path) -> None:
     model, stages, enc, opts = _setup(tiny_model_dir, toy_data_dir, tmp_path / "run")
-    opts.epochs = 6
-    stages[0].epochs = 6
+    opts.epochs = 8
+    stages[0].epochs = 8
     summary = train(model, stages, enc["train"], enc["validation"], opts)
     lines = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert any("loss" in x for x in lines) and any(x.get("event") == "eval" for x in lines)

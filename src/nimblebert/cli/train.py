@@ -37,6 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         t.add_argument("--resume", action="store_true", help="continue a killed run in --out")
         t.add_argument("--overwrite", action="store_true", help="replace a finished model in --out")
         t.add_argument("--no-progress", action="store_true", help="no progress bar")
+        t.add_argument("--bucket", action=argparse.BooleanOptionalAction, default=True,
+                       help="training batches of rows of similar length, shuffled within windows (less padding)")
         add_config_flags(m, method.config_cls)
         m.set_defaults(run=run)
 
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out, model=args.model, teacher=args.teacher, epochs=args.epochs, max_steps=args.max_steps,
         batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, seed=args.seed,
         eval_every=args.eval_every, save_every=args.save_every, resume=args.resume, overwrite=args.overwrite,
-        progress=not args.no_progress,
+        progress=not args.no_progress, bucket=args.bucket,
     )
     check_output_folder(opts)
     base = args.model or args.teacher

@@ -167,7 +167,8 @@ def train(
         if si < state["stage"]:
             continue
         data = stage.train_data if stage.train_data is not None else train_data
-        loader = make_loader(data, model.tokenizer, opts.batch_size, shuffle=True, seed=opts.seed + 1000 * si)
+        loader = make_loader(data, model.tokenizer, opts.batch_size, shuffle=True, seed=opts.seed + 1000 * si,
+                             bucket_by_length=opts.bucket)
         per_epoch = max(1, len(loader) // world)
         # --max-steps applies to every stage that does not fix its own length.
         total = stage.max_steps or opts.max_steps or max(1, math.ceil(stage.epochs * per_epoch))
