@@ -21,6 +21,8 @@ class Predictions:
     layers: torch.Tensor  # (N,) layers run
     flops: torch.Tensor  # (N,) FLOPs of what ran
     tokens: torch.Tensor | None = None  # (N,) tokens kept after the last token cut (token reduction)
+    cut_tokens: torch.Tensor | None = None  # (N, cuts) tokens kept at each token cut (token reduction)
+    tokens_in: torch.Tensor | None = None  # (N,) real input tokens, when cut_tokens is given
 
     @property
     def predicted(self) -> torch.Tensor:
@@ -45,12 +47,19 @@ def predict_loader(model: NimbleModel, loader: DataLoader, **knobs: Any) -> Pred
         parts["layers"].append(out.layers_run.cpu())
         parts["flops"].append(sample_flops(model.encoder, out))
         parts["index"].append(batch["index"].cpu())
+        # Token reduction methods report kept tokens per cut in extras["tokens_kept"] (b, cuts).
+        if "tokens_kept" in out.extras:
+            parts.setdefault("cut_tokens", []).append(out.extras["tokens_kept"].cpu())
+            parts.setdefault("tokens_in", []).append(batch["attention_mask"].sum(dim=1).cpu())
         if "labels" in batch:
             parts["labels"].append(batch["labels"].cpu())
     model.train(was_training)
     order = torch.argsort(torch.cat(parts["index"]))
     cat = {k: torch.cat(v)[order] if v else None for k, v in parts.items()}
-    return Predictions(cat["logits"], cat["labels"], cat["layers"], cat["flops"])
+    cut = cat.get("cut_tokens")
+    return Predictions(cat["logits"], cat["labels"], cat["layers"], cat["flops"],
+                       tokens=cut[:, -1] if cut is not None and cut.size(1) else None, cut_tokens=cut,
+                       tokens_in=cat.get("tokens_in"))
 
 
 def macro_f1(pred: torch.Tensor, gold: torch.Tensor, num_labels: int) -> float:
@@ -71,6 +80,11 @@ def metrics(p: Predictions, num_labels: int) -> dict[str, float]:
         "mean_layers": float(p.layers.float().mean()),
         "flops_per_sample": float(p.flops.mean()),
     }
+    if p.cut_tokens is not None and p.tokens_in is not None:  # token reduction: tokens kept per cut
+        out["mean_tokens_in"] = float(p.tokens_in.float().mean())
+        out["mean_tokens_kept"] = [float(v) for v in p.cut_tokens.float().mean(dim=0)]  # type: ignore[assignment]
+        out["kept_fraction"] = [float(v) for v in  # type: ignore[assignment]
+                                (p.cut_tokens.float() / p.tokens_in[:, None].float()).mean(dim=0)]
     if p.labels is not None:
         pred = p.predicted
         out["accuracy"] = float((pred == p.labels).float().mean())

@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        for key in ("accuracy", "macro_f1", "examples", "mean_layers", "flops_per_sample", "eval_samples_per_s"):
+        for key in ("accuracy", "macro_f1", "examples", "mean_layers", "flops_per_sample", "eval_samples_per_s",
+                    "mean_tokens_in", "mean_tokens_kept"):
             if key in result:
                 value = result[key]
                 print(f"{key:>20}: {value:.4g}" if isinstance(value, float) else f"{key:>20}: {value}")

@@ -91,13 +91,18 @@ class LoopState:
         self.rows, self.lengths = self.rows[live], self.lengths[live]
         self._mask4d_valid = False
 
-    def keep_tokens(self, keep: torch.Tensor) -> None:
-        """Keep the tokens where ``keep`` (b, t) is True ([CLS] always kept); the rest leave."""
+    def keep_tokens(self, keep: torch.Tensor) -> torch.Tensor:
+        """Keep the tokens where ``keep`` (b, t) is True ([CLS] always kept); the rest leave.
+
+        Returns the gather index (b, k) (see :func:`keep_index`), so that a hook can carry its own per-token
+        tensors (forced tokens, scores) along with the hidden states.
+        """
         index, new_mask = keep_index(keep, self.mask)
         self.hidden = gather_tokens(self.hidden, index)
         self.mask = new_mask
         self.lengths = new_mask.sum(dim=1)
         self._mask4d_valid = False
+        return index
 
     @property
     def empty(self) -> bool:

@@ -5,4 +5,5 @@ from . import (
     fastbert,  # noqa: F401
     finetune,  # noqa: F401
     tinybert,  # noqa: F401
+    trbert,  # noqa: F401
 )

@@ -20,7 +20,8 @@ def soft_cross_entropy(
 
     ``reduction="sum"`` sums over classes (DynaBERT's official code; the usual definition);
     ``reduction="mean"`` averages over classes as well (TinyBERT's official ``.mean()``: 1/C times the
-    former — a harmless scale under Adam, kept for fidelity).
+    former — a harmless scale under Adam, kept for fidelity); ``reduction="none"`` gives the per-row
+    sums (B,) (TR-BERT's rewards are per rollout).
     """
     target = F.softmax(teacher_logits.detach() / temperature, dim=-1)
     per_class = -target * F.log_softmax(student_logits / temperature, dim=-1)  # (B, C)
@@ -28,7 +29,9 @@ def soft_cross_entropy(
         return per_class.mean()
     if reduction == "sum":
         return per_class.sum(dim=-1).mean()
-    raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    if reduction == "none":
+        return per_class.sum(dim=-1)
+    raise ValueError(f"reduction must be 'sum', 'mean' or 'none', got {reduction!r}")
 
 
 def kl_batchmean(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
