@@ -182,9 +182,12 @@ def main() -> None:
     base_b16 = lat["batch16"]["full model (nimblebert core)"]["speedup"]
     command = "python benchmarks/trbert_mr_long.py" + (f" --alphas {args.alphas}" if args.alphas != "1,4" else "")
     cuts = models[alphas[0]].method_config["cuts"] if alphas else []
+    # The full model may have been trained separately (another lr or batch): report what it really was.
+    t_opts = json.loads((Path(teacher_dir) / "train_summary.json").read_text())["options"]
     md = f"""## TR-BERT on `mr-long`: learned token reduction on full movie reviews
 
-`{command}` — full model `{teacher_dir}` (MiniLM-L6 fine-tuned on mr-long, {args.teacher_epochs} epochs; accuracy
+`{command}` — full model `{teacher_dir}` (MiniLM-L6 fine-tuned on mr-long, {t_opts['epochs']:g} epochs, lr
+{t_opts['lr']:g}, batch {t_opts['batch_size']}; accuracy
 {base_metrics['accuracy']:.4f} on the {len(encoded)} {split} reviews, first {args.max_length} tokens of each),
 one TR-BERT model per α trained from it: cuts after layers {cuts}, RL stage {args.rl_epochs} epoch(s) with K =
 {args.rollouts} (lr {args.rl_lr}), joint stage {args.joint_epochs} epoch(s) with K = {args.joint_rollouts} (lr
