@@ -23,7 +23,16 @@ if importlib.util.find_spec("nimblebert") is None:  # not installed: run from th
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
 DOCS = ROOT / "docs"
 SECTIONS = DOCS / "sections"
-ORDER = ["finetune_mr", "report_mr", "fastbert_mr", "fastbert_chnsenti", "tinybert_mr", "dynabert_mr"]
+ORDER = ["finetune_mr", "report_mr", "fastbert_mr", "fastbert_chnsenti", "tinybert_mr", "dynabert_mr", "trbert_mr_long",
+         "ssa"]
+
+
+def command_line() -> str:
+    """The command that reproduces this run as the section should quote it: the script and the options it
+    was given, less ``--reuse`` (which only skips finished training, not what was measured)."""
+    script = Path(sys.argv[0]).resolve()
+    shown = script.relative_to(ROOT) if script.is_relative_to(ROOT) else script
+    return " ".join(["python", str(shown), *(a for a in sys.argv[1:] if a != "--reuse")])
 
 
 def cli(*args: str, capture: bool = True) -> str:

@@ -240,7 +240,7 @@ def main() -> None:
                                               "sentences)")
     stage_seconds = summary["train_seconds"]
     worst_export = max(r["export_max_abs_logit_diff"] for r in rows)
-    command = "python benchmarks/dynabert_mr.py" + ("" if data == "mr" else f" --data {data}")
+    command = common.command_line()
     epochs = f"width stage {args.width_epochs} epoch(s), width × depth stage {args.depth_epochs} epoch(s)" + (
         f", final fine-tuning {args.final_epochs}" if "final" in phases else "") + (
         f", at most {args.max_steps} steps per stage" if args.max_steps else "")

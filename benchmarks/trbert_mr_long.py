@@ -180,7 +180,7 @@ def main() -> None:
                      f"{r['flops_per_sample'] / 1e6:.0f} | {r['flops_speedup']:.2f} | {speed} |")
     base_b1 = lat["batch1"]["full model (nimblebert core)"]["speedup"]
     base_b16 = lat["batch16"]["full model (nimblebert core)"]["speedup"]
-    command = "python benchmarks/trbert_mr_long.py" + (f" --alphas {args.alphas}" if args.alphas != "1,4" else "")
+    command = common.command_line()
     cuts = models[alphas[0]].method_config["cuts"] if alphas else []
     # The full model may have been trained separately (another lr or batch): report what it really was.
     t_opts = json.loads((Path(teacher_dir) / "train_summary.json").read_text())["options"]
