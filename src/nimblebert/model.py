@@ -183,6 +183,15 @@ def from_base(
     if trained and list(trained.get("label_names", [])) != list(label_names):
         raise UserError(f"{spec} was trained on labels {trained.get('label_names')}, but the data has "
                         f"{list(label_names)}; use data with the same labels or start from the base model")
+    if trained is not None:
+        from .methods import get_method
+
+        source = trained.get("method", "finetune")
+        head_ok = get_method(source).extra.get("head_is_classifier", lambda cfg: True)
+        if not head_ok(trained.get("method_config") or {}):
+            raise UserError(f"{spec} is a {source} model whose predictions do not come from its transformers head, "
+                            f"so it cannot be trained from or used as a teacher"
+                            f"{get_method(source).extra.get('teacher_hint', '')}")
     same_head = config.num_labels == len(label_names) and trained is not None
     hf = AutoModelForSequenceClassification.from_pretrained(
         folder,

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Sampler
 from nimblebert.errors import UserError
 
 # Columns that :func:`encode` writes and :class:`Collator` turns into tensors.
-MODEL_COLUMNS = ("input_ids", "token_type_ids", "attention_mask", "labels")
+MODEL_COLUMNS = ("input_ids", "token_type_ids", "attention_mask", "labels", "token_labels")
 PROGRESS_MIN_ROWS = 50_000  # encode() shows a progress bar from this many rows on
 # Shuffled bucketing sorts rows by length within windows of this many batches: on a CPU every pad token
 # costs as much as a real one (mr's training batches were ~2x padding without it), while whole-set sorting
@@ -67,7 +67,8 @@ class Collator:
     """Pad a list of encoded rows to the longest one; return a dict of tensors.
 
     Returns ``input_ids`` (padded with the tokenizer's pad id), ``attention_mask`` (1 = real token),
-    ``token_type_ids`` (padded with 0), and ``labels`` / ``index`` when the rows carry them.
+    ``token_type_ids`` (padded with 0), and ``labels`` / ``token_labels`` (padded with -100) / ``index``
+    when the rows carry them.
     Padding is always on the right, as BERT-family models were trained.
     """
 
@@ -102,6 +103,8 @@ class Collator:
         label_key = next((k for k in ("labels", "label") if k in rows[0]), None)
         if label_key is not None:
             batch["labels"] = torch.tensor([row[label_key] for row in rows], dtype=torch.long)
+        if "token_labels" in rows[0]:  # per-token targets (SSA); padding is ignored by the loss
+            batch["token_labels"] = padded("token_labels", -100)
         if "index" in rows[0]:
             batch["index"] = torch.tensor([row["index"] for row in rows], dtype=torch.long)
         return batch

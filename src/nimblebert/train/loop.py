@@ -191,6 +191,13 @@ def train(
         model.objective = stage.objective
         while step < total:
             epoch, skip = divmod(step, per_epoch)
+            if stage.epoch_data is not None:
+                fresh = stage.epoch_data(model, epoch, ckpt / f"epoch-data-{si}")
+                if len(fresh) != len(data):
+                    raise ValueError(f"stage {stage.name}: epoch {epoch} has {len(fresh)} rows, not {len(data)}")
+                loader = make_loader(fresh, model.tokenizer, opts.batch_size, shuffle=True,
+                                     seed=opts.seed + 1000 * si, bucket_by_length=opts.bucket)
+                wrapped.train()
             set_epoch(loader, epoch)
             for bi, batch in enumerate(loader):
                 if bi // world >= per_epoch or step >= total:

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ..model import NimbleModel
 
 Objective = Callable[["NimbleModel", dict[str, torch.Tensor]], dict[str, torch.Tensor]]
@@ -63,6 +65,10 @@ class Stage:
         train_data: an encoded dataset to train on instead of the task's train split (augmented or
             unlabelled text).
         schedule: "linear" (warm-up then linear decay to 0) or "constant".
+        epoch_data: (model, epoch, cache folder) -> the encoded training set of that epoch, called at the
+            start of every epoch (SSA re-labels its data by probing the latest model each epoch). Every epoch's
+            set must have as many rows as the first. The callable should cache its result in the folder it
+            is given (kept until the run finishes) so that a resumed run trains on the same data.
     """
 
     name: str
@@ -79,3 +85,4 @@ class Stage:
     eval_knobs: dict[str, Any] = field(default_factory=dict)
     evaluate: Callable[[NimbleModel, Any], dict[str, float]] | None = None
     train_data: Any = None
+    epoch_data: Callable[[NimbleModel, int, Path], Any] | None = None

@@ -1,0 +1,104 @@
+"""SSA's heads and forward pass (official ``modeling.py``: ``BertTokenAug``, ``BertSeqAttention``).
+
+- Token head (SSA-Reg): an MLM-style transform (dense d→d, GELU, LayerNorm) then a linear layer to 2
+  classes per token (0 = unimportant, 1 = important), one head shared by all positions (``share_weight=1``,
+  the official setting for every single-sentence task).
+- Importance-weighted pooling (SSA-Trans): a_t = softmax(token logits_t)[1]; special tokens, padding and
+  tokens with a_t < ``attention_threshold`` are left out; the weights are a softmax over the remaining
+  positions **of a_t itself** (the probabilities, not logits, as the official code), c = Σ_t w_t H_t over the
+  last layer; the output is λ·pooled[CLS] + (1−λ)·c into a new linear classifier without dropout.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...core.encoder import EncoderOutput
+from ...model import NimbleModel
+from .config import SsaConfig
+
+
+class TokenHead(nn.Module):
+    """Per-token importance logits (b, t, 2)."""
+
+    def __init__(self, hidden: int, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=eps)
+        self.decoder = nn.Linear(hidden, 2)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.norm(F.gelu(self.dense(hidden))))
+
+
+def special_mask(model: NimbleModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(b, t) True where a token is real text: not padding and not one of the tokenizer's special tokens.
+
+    The official evaluation builds the same −1 positions from the input structure ([CLS], [SEP], padding),
+    never from gold importance labels.
+    """
+    special = torch.tensor(sorted(set(model.tokenizer.all_special_ids)), device=input_ids.device)
+    return attention_mask.bool() & ~torch.isin(input_ids, special)
+
+
+def importance_pooling(hidden: torch.Tensor, token_logits: torch.Tensor, text: torch.Tensor,
+                       threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """c = Σ_t w_t H_t with w = softmax over the kept positions of a_t (official ``BertSeqAttention``).
+
+    Args:
+        hidden: (b, t, d) last-layer states. token_logits: (b, t, 2). text: (b, t) True at real text tokens.
+    Returns: the pooled vectors (b, d) and the weights (b, t).
+
+    A row where no text token reaches the threshold falls back to all its text tokens (the official code
+    would spread the weight over every position, padding included); a row with no text token at all gets
+    c = 0, so its output is λ·pooled[CLS]. The caller's mask is never written to (the official code edits
+    the attention mask in place).
+    """
+    importance = token_logits.float().softmax(dim=-1)[..., 1]  # (b, t)
+    keep = text & (importance >= threshold)
+    keep = torch.where(keep.any(dim=1, keepdim=True), keep, text)
+    scores = importance.masked_fill(~keep, float("-inf"))
+    weights = torch.nan_to_num(scores.softmax(dim=1), nan=0.0)  # all -inf rows (no text) give zeros
+    return torch.einsum("bt,btd->bd", weights.to(hidden.dtype), hidden), weights
+
+
+def pooled_cls(model: NimbleModel, hidden: torch.Tensor) -> torch.Tensor:
+    """The model's own pooled [CLS] (BERT's pooler: dense + tanh); the [CLS] state for families without one."""
+    backbone = getattr(model.hf, model.encoder.family.backbone)
+    pooler = getattr(backbone, "pooler", None)
+    return pooler(hidden) if pooler is not None else hidden[:, 0]
+
+
+def forward(model: NimbleModel, batch: dict[str, torch.Tensor]) -> tuple[EncoderOutput, torch.Tensor]:
+    """Logits of the SSA model and its token logits (b, t, 2)."""
+    cfg = SsaConfig(**model.method_config)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    out = model.encoder(ids, mask, batch.get("token_type_ids"), classify=False)
+    hidden = out.extras["last_hidden"]
+    token_logits = model.extras["token_head"](hidden)
+    text = special_mask(model, ids, mask)
+    d, b = hidden.size(-1), hidden.size(0)
+    n_tokens = mask.sum(dim=1).double().cpu()
+    extra = 2.0 * (d * d + 2 * d) * n_tokens  # the token head on every real token
+    if cfg.variant == "hybrid":
+        pooled, _ = importance_pooling(hidden, token_logits, text, cfg.attention_threshold)
+        mixed = cfg.cls_weight * pooled_cls(model, hidden) + (1.0 - cfg.cls_weight) * pooled
+        logits = model.extras["classifier"](mixed)
+        extra += 2.0 * d * n_tokens + 2.0 * d * d + 2.0 * d * model.num_labels  # pooling, pooler, classifier
+    else:
+        logits = model.encoder.classify(hidden)
+        extra += 2.0 * d * d + 2.0 * d * model.num_labels
+    out.logits = logits
+    out.extras.setdefault("extra_flops", torch.zeros(b, dtype=torch.float64))
+    out.extras["extra_flops"] = out.extras["extra_flops"] + extra
+    return out, token_logits
+
+
+def infer(model: NimbleModel, batch: dict[str, torch.Tensor]) -> EncoderOutput:
+    """Inference with the SSA model (no knobs: SSA changes accuracy, not speed). SSA-Reg predicts with the
+    model's own head, so it runs exactly the plain model (the token head only matters in training)."""
+    if model.method_config.get("variant") == "reg":
+        return model.encoder(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+    return forward(model, batch)[0]
