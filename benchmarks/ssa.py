@@ -60,6 +60,32 @@ def chnsenti_subset(n: int) -> str:
     return str(folder)
 
 
+TEACHER_CHECK = Path("runs/ssa/teacher_check.json")
+SPEEDS = ("0.3", "0.6")
+
+
+def teacher_check(threads: int | None) -> dict[str, Any]:
+    """Does an SSA teacher give a better FastBERT student than a plain one? On `mr`, seed 42: an SSA-Reg model
+    (the variant whose transformers head is its classifier, so other methods can read it as a teacher) and the
+    plain fine-tune, each distilled into FastBERT branches with the same flags; test accuracy at two speeds."""
+    reg = "runs/ssa/mr-ssareg-s42"
+    if not finished(reg):
+        cli("train", "ssa", "--model", "minilm-l6", "--data", "mr", "--out", reg, *TRAIN, "--seed", "42",
+            "--variant", "reg", "--overwrite", "--no-progress", capture=False)
+    out: dict[str, Any] = {"flags": ["--lr", "2e-5", "--distill-epochs", "2", "--max-length", "64"]}
+    for name, teacher in (("plain", "runs/ssa/mr-plain-s42"), ("ssa-reg", reg)):
+        student = f"runs/ssa/fastbert-from-{name}"
+        if not finished(student):
+            cli("train", "fastbert", "--model", teacher, "--data", "mr", "--out", student, *out["flags"],
+                "--seed", "42", "--overwrite", "--no-progress", capture=False)
+        out[name] = {"teacher": common.cli_json("evaluate", teacher, "--data", "mr", "--max-length", "64", "--json")}
+        for speed in SPEEDS:
+            out[name][speed] = common.cli_json("evaluate", student, "--data", "mr", "--max-length", "64",
+                                               "--speed", speed, "--json")
+    TEACHER_CHECK.write_text(json.dumps(out, indent=2))
+    return out
+
+
 def spread(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "min": min(values), "max": max(values), "values": values}
@@ -75,10 +101,15 @@ def main() -> None:
     ap.add_argument("--train-only", action="store_true", help="train, do not evaluate or publish")
     ap.add_argument("--threads", type=int, help="torch threads of every run")
     ap.add_argument("--docs", help="write the files here instead of docs/")
+    ap.add_argument("--teacher-check", action="store_true",
+                    help="only the teacher comparison: FastBERT from an SSA-Reg teacher vs from the plain one (mr)")
     args = ap.parse_args()
     os.chdir(ROOT)
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    if args.teacher_check:
+        print(json.dumps(teacher_check(args.threads), indent=2))
+        return
     seeds = [s.strip() for s in args.seeds.split(",") if s.strip()]
     datasets_ = [d.strip() for d in args.datasets.split(",") if d.strip()]
     data_of = {"mr": "mr", "chnsenti": chnsenti_subset(args.chnsenti_train)} if "chnsenti" in datasets_ \
@@ -151,6 +182,18 @@ def main() -> None:
         verdicts.append(f"- `{name}`: SSA − plain = {100 * gain:+.2f} points of mean test accuracy; the seeds' spread "
                         f"(larger std) is {100 * noise:.2f} points → "
                         + ("**above the spread**." if gain > noise else "**not above the spread**."))
+    check = json.loads(TEACHER_CHECK.read_text()) if TEACHER_CHECK.exists() else None
+    if check:
+        results["teacher_check"] = check
+        cells = "; ".join(
+            f"speed {sp}: {check['plain'][sp]['accuracy']:.4f} / {check['ssa-reg'][sp]['accuracy']:.4f} "
+            f"(mean layers {check['plain'][sp]['mean_layers']:.2f} / {check['ssa-reg'][sp]['mean_layers']:.2f})"
+            for sp in SPEEDS)
+        verdicts.append(
+            f"- Teacher check (`python benchmarks/ssa.py --teacher-check`, mr, seed 42; test accuracy, plain / SSA "
+            f"teacher): teachers {check['plain']['teacher']['accuracy']:.4f} / "
+            f"{check['ssa-reg']['teacher']['accuracy']:.4f} (SSA-Reg: the variant another method can read as a "
+            f"teacher); FastBERT students ({' '.join(check['flags'])}) {cells}.")
     env = environment()
     sizes = "; ".join(f"`{n}` {s['train']}/{s['validation']}/{s['test']}"
                       for n, s in ((n, results[n]["sizes"]) for n in datasets_))

@@ -93,8 +93,9 @@ class CutHook:
     def __init__(self, policies: nn.ModuleList, cuts: list[int], forced: torch.Tensor, *, threshold: float = 0.5,
                  drop_mode: str = "policy", sample: bool = False, detach_input: bool = False,
                  guide_rows: torch.Tensor | None = None, guide_scores: list[torch.Tensor] | None = None,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, counts: torch.Tensor | None = None) -> None:
         self.policies = policies
+        self.counts = counts  # (B, cuts) selectable tokens to keep per cut ("random" / "first"), from a policy pass
         self.at = {c - 1: i for i, c in enumerate(cuts)}  # model index of the layer -> cut number
         self.forced = forced  # (b, t) of the live tokens, gathered along at every cut
         self.threshold, self.drop_mode, self.sample, self.detach_input = threshold, drop_mode, sample, detach_input
@@ -103,6 +104,7 @@ class CutHook:
         self.generator = generator
         batch = forced.size(0)
         self.kept = torch.zeros(batch, len(cuts), dtype=torch.long, device=forced.device)
+        self.selected = torch.zeros(batch, len(cuts), dtype=torch.long, device=forced.device)  # kept, not forced
         self.flops = torch.zeros(batch, dtype=torch.float64, device=forced.device)
         self.nll = torch.zeros(batch, device=forced.device)
         self.probs: list[torch.Tensor] = []  # (b, t) per cut, for tests and logging
@@ -133,7 +135,9 @@ class CutHook:
         else:
             action = (p >= self.threshold) & selectable
             if self.drop_mode != "policy":
-                n = action.sum(dim=1)  # the policy's count per row, kept by another rule
+                # The counts of the policy's own pass, cut by cut: the policy's probabilities on the baseline's
+                # survivors would give other (smaller) counts at later cuts, an unfair comparison.
+                n = self.counts[:, cut] if self.counts is not None else action.sum(dim=1)
                 if self.drop_mode == "random":
                     rand = torch.rand(p.shape, generator=self.generator, device="cpu").to(p.device)
                     action = top_n_mask(rand, n, selectable)
@@ -144,6 +148,7 @@ class CutHook:
         keep = action | forced
         self.flops += state.lengths.double() * policy.flops_per_token()
         self.kept[:, cut] = keep.sum(dim=1)
+        self.selected[:, cut] = action.sum(dim=1)
         index = state.keep_tokens(keep)
         self.forced = torch.gather(self.forced, 1, index)
         if self.guide_scores is not None:

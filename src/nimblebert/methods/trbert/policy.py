@@ -8,7 +8,8 @@ with masked positions, so batched logits equal per-row logits (tests check it). 
 so it changes nothing; it costs only the padded positions' own (discarded) work.
 
 ``keep_threshold = 0`` is the plain full model: no policy runs (exactly the transformers model's logits).
-``drop_mode`` "random" / "first" are baselines at the policy's own kept counts per row and cut.
+``drop_mode`` "random" / "first" are baselines at the policy's own kept counts per row and cut (taken from a
+policy pass over the same batch first).
 """
 
 from __future__ import annotations
@@ -52,10 +53,16 @@ def infer(model: NimbleModel, batch: dict[str, torch.Tensor], keep_threshold: fl
         out.extras["tokens_kept"] = mask.sum(dim=1, keepdim=True).expand(-1, len(cuts)).clone()
         return out
     forced = forced_tokens(batch, special_ids(model), bool(model.method_config.get("keep_first_segment")))
+    counts = None
+    if drop_mode != "policy":
+        # The baselines keep exactly what the policy keeps per row and cut: its own pass first (not timed as
+        # part of a baseline's tokens; baselines are for accuracy at equal FLOPs, not for speed).
+        counts = infer(model, batch, keep_threshold, "policy").extras["tokens_selected"]
     generator = torch.Generator().manual_seed(seed) if drop_mode == "random" else None
     hook = CutHook(model.extras["policies"], cuts, forced, threshold=keep_threshold, drop_mode=drop_mode,
-                   generator=generator)
+                   generator=generator, counts=counts)
     out = model.encoder(ids, mask, types, hooks=[hook])
     out.extras["tokens_kept"] = hook.kept
+    out.extras["tokens_selected"] = hook.selected
     out.extras["extra_flops"] = hook.flops
     return out
