@@ -42,6 +42,7 @@ bench: data
 	$(BIN)/python benchmarks/dynabert_mr.py --width-epochs 1 --depth-epochs 3
 	$(BIN)/python benchmarks/report_mr.py
 	$(BIN)/python benchmarks/trbert_mr_long.py --alphas 0.25,0.5,1
+	$(BIN)/python benchmarks/ssa.py --teacher-check
 	$(BIN)/python benchmarks/ssa.py
 
 clean-runs:

@@ -172,8 +172,12 @@ def main() -> None:
         for label in ("plain", "ssa"):
             v, t, m = r[label]["validation"], r[label]["test"], r[label]["train_min"]
             probe = r[label].get("probe_s")
-            cost = (f"{probe['mean']:.0f} s ({100 * probe['mean'] / (60 * m['mean']):.0f} %), "
-                    f"{r[label]['probe_rounds']['mean']:.0f} rounds" if probe else "—")
+            # Compute share: forward rows of probing against training's ≈ 3 forward-equivalents (forward +
+            # backward) per row and epoch; wall-clock shares mislead on a shared machine.
+            n_train, epochs = r["sizes"]["train"], float(TRAIN[TRAIN.index("--epochs") + 1])
+            cost = (f"{r[label]['probed_rows']['mean']:.0f} rows ≈ "
+                    f"{100 * r[label]['probed_rows']['mean'] / (3 * epochs * n_train):.0f} % of training compute; "
+                    f"{probe['mean']:.0f} s, {r[label]['probe_rounds']['mean']:.0f} rounds" if probe else "—")
             acc = [f"{a['mean']:.4f} ± {a['std']:.4f} [{a['min']:.4f}, {a['max']:.4f}]" for a in (v, t)]
             lines.append(f"| {name} | {label} | {acc[0]} | {acc[1]} | {m['mean']:.1f} | {cost} |")
         gain = r["ssa"]["test"]["mean"] - r["plain"]["test"]["mean"]
@@ -204,9 +208,11 @@ def main() -> None:
 3 epochs) with the same flags: {' '.join(TRAIN)}, best validation epoch kept. Splits (train/validation/test):
 {sizes}{f' (chnsenti: a seeded {args.chnsenti_train}-row subset of its training split)' if 'chnsenti' in datasets_
     else ''}. Accuracy: mean ± standard deviation [min, max] over the seeds. Probing: the forward passes that make
-SSA's labels each epoch (its share of the training time in brackets).
+SSA's labels each epoch, as forward rows and as a share of training's compute (≈ 3 forward-equivalents per
+row and epoch), then its wall time. Wall times: several runs shared the 2 cores (up to 4 at once) and were
+paused while another benchmark timed latency, so compare them only loosely.
 
-| data | method | validation accuracy | test accuracy | training min | probing |
+| data | method | validation accuracy | test accuracy | training min (wall) | probing (forward rows; time) |
 |---|---|---|---|---|---|
 {chr(10).join(lines)}
 
