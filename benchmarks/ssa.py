@@ -44,7 +44,8 @@ def chnsenti_subset(n: int) -> str:
 
     from nimblebert.data import load_task
 
-    folder = ROOT / "runs" / "data" / f"chnsenti-{n // 1000}k"
+    # the row count names the folder exactly (2,500 rows must not reuse a 2k subset); whole thousands keep "<n>k"
+    folder = ROOT / "runs" / "data" / (f"chnsenti-{n // 1000}k" if n % 1000 == 0 else f"chnsenti-{n}")
     if (folder / "test.jsonl").exists():
         return str(folder)
     task = load_task("chnsenti")

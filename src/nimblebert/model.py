@@ -169,6 +169,27 @@ def load_tokenizer(folder: str) -> PreTrainedTokenizerBase:
         raise UserError(f"no usable tokenizer in {folder}: {str(e).splitlines()[0]}") from None
 
 
+def check_head_is_classifier(spec: str, trained: dict[str, Any] | None = None) -> None:
+    """Refuse (UserError) a nimblebert folder whose transformers head is not what predicts — e.g. a hybrid SSA
+    model, whose classifier reads its importance pooling — as a base or a teacher: other methods read that head.
+
+    Args:
+        spec: the ``--model`` / ``--teacher`` value. trained: its config's ``nimblebert`` section, when already read.
+    """
+    if trained is None:
+        trained = getattr(AutoConfig.from_pretrained(resolve_model(spec)), "nimblebert", None)
+    if not trained:
+        return
+    from .methods import get_method
+
+    source = trained.get("method", "finetune")
+    head_ok = get_method(source).extra.get("head_is_classifier", lambda cfg: True)
+    if not head_ok(trained.get("method_config") or {}):
+        raise UserError(f"{spec} is a {source} model whose predictions do not come from its transformers head, "
+                        f"so it cannot be trained from or used as a teacher"
+                        f"{get_method(source).extra.get('teacher_hint', '')}")
+
+
 def from_base(
     spec: str, label_names: Sequence[str], method: str = "finetune", method_config: Any = None
 ) -> NimbleModel:
@@ -184,14 +205,7 @@ def from_base(
         raise UserError(f"{spec} was trained on labels {trained.get('label_names')}, but the data has "
                         f"{list(label_names)}; use data with the same labels or start from the base model")
     if trained is not None:
-        from .methods import get_method
-
-        source = trained.get("method", "finetune")
-        head_ok = get_method(source).extra.get("head_is_classifier", lambda cfg: True)
-        if not head_ok(trained.get("method_config") or {}):
-            raise UserError(f"{spec} is a {source} model whose predictions do not come from its transformers head, "
-                            f"so it cannot be trained from or used as a teacher"
-                            f"{get_method(source).extra.get('teacher_hint', '')}")
+        check_head_is_classifier(spec, trained)
     same_head = config.num_labels == len(label_names) and trained is not None
     hf = AutoModelForSequenceClassification.from_pretrained(
         folder,

@@ -252,3 +252,24 @@ def test_killed_ssa_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
     run(tmp_path / "killed", resume=True)
     a, b = nimblebert.load(tmp_path / "full").state_dict(), nimblebert.load(tmp_path / "killed").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_per_position_token_head_uses_each_positions_decoder(tmp_path: Path) -> None:
+    from nimblebert.methods.ssa.heads import forward
+
+    model = _model(share_weight=0).eval()
+    head = model.extras["token_head"]
+    assert head.weight.shape == (model.hf.config.max_position_embeddings, 2, 32)
+    batch = dict(model.tokenizer(["good movie plot", "awful"], padding=True, return_tensors="pt"))
+    _, logits = forward(model, batch)
+    hidden = model.encoder(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                           classify=False).extras["last_hidden"]
+    h = head.norm(F.gelu(head.dense(hidden)))
+    for t in range(h.size(1)):
+        assert torch.allclose(logits[:, t], h[:, t] @ head.weight[t].T + head.bias[t], atol=1e-6)
+    assert not torch.allclose(head.weight[0], head.weight[1])  # separate decoders, not one copied
+    model.save(tmp_path / "pp")
+    loaded = nimblebert.load(tmp_path / "pp")
+    assert torch.allclose(loaded.infer(batch).logits, model.infer(batch).logits, atol=1e-6)
+    with pytest.raises(UserError, match="--share-weight 2"):
+        SsaConfig(share_weight=2)

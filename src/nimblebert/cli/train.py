@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import encode, load_task
-    from ..model import from_base
+    from ..model import check_head_is_classifier, from_base
     from ..train.loop import check_output_folder, train
 
     method = get_method(args.method)
@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         from ..errors import UserError
 
         raise UserError(f"train {args.method} needs --model (e.g. --model minilm-l6 or a fine-tuned folder)")
+    if args.teacher and args.teacher != base:  # from_base checks --model; a separate --teacher's head is read too
+        check_head_is_classifier(args.teacher)
     task = load_task(args.data, text_column=args.text_column, text_pair_column=args.text_pair_column,
                      label_column=args.label_column)
     import torch

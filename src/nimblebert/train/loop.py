@@ -192,7 +192,13 @@ def train(
         while step < total:
             epoch, skip = divmod(step, per_epoch)
             if stage.epoch_data is not None:
-                fresh = stage.epoch_data(model, epoch, ckpt / f"epoch-data-{si}")
+                # One process builds (and caches) the epoch's set, then the others read that cache: every rank
+                # trains on the same rows and no two processes write the cache at once.
+                if main:
+                    fresh = stage.epoch_data(model, epoch, ckpt / f"epoch-data-{si}")
+                accelerator.wait_for_everyone()
+                if not main:
+                    fresh = stage.epoch_data(model, epoch, ckpt / f"epoch-data-{si}")
                 if len(fresh) != len(data):
                     raise ValueError(f"stage {stage.name}: epoch {epoch} has {len(fresh)} rows, not {len(data)}")
                 loader = make_loader(fresh, model.tokenizer, opts.batch_size, shuffle=True,

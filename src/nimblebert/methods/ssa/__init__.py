@@ -52,7 +52,8 @@ def attach(model: NimbleModel) -> None:
     model.method_config = dataclasses.asdict(cfg)
     hf_cfg = model.hf.config
     d = hf_cfg.hidden_size
-    model.extras["token_head"] = TokenHead(d, getattr(hf_cfg, "layer_norm_eps", 1e-12))
+    positions = None if cfg.share_weight else getattr(hf_cfg, "max_position_embeddings", 512)
+    model.extras["token_head"] = TokenHead(d, getattr(hf_cfg, "layer_norm_eps", 1e-12), positions)
     if cfg.variant == "hybrid":
         model.extras["classifier"] = nn.Linear(d, model.num_labels)
 

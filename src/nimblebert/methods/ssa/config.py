@@ -23,6 +23,9 @@ class SsaConfig:
                 "model's own [CLS] head predicts — a plain transformers model, usable as a teacher)"})
     cls_weight: float = field(default=0.5, metadata={
         "help": "λ: output = λ·pooled [CLS] + (1−λ)·importance-weighted pooling (official SST-2/MRPC/RTE: 0.5)"})
+    share_weight: int = field(default=1, metadata={
+        "help": "1: one token decoder shared by all positions (official default for single sentences); 0: a "
+                "separate d→2 decoder per position after the shared transform (official RTE/STS-B setting)"})
     attention_threshold: float = field(default=0.3, metadata={
         "help": "tokens whose predicted importance is below this are left out of the pooling (official 0.3)"})
     aug_loss_weight: float = field(default=0.3, metadata={
@@ -50,6 +53,8 @@ class SsaConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise UserError(f"--{name.replace('_', '-')} {value} is out of range: use a value in [0, 1]")
+        if self.share_weight not in (0, 1):
+            raise UserError(f"--share-weight {self.share_weight} is unknown: use 1 (shared) or 0 (per position)")
         if self.rm_low > self.rm_threshold:
             raise UserError("--rm-low must not exceed --rm-threshold")
         if self.aug_ratio_step < 0:

@@ -2,7 +2,7 @@
 
 - Token head (SSA-Reg): an MLM-style transform (dense d→d, GELU, LayerNorm) then a linear layer to 2
   classes per token (0 = unimportant, 1 = important), one head shared by all positions (``share_weight=1``,
-  the official setting for every single-sentence task).
+  the official setting for every single-sentence task) or one decoder per position (``share_weight=0``).
 - Importance-weighted pooling (SSA-Trans): a_t = softmax(token logits_t)[1]; special tokens, padding and
   tokens with a_t < ``attention_threshold`` are left out; the weights are a softmax over the remaining
   positions **of a_t itself** (the probabilities, not logits, as the official code), c = Σ_t w_t H_t over the
@@ -21,16 +21,31 @@ from .config import SsaConfig
 
 
 class TokenHead(nn.Module):
-    """Per-token importance logits (b, t, 2)."""
+    """Per-token importance logits (b, t, 2).
 
-    def __init__(self, hidden: int, eps: float = 1e-12) -> None:
+    ``positions=None`` shares one d→2 decoder across positions (``share_weight=1``); ``positions=P`` gives
+    position t its own decoder (``share_weight=0``, official ``BertTokenAug`` with max_seq_length copies; here P =
+    the model's position embeddings, so any ``--max-length`` fits).
+    """
+
+    def __init__(self, hidden: int, eps: float = 1e-12, positions: int | None = None) -> None:
         super().__init__()
         self.dense = nn.Linear(hidden, hidden)
         self.norm = nn.LayerNorm(hidden, eps=eps)
-        self.decoder = nn.Linear(hidden, 2)
+        if positions is None:
+            self.decoder = nn.Linear(hidden, 2)
+        else:
+            # the same initialisation as nn.Linear, once per position
+            decoders = [nn.Linear(hidden, 2) for _ in range(positions)]
+            self.weight = nn.Parameter(torch.stack([d.weight.data for d in decoders]))  # (P, 2, d)
+            self.bias = nn.Parameter(torch.stack([d.bias.data for d in decoders]))  # (P, 2)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.norm(F.gelu(self.dense(hidden))))
+        h = self.norm(F.gelu(self.dense(hidden)))  # (b, t, d)
+        if hasattr(self, "decoder"):
+            return self.decoder(h)
+        t = h.size(1)
+        return torch.einsum("btd,tkd->btk", h, self.weight[:t]) + self.bias[:t]  # (b, t, 2)
 
 
 def special_mask(model: NimbleModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
