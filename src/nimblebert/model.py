@@ -169,6 +169,24 @@ def load_tokenizer(folder: str) -> PreTrainedTokenizerBase:
         raise UserError(f"no usable tokenizer in {folder}: {str(e).splitlines()[0]}") from None
 
 
+def has_trained_head(spec: str | None) -> bool:
+    """Whether ``spec`` is a folder written by nimblebert training whose transformers head is a classifier trained
+    on its task (every method's but a hybrid SSA model's): methods that start from a fine-tuned model skip
+    their own fine-tuning stage for it. Its labels are those of the data: ``from_base`` refuses other labels."""
+    if not spec:
+        return False
+    try:
+        section = getattr(AutoConfig.from_pretrained(resolve_model(spec)), "nimblebert", None)
+    except (OSError, ValueError, UserError):
+        return False
+    if not isinstance(section, dict) or not section.get("method"):
+        return False
+    from .methods import get_method
+
+    head_ok = get_method(section["method"]).extra.get("head_is_classifier", lambda cfg: True)
+    return bool(head_ok(section.get("method_config") or {}))
+
+
 def check_head_is_classifier(spec: str, trained: dict[str, Any] | None = None) -> None:
     """Refuse (UserError) a nimblebert folder whose transformers head is not what predicts — e.g. a hybrid SSA
     model, whose classifier reads its importance pooling — as a base or a teacher: other methods read that head.

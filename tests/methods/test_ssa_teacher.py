@@ -64,3 +64,19 @@ def test_hybrid_folder_is_refused_as_teacher(tmp_path: Path, data: Path, capsys,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--variant reg" in err[0] and "ssa-hybrid" in err[0]
     assert not (out / "config.json").exists()
+
+
+def test_a_trained_head_skips_fine_tuning_stages(tmp_path) -> None:
+    """FastBERT's and TR-BERT's 'auto' stage 1 is skipped for any nimblebert folder whose head predicts (an SSA-Reg
+    teacher included), and not for a hybrid SSA folder or a base model."""
+    from conftest import make_tokenizer, tiny_model
+
+    from nimblebert.model import NimbleModel, has_trained_head
+
+    for variant, expected in (("reg", True), ("hybrid", False)):
+        model = NimbleModel(tiny_model(layers=2), make_tokenizer(), "ssa", {"variant": variant}, ["neg", "pos"])
+        model.method_spec.attach(model)
+        model.save(tmp_path / variant)
+        assert has_trained_head(str(tmp_path / variant)) is expected
+    tiny_model(layers=2).save_pretrained(tmp_path / "base")
+    assert not has_trained_head(str(tmp_path / "base")) and not has_trained_head(None)

@@ -22,19 +22,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoConfig
 
 from ...core.tokens import attention_mask4d
 from ...errors import UserError
+from ...model import has_trained_head
 from ...train.stages import Stage, TrainData, TrainOptions
 from ..losses import kl_batchmean
 from .config import FastBertConfig
 
 if TYPE_CHECKING:
     from ...model import NimbleModel
-
-# nimblebert methods whose saved head is a classifier fine-tuned on the task's labels.
-FINETUNED_METHODS = ("finetune", "fastbert")
 
 
 def finetune_objective(model: NimbleModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -75,21 +72,6 @@ def config_of(model: NimbleModel) -> FastBertConfig:
     return FastBertConfig(**{k: v for k, v in model.method_config.items() if k in fields})
 
 
-def is_finetuned(spec: str | None) -> bool:
-    """Whether ``spec`` is a model folder written by nimblebert fine-tuning (or FastBERT) training.
-
-    Its labels are those of the data: ``from_base`` refuses a folder trained on other labels.
-    """
-    if not spec:
-        return False
-    from ...model import resolve_model
-
-    try:
-        config = AutoConfig.from_pretrained(resolve_model(spec))
-    except (OSError, ValueError, UserError):
-        return False
-    section = getattr(config, "nimblebert", None) or {}
-    return isinstance(section, dict) and section.get("method") in FINETUNED_METHODS
 
 
 def distill_texts(path: str, tokenizer: Any, max_length: int) -> Any:
@@ -116,7 +98,7 @@ def stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None = None
     warm-up (10%) and decay in both, stage-2 learning rate = ``distill_lr_mult`` × ``--lr``."""
     cfg = config_of(model)
     base = opts.model or opts.teacher
-    run_stage1 = cfg.finetune == "yes" or (cfg.finetune == "auto" and not is_finetuned(base))
+    run_stage1 = cfg.finetune == "yes" or (cfg.finetune == "auto" and not has_trained_head(base))
     if cfg.finetune == "auto":
         sys.stderr.write(
             f"fastbert: {base} is already a fine-tuned classifier: stage 1 skipped, its head is the teacher\n"

@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import AutoConfig
 
 from ...errors import UserError
+from ...model import has_trained_head
 from ...train.stages import Stage, TrainData, TrainOptions
 from ..losses import soft_cross_entropy
 from .config import TrBertConfig, guide_target
@@ -49,27 +49,12 @@ if TYPE_CHECKING:
     from ...core.encoder import LoopState
     from ...model import NimbleModel
 
-# nimblebert methods whose saved head is a classifier fine-tuned on the task's labels.
-FINETUNED_METHODS = ("finetune", "fastbert", "trbert")
-
 
 def config_of(model: NimbleModel) -> TrBertConfig:
     fields = TrBertConfig.__dataclass_fields__
     return TrBertConfig(**{k: v for k, v in model.method_config.items() if k in fields})
 
 
-def is_finetuned(spec: str | None) -> bool:
-    """Whether ``spec`` is a model folder written by nimblebert with a classifier trained on the task."""
-    if not spec:
-        return False
-    from ...model import resolve_model
-
-    try:
-        config = AutoConfig.from_pretrained(resolve_model(spec))
-    except (OSError, ValueError, UserError):
-        return False
-    section = getattr(config, "nimblebert", None) or {}
-    return isinstance(section, dict) and section.get("method") in FINETUNED_METHODS
 
 
 def finetune_objective(model: NimbleModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -276,7 +261,7 @@ def stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None = None
     linear warm-up (``--warmup``) and decay in each."""
     cfg = config_of(model)
     base = opts.model or opts.teacher
-    run_finetune = cfg.finetune == "yes" or (cfg.finetune == "auto" and not is_finetuned(base))
+    run_finetune = cfg.finetune == "yes" or (cfg.finetune == "auto" and not has_trained_head(base))
     if cfg.finetune == "auto":
         sys.stderr.write(
             f"trbert: {base} is already a fine-tuned classifier: the fine-tuning stage is skipped\n"
