@@ -12,6 +12,7 @@ import dataclasses
 import importlib.util
 import os
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,17 @@ def has_trained_head(spec: str | None) -> bool:
 
     head_ok = get_method(section["method"]).extra.get("head_is_classifier", lambda cfg: True)
     return bool(head_ok(section.get("method_config") or {}))
+
+
+def finetune_first(method: str, mode: str, base: str | None, skipped: str) -> bool:
+    """Whether a method that starts from a fine-tuned classifier (FastBERT, TR-BERT) must fine-tune ``base``
+    first: ``mode`` "yes" / "no", or "auto" (unless :func:`has_trained_head`), saying on stderr what "auto" chose;
+    ``skipped`` ends the message when the stage is skipped."""
+    run = mode == "yes" or (mode == "auto" and not has_trained_head(base))
+    if mode == "auto":
+        sys.stderr.write(f"{method}: {base} is already a fine-tuned classifier: {skipped}\n" if not run else
+                         f"{method}: fine-tuning {base} first (pass --finetune no if it is already fine-tuned)\n")
+    return run
 
 
 def check_head_is_classifier(spec: str, trained: dict[str, Any] | None = None) -> None:

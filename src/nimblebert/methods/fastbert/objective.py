@@ -16,7 +16,6 @@ learning rate is 10× stage 1's.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 
 from ...core.tokens import attention_mask4d
 from ...errors import UserError
-from ...model import has_trained_head
+from ...model import finetune_first
 from ...train.stages import Stage, TrainData, TrainOptions
 from ..losses import kl_batchmean
 from .config import FastBertConfig
@@ -98,12 +97,7 @@ def stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None = None
     warm-up (10%) and decay in both, stage-2 learning rate = ``distill_lr_mult`` × ``--lr``."""
     cfg = config_of(model)
     base = opts.model or opts.teacher
-    run_stage1 = cfg.finetune == "yes" or (cfg.finetune == "auto" and not has_trained_head(base))
-    if cfg.finetune == "auto":
-        sys.stderr.write(
-            f"fastbert: {base} is already a fine-tuned classifier: stage 1 skipped, its head is the teacher\n"
-            if not run_stage1 else
-            f"fastbert: stage 1 fine-tunes {base} first (pass --finetune no if it is already fine-tuned)\n")
+    run_stage1 = finetune_first("fastbert", cfg.finetune, base, "stage 1 skipped, its head is the teacher")
     result = []
     if run_stage1:
         result.append(Stage(

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import UserError
-from ...model import has_trained_head
+from ...model import finetune_first
 from ...train.stages import Stage, TrainData, TrainOptions
 from ..losses import soft_cross_entropy
 from .config import TrBertConfig, guide_target
@@ -261,12 +261,7 @@ def stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None = None
     linear warm-up (``--warmup``) and decay in each."""
     cfg = config_of(model)
     base = opts.model or opts.teacher
-    run_finetune = cfg.finetune == "yes" or (cfg.finetune == "auto" and not has_trained_head(base))
-    if cfg.finetune == "auto":
-        sys.stderr.write(
-            f"trbert: {base} is already a fine-tuned classifier: the fine-tuning stage is skipped\n"
-            if not run_finetune else
-            f"trbert: fine-tuning {base} first (pass --finetune no if it is already fine-tuned)\n")
+    run_finetune = finetune_first("trbert", cfg.finetune, base, "the fine-tuning stage is skipped")
     train = data.train if data is not None else None
     examples = len(train) if train is not None else 0
     eval_knobs = {"keep_threshold": cfg.eval_threshold, "drop_mode": "policy"}
