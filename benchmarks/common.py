@@ -23,8 +23,8 @@ if importlib.util.find_spec("nimblebert") is None:  # not installed: run from th
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
 DOCS = ROOT / "docs"
 SECTIONS = DOCS / "sections"
-ORDER = ["finetune_mr", "report_mr", "fastbert_mr", "fastbert_chnsenti", "tinybert_mr", "dynabert_mr", "trbert_mr_long",
-         "ssa"]
+ORDER = ["finetune_mr", "report_mr", "fastbert_mr", "fastbert_chnsenti", "tinybert_mr", "dynabert_mr",
+         "dynabert_mr_last", "trbert_mr_long", "ssa_mr", "ssa_chnsenti", "ssa"]
 
 
 def command_line() -> str:

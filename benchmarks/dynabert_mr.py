@@ -105,6 +105,9 @@ def main() -> None:
     ap.add_argument("--depth-epochs", default="1", help="epochs of the width × depth stage (official: 3)")
     ap.add_argument("--final-epochs", default="0",
                     help="> 0 adds the optional final fine-tuning of every sub-network for this many epochs")
+    ap.add_argument("--depth-rule", default="official", choices=["official", "last"],
+                    help="layers kept per depth: official floor(i/m_d) (drops the last layer) or 'last' (ours: "
+                         "mirrored, the last layer always runs)")
     ap.add_argument("--max-steps", help="cap every stage at this many optimizer steps (a quick look)")
     ap.add_argument("--widths", default=WIDTHS, help="widths trained and measured")
     ap.add_argument("--depths", default=DEPTHS, help="depths trained and measured")
@@ -147,7 +150,8 @@ def main() -> None:
                   "--importance-split", args.importance_split, "--out", out, "--max-length", args.max_length,
                   "--lr", args.lr, "--batch-size", args.batch_size, "--seed", args.seed,
                   "--widths", *[f"{w:g}" for w in widths], "--depths", *[f"{d:g}" for d in depths],
-                  "--phases", *phases, "--width-epochs", args.width_epochs, "--depth-epochs", args.depth_epochs]
+                  "--phases", *phases, "--width-epochs", args.width_epochs, "--depth-epochs", args.depth_epochs,
+                  "--depth-rule", args.depth_rule]
     if "final" in phases:
         train_args += ["--final-epochs", args.final_epochs]
     if args.max_steps:
@@ -244,13 +248,22 @@ def main() -> None:
     epochs = f"width stage {args.width_epochs} epoch(s), width × depth stage {args.depth_epochs} epoch(s)" + (
         f", final fine-tuning {args.final_epochs}" if "final" in phases else "") + (
         f", at most {args.max_steps} steps per stage" if args.max_steps else "")
-    md = f"""## DynaBERT on `{tag}`: the width × depth grid
+    from nimblebert.core.plan import depth_layers
+
+    n_layers = teacher.encoder.num_layers
+    kept = "; ".join(f"{d:g}: {', '.join(str(i + 1) for i in depth_layers(n_layers, d, args.depth_rule))}"
+                     for d in sorted(depths, reverse=True) if d < 1)
+    rule = ("official rule floor(i/m_d)" if args.depth_rule == "official" else
+            "rule 'last' (ours: the official pattern mirrored so the last layer runs)")
+    title = "" if args.depth_rule == "official" else ", last layer kept"
+    md = f"""## DynaBERT on `{tag}`: the width × depth grid{title}
 
 `{command}` — teacher `{teacher_dir}` (accuracy {base_metrics['accuracy']:.4f} on the {len(encoded)} {split}
 sentences), one DynaBERT model `{out}` trained from it.
 
 - Training: rewiring by head/neuron importance on the {args.importance_split} split, then {epochs}; lr {args.lr},
   batch {args.batch_size}, max {args.max_length} tokens, no data augmentation; {stage_seconds / 60:.1f} min.
+  Layers run at each depth ({rule}; 1-based, of {n_layers}): {kept}.
   Each stage keeps its checkpoint with the best summed validation accuracy over its sub-networks (official).
 - accuracy and Δ: the exported transformers folder at that setting, against the teacher on the same sentences,
   with the paired bootstrap 95% interval ({args.bootstrap} resamples). Exported and dynamic predictions agree
@@ -284,6 +297,7 @@ Environment: torch {env['torch']}, {env['threads']} threads, {env['cpu_count']} 
                  f"{best['dyn_b1_speedup']:.2f}× at batch 1 (FLOPs {best['flops_speedup']:.2f}×).")
     headline = f"**DynaBERT** (`{command}`) on `{tag}`: {claim}"
     result = {"data": data, "split": split, "examples": len(encoded), "sizes": sizes, "teacher": teacher_dir,
+              "depth_rule": args.depth_rule,
               "model": out, "exports": {f"{w:g},{d:g}": f for (w, d), f in exports.items()},
               "train_command": "nimblebert train dynabert " + " ".join(train_args),
               "bench_command": "nimblebert " + " ".join(bench_args), "train": summary,

@@ -11,6 +11,7 @@ from conftest import make_tokenizer, tiny_model
 from transformers import AutoModelForSequenceClassification
 
 import nimblebert
+from nimblebert.core.plan import depth_layers
 from nimblebert.core.slicing import width_sizes
 from nimblebert.errors import UserError
 from nimblebert.export import export_model, to_static
@@ -23,6 +24,7 @@ from nimblebert.methods.dynabert import (
     hidden_targets,
     plan_of,
 )
+from nimblebert.methods.losses import hidden_mse
 from nimblebert.model import NimbleModel
 
 LAYERS, HEADS, FFN = 4, 4, 37
@@ -250,6 +252,42 @@ def test_export_is_a_smaller_plain_model_with_the_same_predictions(tmp_path, wid
     static = nimblebert.load(out)
     with torch.no_grad():
         torch.testing.assert_close(static.infer(batch).logits, dynamic, atol=1e-5, rtol=0)
+
+
+def test_depth_rule_last_runs_the_last_layer_trains_on_it_and_exports_it(tmp_path) -> None:
+    """--depth-rule last (our option): the official pattern counted from the top. It is stored with the model,
+    so inference, the training objective's layer map and the export all follow it."""
+    assert depth_layers(6, 0.5, "last") == (1, 3, 5) and depth_layers(12, 0.5, "last") == (1, 3, 5, 7, 9, 11)
+    assert depth_layers(6, 0.75, "last") == (1, 3, 4, 5)  # the official (0, 1, 2, 4) mirrored
+    assert hidden_targets(6, 0.5, "last") == [0, 2, 4, 6] and hidden_targets(6, 0.75, "last") == [0, 2, 4, 5, 6]
+    model = make_model(depth_rule="last")
+    batch = make_batch()
+    with torch.no_grad():
+        out = model.infer(batch, depth=0.5)
+    assert [s.layer for s in out.steps] == [1, 3]  # 4 layers at 0.5: the official (0, 2) mirrored
+    # the objective runs the same sub-network as inference and matches its hidden states to layers 2 and 4
+    objective = SubNetworkObjective([1.0], [0.5], lambda1=0.0, lambda2=1.0, teacher=Teacher(model.hf),
+                                    depth_rule="last")
+    with torch.no_grad():
+        loss = objective(model, batch)["loss"]
+        full = model.infer(batch)
+        direct = model.encoder(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                               plan=plan_of(model, 1.0, 0.5), output_hidden_states=True)
+        teacher = model.encoder(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                                output_hidden_states=True)
+    expected = hidden_mse(list(direct.hidden_states), [teacher.hidden_states[i] for i in (0, 2, 4)])
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(out.logits, full.logits)
+    model.save(tmp_path / "dyna")
+    assert nimblebert.load(tmp_path / "dyna").method_config["depth_rule"] == "last"
+    export_model(tmp_path / "dyna", tmp_path / "sub", "hf", knobs={"width": 0.5, "depth": 0.5})
+    hf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "sub").eval()
+    assert hf.config.nimblebert["method_config"]["source_layers"] == [1, 3]
+    with torch.no_grad():
+        torch.testing.assert_close(hf(**hf_inputs(batch)).logits, model.infer(batch, width=0.5, depth=0.5).logits,
+                                   atol=1e-5, rtol=0)
+    with pytest.raises(UserError, match="depth-rule"):
+        make_model(depth_rule="first")
 
 
 def test_export_knob_errors(tmp_path) -> None:

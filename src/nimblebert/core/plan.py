@@ -49,13 +49,25 @@ class Plan:
 FULL = Plan()
 
 
-def depth_layers(num_layers: int, depth_mult: float) -> tuple[int, ...]:
-    """Layers kept at depth multiplier ``m_d`` as in DynaBERT's official code.
+DEPTH_RULES = ("official", "last")
 
-    Keeps ``floor(i / m_d)`` for ``i = 0 .. round(L·m_d) − 1`` (0-based): at ``m_d = 0.5`` on 12 layers
-    that is {0, 2, 4, 6, 8, 10}; on 6 layers {0, 2, 4}.
+
+def depth_layers(num_layers: int, depth_mult: float, rule: str = "official") -> tuple[int, ...]:
+    """Layers kept at depth multiplier ``m_d``.
+
+    ``rule="official"`` (DynaBERT's code): keeps ``floor(i / m_d)`` for ``i = 0 .. round(L·m_d) − 1``
+    (0-based): at ``m_d = 0.5`` on 12 layers that is {0, 2, 4, 6, 8, 10}; on 6 layers {0, 2, 4}. It always
+    drops the last layer, the one the classifier was trained on — cheap on 12 layers, costly on 6.
+
+    ``rule="last"`` (our option, not the paper's): the same pattern counted from the top, so the last layer
+    always runs: {1, 3, 5, ..., 11} on 12 layers, {1, 3, 5} on 6 (TinyBERT's uniform map g(m) = 2m).
     """
     if not 0 < depth_mult <= 1:
         raise UserError(f"depth {depth_mult} is out of range: use a value in (0, 1]")
+    if rule not in DEPTH_RULES:
+        raise UserError(f"depth rule {rule!r} is unknown; choose from {', '.join(DEPTH_RULES)}")
     kept = max(1, round(num_layers * depth_mult))
-    return tuple(min(int(i / depth_mult), num_layers - 1) for i in range(kept))
+    official = tuple(min(int(i / depth_mult), num_layers - 1) for i in range(kept))
+    if rule == "official":
+        return official
+    return tuple(sorted(num_layers - 1 - i for i in official))

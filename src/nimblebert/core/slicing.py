@@ -60,12 +60,12 @@ def width_sizes(num_heads: int, ffn_size: int, width: float) -> tuple[int, int]:
 
 
 def sub_network_plan(num_layers: int, num_heads: int, ffn_size: int, width: float = 1.0,
-                     depth: float = 1.0) -> Plan:
-    """The Plan of the DynaBERT sub-network at (``width``, ``depth``): the official depth rule
-    (:func:`~nimblebert.core.plan.depth_layers`) and the first :func:`width_sizes` heads / neurons of
-    every layer. Width 1 and depth 1 give :data:`~nimblebert.core.plan.FULL` (the plain model)."""
+                     depth: float = 1.0, depth_rule: str = "official") -> Plan:
+    """The Plan of the DynaBERT sub-network at (``width``, ``depth``): the layers of ``depth_rule``
+    (:func:`~nimblebert.core.plan.depth_layers`, official by default) and the first :func:`width_sizes`
+    heads / neurons of every layer. Width 1 and depth 1 give :data:`~nimblebert.core.plan.FULL` (the plain model)."""
     heads, ffn = width_sizes(num_heads, ffn_size, width)
-    layers = depth_layers(num_layers, depth)
+    layers = depth_layers(num_layers, depth, depth_rule)
     if layers == tuple(range(num_layers)) and heads == num_heads and ffn == ffn_size:
         return FULL
     return Plan(
@@ -75,9 +75,9 @@ def sub_network_plan(num_layers: int, num_heads: int, ffn_size: int, width: floa
     )
 
 
-def encoder_plan(encoder: CoreEncoder, width: float = 1.0, depth: float = 1.0) -> Plan:
+def encoder_plan(encoder: CoreEncoder, width: float = 1.0, depth: float = 1.0, depth_rule: str = "official") -> Plan:
     """:func:`sub_network_plan` for the model that ``encoder`` runs."""
-    return sub_network_plan(encoder.num_layers, encoder.num_heads, encoder.ffn_size, width, depth)
+    return sub_network_plan(encoder.num_layers, encoder.num_heads, encoder.ffn_size, width, depth, depth_rule)
 
 
 # ---- importance ---------------------------------------------------------------------------------------

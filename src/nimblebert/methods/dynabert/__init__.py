@@ -2,7 +2,8 @@
 Width and Depth", NeurIPS 2020).
 
 One set of weights serves every sub-network: at width m_w each layer keeps its first round(H·m_w) heads
-and the same share of FFN neurons; at depth m_d the layers floor(i/m_d) run (the official rule). Network
+and the same share of FFN neurons; at depth m_d the layers floor(i/m_d) run (the official rule;
+``--depth-rule last`` mirrors it so that the last layer always runs). Network
 rewiring puts the important heads and neurons first, so the first ones are the ones worth keeping; two
 distillation stages (width, then width × depth) teach every sub-network to imitate the full one.
 
@@ -62,7 +63,8 @@ DYNABERT = register_method(
         knobs=(
             Knob("width", 1.0, "DynaBERT: fraction of attention heads and FFN neurons kept per layer, in (0, 1]; "
                                "1 = full width", low=0.0, high=1.0),
-            Knob("depth", 1.0, "DynaBERT: fraction of layers kept, in (0, 1] (official rule: layers floor(i/depth)); "
+            Knob("depth", 1.0, "DynaBERT: fraction of layers kept, in (0, 1] (the layers of the model's "
+                               "--depth-rule; official: floor(i/depth)); "
                                "1 = all layers", low=0.0, high=1.0),
         ),
         static=False,

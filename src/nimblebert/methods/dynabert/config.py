@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ...core.plan import DEPTH_RULES
 from ...errors import UserError
 
 PHASES = ("width", "depth", "final")
@@ -23,6 +24,11 @@ class DynaBertConfig:
                 "order each step, as the official code"})
     depths: list[float] = field(default_factory=lambda: [1.0, 0.75, 0.5], metadata={
         "help": "depth multipliers trained in the width × depth stage (official rule: keep layers floor(i/m_d))"})
+    depth_rule: str = field(default="official", metadata={
+        "help": "which layers a depth keeps: 'official' (DynaBERT's code: floor(i/m_d), which always drops the last "
+                "layer; 6 layers at 0.5 keep 1, 3, 5 counted from 1) or 'last' (ours: the same pattern counted "
+                "from the top, so the last layer, the classifier's input, always runs; 6 layers at 0.5 keep 2, 4, "
+                "6). Stored with the model: --depth at inference and export follow it"})
     phases: list[str] = field(default_factory=lambda: ["width", "depth"], metadata={
         "help": "stages to run, in this order: 'width' (DynaBERT_W: every width distils the full teacher), "
                 "'depth' (every width × depth distils the DynaBERT_W model), 'final' (optional: gold-label "
@@ -62,6 +68,8 @@ class DynaBertConfig:
                 raise UserError(f"{name} {bad[0]} is out of range: use values in (0, 1]")
         self.widths = sorted({float(w) for w in self.widths}, reverse=True)  # descending, as the official loop
         self.depths = sorted({float(d) for d in self.depths}, reverse=True)
+        if self.depth_rule not in DEPTH_RULES:
+            raise UserError(f"--depth-rule {self.depth_rule!r} is unknown; choose from {', '.join(DEPTH_RULES)}")
         unknown = [p for p in self.phases if p not in PHASES]
         if unknown:
             raise UserError(f"--phases {unknown[0]!r} is unknown; choose from {', '.join(PHASES)}")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from ...core.plan import depth_layers
 from ...core.slicing import materialize as materialize_hf
 from ...core.slicing import width_sizes
+from .objective import depth_rule_of
 
 if TYPE_CHECKING:
     from ...model import NimbleModel
@@ -33,7 +34,7 @@ def materialize(model: NimbleModel, width: float = 1.0, depth: float = 1.0) -> N
 
     enc = model.encoder
     heads, ffn = width_sizes(enc.num_heads, enc.ffn_size, width)
-    layers = depth_layers(enc.num_layers, depth)
+    layers = depth_layers(enc.num_layers, depth, depth_rule_of(model))
     hf = materialize_hf(model.hf, layers, heads, ffn).eval()
     record = {SOURCE_KEY: model.method, "width": width, "depth": depth, "source_layers": list(layers),
               "heads_per_layer": [heads] * len(layers), "ffn_per_layer": [ffn] * len(layers)}

@@ -62,13 +62,23 @@ def config_of(model: NimbleModel) -> DynaBertConfig:
     return DynaBertConfig(**{k: v for k, v in model.method_config.items() if k in fields})
 
 
-def hidden_targets(num_layers: int, depth: float) -> list[int]:
+def hidden_targets(num_layers: int, depth: float, rule: str = "official") -> list[int]:
     """Teacher hidden-state indices (0 = embeddings) that the sub-network at ``depth`` matches, in order
-    of its own hidden states: [floor(i/m_d) for i < round(L·m_d)] + [L] (official ``kept_layers_index``).
+    of its own hidden states.
 
-    On 12 layers: m_d = 0.5 -> [0, 2, 4, 6, 8, 10, 12]; m_d = 0.75 -> [0, 1, 2, 4, 5, 6, 8, 9, 10, 12].
+    Official rule: [floor(i/m_d) for i < round(L·m_d)] + [L] (``kept_layers_index``); on 12 layers
+    m_d = 0.5 -> [0, 2, 4, 6, 8, 10, 12]; m_d = 0.75 -> [0, 1, 2, 4, 5, 6, 8, 9, 10, 12].
+    Rule "last": the output of kept layer k matches the teacher's output of layer k, i.e. [0] + [k + 1 for
+    the kept k] (on 6 layers at 0.5: kept 1, 3, 5 -> [0, 2, 4, 6], TinyBERT's uniform map).
     """
-    return [*depth_layers(num_layers, depth), num_layers]
+    if rule == "official":
+        return [*depth_layers(num_layers, depth), num_layers]
+    return [0, *(k + 1 for k in depth_layers(num_layers, depth, rule))]
+
+
+def depth_rule_of(model: NimbleModel) -> str:
+    """The depth rule a DynaBERT model was trained with (models from before the option: official)."""
+    return str(model.method_config.get("depth_rule", "official"))
 
 
 # ---- teachers -----------------------------------------------------------------------------------------
@@ -136,8 +146,9 @@ class SubNetworkObjective:
     """
 
     def __init__(self, widths: Sequence[float], depths: Sequence[float], lambda1: float = 1.0,
-                 lambda2: float = 1.0, teacher: Any = None) -> None:
+                 lambda2: float = 1.0, teacher: Any = None, depth_rule: str = "official") -> None:
         self.widths = sorted(widths, reverse=True)
+        self.depth_rule = depth_rule
         self.depths = sorted(depths, reverse=True)
         self.lambda1, self.lambda2 = lambda1, lambda2
         self.teacher = teacher
@@ -149,9 +160,9 @@ class SubNetworkObjective:
         kd_sum, hidden_sum = torch.zeros((), device=ids.device), torch.zeros((), device=ids.device)
         parts: dict[str, torch.Tensor] = {}
         for depth in self.depths:
-            targets = hidden_targets(model.encoder.num_layers, depth)
+            targets = hidden_targets(model.encoder.num_layers, depth, self.depth_rule)
             for width in self.widths:
-                out = model.encoder(ids, mask, types, plan=encoder_plan(model.encoder, width, depth),
+                out = model.encoder(ids, mask, types, plan=encoder_plan(model.encoder, width, depth, self.depth_rule),
                                     output_hidden_states=target is not None)
                 if target is None:
                     loss = F.cross_entropy(out.logits.float(), batch["labels"])
@@ -304,12 +315,13 @@ def stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None = None
             teacher: Any = SnapshotTeacher(ckpt / "dynabert-depth-teacher.safetensors" if ckpt else None)
         else:
             teacher = Teacher(teacher_hf)
-        objective = SubNetworkObjective(cfg.widths, cfg.depths, cfg.depth_lambda1, cfg.depth_lambda2, teacher)
+        objective = SubNetworkObjective(cfg.widths, cfg.depths, cfg.depth_lambda1, cfg.depth_lambda2, teacher,
+                                        cfg.depth_rule)
         result.append(Stage("dynabert-depth", objective, epochs=cfg.depth_epochs or opts.epochs, **common,
                             **_selection(cfg.widths, cfg.depths)))
     if "final" in cfg.phases:
         depths = cfg.depths if "depth" in cfg.phases else [1.0]
-        objective = SubNetworkObjective(cfg.widths, depths)
+        objective = SubNetworkObjective(cfg.widths, depths, depth_rule=cfg.depth_rule)
         result.append(Stage("dynabert-final", objective, epochs=cfg.final_epochs or opts.epochs, **common,
                             **_selection(cfg.widths, depths)))
     return result

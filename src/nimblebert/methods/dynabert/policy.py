@@ -3,7 +3,8 @@
 
 The core keeps the first round(H·m_w) heads and the matching share of FFN neurons in every layer as
 really smaller matrix products (sliced weight views, not masks), and runs only the layers of the
-official depth rule. Width 1 and depth 1 is the plain model, exactly.
+model's depth rule (the official one unless trained with ``--depth-rule last``). Width 1 and depth 1
+is the plain model, exactly.
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ import torch
 from ...core.encoder import EncoderOutput
 from ...core.plan import Plan
 from ...core.slicing import encoder_plan
+from .objective import depth_rule_of
 
 if TYPE_CHECKING:
     from ...model import NimbleModel
 
 
 def plan_of(model: NimbleModel, width: float = 1.0, depth: float = 1.0) -> Plan:
-    """The core Plan of the sub-network at (``width``, ``depth``)."""
-    return encoder_plan(model.encoder, width, depth)
+    """The core Plan of the sub-network at (``width``, ``depth``), with the depth rule the model was trained
+    with."""
+    return encoder_plan(model.encoder, width, depth, depth_rule_of(model))
 
 
 def infer(model: NimbleModel, batch: dict[str, torch.Tensor], width: float = 1.0, depth: float = 1.0) -> EncoderOutput:
