@@ -24,7 +24,7 @@ if importlib.util.find_spec("nimblebert") is None:  # not installed: run from th
 DOCS = ROOT / "docs"
 SECTIONS = DOCS / "sections"
 ORDER = ["finetune_mr", "report_mr", "fastbert_mr", "fastbert_chnsenti", "tinybert_mr", "dynabert_mr",
-         "dynabert_mr_last", "trbert_mr_long", "ssa_mr", "ssa_chnsenti", "ssa"]
+         "dynabert_mr_last", "trbert_mr_long", "ssa"]
 
 
 def command_line() -> str:

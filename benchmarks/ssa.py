@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -90,6 +91,28 @@ def teacher_check(threads: int | None) -> dict[str, Any]:
 def spread(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "min": min(values), "max": max(values), "values": values}
+
+
+def carry_over(docs: Path, run_now: list[str]) -> dict[str, Any]:
+    """The per-dataset results of an earlier run (``docs/ssa.json``) for the datasets not run now, each with
+    the command and date that measured it. Files from before commands were stored per dataset take the
+    command their section quotes."""
+    path = docs / "ssa.json"
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    section = docs / "sections" / "ssa.md"
+    found = re.search(r"`(python benchmarks/ssa\.py[^`]*)`", section.read_text()) if section.exists() else None
+    quoted = found.group(1) if found else "an earlier run of benchmarks/ssa.py"
+    out = {}
+    for name, r in old.get("results", {}).items():
+        if name in run_now or name == "teacher_check" or "verdict" not in r:
+            continue
+        r.setdefault("command", old.get("command", quoted))
+        r.setdefault("seeds", old.get("seeds", {}).get(name, []))
+        r.setdefault("date", old.get("environment", {}).get("date", "date not recorded"))
+        out[name] = r
+    return out
 
 
 def main() -> None:
@@ -171,8 +194,23 @@ def main() -> None:
         results[name] = {label: {k: spread(v) for k, v in r.items() if v} for label, r in per.items()}
         results[name]["sizes"] = {"train": len(task.train), "validation": len(task.validation), "test": len(task.test)}
 
-    lines, verdicts = [], []
+    command = common.command_line()
+    measured_at = environment()["date"]
     for name in datasets_:
+        results[name]["command"] = command
+        results[name]["date"] = measured_at
+        results[name]["seeds"] = seeds_of[name]
+    # Datasets not run this time keep the rows an earlier run of this script measured (docs/ssa.json), with
+    # the command that measured them, so one dataset's seeds can be added without retraining the other's.
+    docs_dir = Path(os.path.abspath(args.docs)) if args.docs else common.DOCS
+    carried = carry_over(docs_dir, datasets_)
+    results.update(carried)
+    shown = datasets_ + list(carried)
+    for name in carried:
+        seeds_of[name] = carried[name]["seeds"]
+
+    lines, verdicts = [], []
+    for name in shown:
         r = results[name]
         for label in ("plain", "ssa"):
             v, t, m = r[label]["validation"], r[label]["test"], r[label]["train_min"]
@@ -211,16 +249,20 @@ def main() -> None:
             f"teacher); FastBERT students ({' '.join(check['flags'])}) {cells}.")
     env = environment()
     sizes = "; ".join(f"`{n}` {s['train']}/{s['validation']}/{s['test']}"
-                      for n, s in ((n, results[n]["sizes"]) for n in datasets_))
+                      for n, s in ((n, results[n]["sizes"]) for n in shown))
+    earlier = "".join(f"\n\n`{n}`: rows carried over unchanged from an earlier run, `{results[n]['command']}` "
+                      f"({results[n]['date']})." for n in carried)
     md = f"""## SSA vs plain fine-tuning (`mr`, `chnsenti`)
 
-`{common.command_line()}` — MiniLM-L6, for each seed ({'; '.join(f"{n}: {', '.join(seeds_of[n])}" for n in
-datasets_)}) plain fine-tuning and SSA
+`{command}` — MiniLM-L6, for each seed ({'; '.join(f"{n}: {', '.join(seeds_of[n])}" for n in
+shown)}) plain fine-tuning and SSA
 ({args.variant}, λ = 0.5, attention threshold 0.3, token-loss weight 0.3, probed share 0 / 0.2 / 0.4 over the
 3 epochs) with the same flags: {' '.join(TRAIN)}, best validation epoch kept. Splits (train/validation/test):
 {sizes}{f' (chnsenti: a seeded {args.chnsenti_train}-row subset of its training split)' if 'chnsenti' in datasets_
-    else ''}. Accuracy: mean ± standard deviation [min, max] over the seeds. Probing: the forward passes that make
-SSA's labels each epoch, as forward rows and as a share of training's compute (≈ 3 forward-equivalents per
+    else ''}.{earlier}
+
+Accuracy: mean ± standard deviation [min, max] over the seeds. Probing: the forward passes that make SSA's
+labels each epoch, as forward rows and as a share of training's compute (≈ 3 forward-equivalents per
 row and epoch), then its wall time. Wall times: several runs shared the 2 cores (up to 4 at once) and were
 paused while another benchmark timed latency, so compare them only loosely.
 
@@ -234,8 +276,9 @@ Environment: torch {env['torch']}, {args.threads or env['threads']} thread(s) pe
 ({env['processor']}), {env['date']}.
 """
     head = "; ".join(f"`{n}` {100 * results[n]['verdict']['test_gain']:+.2f} points ({results[n]['verdict']['seeds']} "
-                     f"seed(s), spread {100 * results[n]['verdict']['spread']:.2f})" for n in datasets_)
-    headline = (f"**SSA** (`{common.command_line()}`): mean test accuracy over the seeds, SSA − plain "
+                     f"seed(s), spread {100 * results[n]['verdict']['spread']:.2f})" for n in shown)
+    also = f" and earlier runs for {', '.join(f'`{n}`' for n in carried)}" if carried else ""
+    headline = (f"**SSA** (`{command}`{also}): mean test accuracy over the seeds, SSA − plain "
                 f"fine-tuning: {head}.\n")
     common.publish("ssa", md, {"results": results, "seeds": seeds_of, "train_flags": TRAIN, "environment": env},
                    headline, Path(os.path.abspath(args.docs)) if args.docs else None)
