@@ -47,6 +47,7 @@ import common
 from common import ROOT, cli, environment, finished
 
 DATA = "mr-long"
+JOINT, RL_ONLY = "RL + joint", "RL only"
 
 
 def main() -> None:
@@ -64,6 +65,11 @@ def main() -> None:
     ap.add_argument("--rl-lr", default="1e-3",
                     help="RL-stage learning rate of the 32-wide policies (official 3e-5; with ~130 steps an "
                          "epoch on 1,050 reviews the policy barely moves at that rate)")
+    ap.add_argument("--joint-lr", help="joint-stage learning rate (default: --lr; official 3e-5 at batch 8 × 4 "
+                                       "accumulation)")
+    ap.add_argument("--rl-only", default="",
+                    help="comma-separated α values that also get a policy-only model (RL stage alone, the full "
+                         "model's weights untouched): what the joint stage adds or costs")
     ap.add_argument("--rl-epochs", default="1", help="official 3")
     ap.add_argument("--joint-epochs", default="1", help="official 3")
     ap.add_argument("--rollouts", default="4", help="K in the RL stage (official 8)")
@@ -109,15 +115,22 @@ def main() -> None:
             "--epochs", args.teacher_epochs, "--lr", args.lr, *steps, capture=False)
 
     # ---- one TR-BERT model per α -----------------------------------------------------------------------
+    # run label -> (α, folder, stages); "RL only" models keep the full model's weights (joint stage skipped)
+    rl_only = [a.strip() for a in args.rl_only.split(",") if a.strip()]
+    plan = [(alpha, f"runs/trbert-mr-long-a{alpha}", JOINT) for alpha in alphas] + [
+        (alpha, f"runs/trbert-mr-long-a{alpha}-rl", RL_ONLY) for alpha in rl_only]
     runs: dict[str, str] = {}
+    stages_of: dict[str, str] = {}
+    alpha_of: dict[str, str] = {}
     train_commands = {}
-    for alpha in alphas:
-        out = f"runs/trbert-mr-long-a{alpha}"
-        runs[alpha] = out
+    for alpha, out, stages in plan:
+        label = alpha if stages == JOINT else f"{alpha} (RL only)"
+        runs[label], stages_of[label], alpha_of[label] = out, stages, alpha
+        joint = ["--joint-epochs", args.joint_epochs, "--joint-rollouts", args.joint_rollouts,
+                 "--joint-lr", args.joint_lr or args.lr] if stages == JOINT else ["--joint-epochs", "-1"]
         train_args = ["--model", teacher_dir, "--out", out, *common_args, "--lr", args.lr, "--rl-lr", args.rl_lr,
-                      "--alpha", alpha, "--rl-epochs", args.rl_epochs, "--joint-epochs", args.joint_epochs,
-                      "--rollouts", args.rollouts, "--joint-rollouts", args.joint_rollouts, *steps]
-        train_commands[alpha] = "nimblebert train trbert " + " ".join(train_args)
+                      "--alpha", alpha, "--rl-epochs", args.rl_epochs, "--rollouts", args.rollouts, *joint, *steps]
+        train_commands[label] = "nimblebert train trbert " + " ".join(train_args)
         if not (args.reuse and finished(out)):
             cli("train", "trbert", *train_args, "--overwrite", capture=False)
 
@@ -130,22 +143,29 @@ def main() -> None:
     base = predict_loader(teacher, loader)
     base_metrics = metrics(base, teacher.num_labels)
     base_correct = (base.predicted == base.labels).numpy()
-    models = {alpha: load(path) for alpha, path in runs.items()}
+    models = {label: load(path) for label, path in runs.items()}
     rows: list[dict[str, Any]] = []
     thresholds = [float(t) for t in args.thresholds.split(",") if t.strip()]
-    for alpha, model in models.items():
-        for threshold, mode in ((t, m) for t in thresholds for m in ("policy", "random", "first")):
+    for label, model in models.items():
+        alpha, stages = alpha_of[label], stages_of[label]
+        # The baselines need the joint model's backbone; an RL-only model is the full model with policies.
+        modes = ("policy", "random", "first") if stages == JOINT else ("policy",)
+        for threshold, mode in ((t, m) for t in thresholds for m in modes):
             knobs = {"keep_threshold": threshold, "drop_mode": mode}
             p = predict_loader(model, loader, **knobs)
             m = metrics(p, model.num_labels)
-            rows.append({"alpha": float(alpha), "run": alpha, "threshold": threshold, "drop_mode": mode, **m,
+            rows.append({"alpha": float(alpha), "run": label, "stages": stages, "threshold": threshold,
+                         "drop_mode": mode, **m,
                          "flops_speedup": base_metrics["flops_per_sample"] / m["flops_per_sample"],
                          "vs_full": common.paired_bootstrap(base_correct, (p.predicted == p.labels).numpy(),
                                                             args.bootstrap)})
-            print(f"α {alpha} threshold {threshold} {mode}: accuracy {m['accuracy']:.4f}, "
+            print(f"α {label} threshold {threshold} {mode}: accuracy {m['accuracy']:.4f}, "
                   f"kept {m['mean_tokens_kept']}", file=sys.stderr)
+        if stages != JOINT:
+            continue
         p = predict_loader(model, loader, keep_threshold=0.0)  # the jointly trained weights without cuts
-        rows.append({"alpha": float(alpha), "run": alpha, "threshold": 0.0, "drop_mode": "none (threshold 0)",
+        rows.append({"alpha": float(alpha), "run": label, "stages": stages, "threshold": 0.0,
+                     "drop_mode": "none (threshold 0)",
                      **metrics(p, model.num_labels),
                      "flops_speedup": 1.0,
                      "vs_full": common.paired_bootstrap(base_correct, (p.predicted == p.labels).numpy(),
@@ -154,9 +174,9 @@ def main() -> None:
     # ---- latency at batch 1 and 16, interleaved with the plain transformers model --------------------------
     contenders = {name: hf_contender(hf) for name, hf in transformers_baselines(teacher.source).items()}
     contenders["full model (nimblebert core)"] = nimble_contender(teacher, {})
-    for alpha, model in models.items():
+    for label, model in models.items():
         for threshold in thresholds:
-            contenders[f"trbert α={alpha} t={threshold:g}"] = nimble_contender(model, {"keep_threshold": threshold})
+            contenders[f"trbert α={label} t={threshold:g}"] = nimble_contender(model, {"keep_threshold": threshold})
     torch.manual_seed(0)
     lat = measure_latency(contenders, teacher, encoded, batch_sizes=(1, 16),
                           examples={1: args.b1_examples, 16: args.b16_examples}, rounds=args.rounds)
@@ -171,24 +191,27 @@ def main() -> None:
     # ---- table, JSON ------------------------------------------------------------------------------------
     env = environment()
     mean_in = rows[0].get("mean_tokens_in", float("nan")) if rows else float("nan")
-    table = ["| α | t | tokens dropped by | accuracy | Δ vs full [95% CI] (points) | "
+    table = ["| α | stages | t | tokens dropped by | accuracy | Δ vs full [95% CI] (points) | "
              f"tokens kept per cut (of {mean_in:.0f}) | MFLOPs | FLOPs × | b1 × | b16 × | b16 × ÷ FLOPs × |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         v = r["vs_full"]
         kept = " / ".join(f"{k:.0f}" for k in r.get("mean_tokens_kept", []))
         speed = (f"{r['b1_speedup']:.2f} | {r['b16_speedup']:.2f} | {r['b16_over_flops']:.2f}" if "b1_speedup" in r
                  else "— | — | —")
-        table.append(f"| {r['alpha']:g} | {r['threshold']:g} | {r['drop_mode']} | {r['accuracy']:.4f} | "
+        table.append(f"| {r['alpha']:g} | {r['stages']} | {r['threshold']:g} | {r['drop_mode']} | "
+                     f"{r['accuracy']:.4f} | "
                      f"{100 * v['diff']:+.2f} "
                      f"[{100 * v['low']:+.2f}, {100 * v['high']:+.2f}] | {kept} | "
                      f"{r['flops_per_sample'] / 1e6:.0f} | {r['flops_speedup']:.2f} | {speed} |")
     base_b1 = lat["batch1"]["full model (nimblebert core)"]["speedup"]
     base_b16 = lat["batch16"]["full model (nimblebert core)"]["speedup"]
     command = common.command_line()
-    cuts = models[alphas[0]].method_config["cuts"] if alphas else []
+    cuts = next(iter(models.values())).method_config["cuts"] if models else []
     # The full model may have been trained separately (another lr or batch): report what it really was.
     t_opts = json.loads((Path(teacher_dir) / "train_summary.json").read_text())["options"]
+    rl_note = (f" \"{RL_ONLY}\" rows (α {', '.join(rl_only)}): the RL stage alone, i.e. the full model's weights "
+               "with the trained policies, no joint stage." if rl_only else "")
     md = f"""## TR-BERT on `mr-long`: learned token reduction on full movie reviews
 
 `{command}` — full model `{teacher_dir}` (MiniLM-L6 fine-tuned on mr-long, {t_opts['epochs']:g} epochs, lr
@@ -196,7 +219,8 @@ def main() -> None:
 {base_metrics['accuracy']:.4f} on the {len(encoded)} {split} reviews, first {args.max_length} tokens of each),
 one TR-BERT model per α trained from it: cuts after layers {cuts}, RL stage {args.rl_epochs} epoch(s) with K =
 {args.rollouts} (lr {args.rl_lr}), joint stage {args.joint_epochs} epoch(s) with K = {args.joint_rollouts} (lr
-{args.lr}){f', at most {args.max_steps} steps per stage' if args.max_steps else ''}; last weights kept.
+{args.joint_lr or args.lr}){f', at most {args.max_steps} steps per stage' if args.max_steps else ''}; last weights
+kept.{rl_note}
 
 - Inference: keep thresholds {args.thresholds} (t). "random" / "first" drop tokens at the policy's own counts per review
   and cut (same FLOPs): random tokens / all but the first ones (truncation). Δ: paired bootstrap 95% interval
