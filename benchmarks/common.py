@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -91,6 +92,13 @@ def write_section(name: str, markdown: str, data: dict, headline: str | None = N
         (SECTIONS / f"{name}.headline.md").write_text(headline.rstrip() + "\n")
     (DOCS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     rebuild_results()
+
+
+def section_command(name: str, docs: Path | None = None) -> str | None:
+    """The command a published section quotes (its first `python benchmarks/...` in backticks), or None."""
+    section = (docs or DOCS) / "sections" / f"{name}.md"
+    found = re.search(r"`(python benchmarks/[^`]*)`", section.read_text()) if section.exists() else None
+    return found.group(1) if found else None
 
 
 def rebuild_results() -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 from pathlib import Path
@@ -101,9 +100,7 @@ def carry_over(docs: Path, run_now: list[str]) -> dict[str, Any]:
     if not path.exists():
         return {}
     old = json.loads(path.read_text())
-    section = docs / "sections" / "ssa.md"
-    found = re.search(r"`(python benchmarks/ssa\.py[^`]*)`", section.read_text()) if section.exists() else None
-    quoted = found.group(1) if found else "an earlier run of benchmarks/ssa.py"
+    quoted = common.section_command("ssa", docs) or "an earlier run of benchmarks/ssa.py"
     out = {}
     for name, r in old.get("results", {}).items():
         if name in run_now or name == "teacher_check" or "verdict" not in r:
