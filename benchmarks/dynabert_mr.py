@@ -304,7 +304,7 @@ teacher and speed-ups over each run's own plain transformers teacher are compare
     md = f"""## DynaBERT on `{tag}`: the width × depth grid{title}
 
 `{command}` — teacher `{teacher_dir}` (accuracy {base_metrics['accuracy']:.4f} on the {len(encoded)} {split}
-sentences), one DynaBERT model `{out}` trained from it.
+sentences), one DynaBERT model `{os.path.relpath(out, ROOT)}` trained from it.
 
 - Training: rewiring by head/neuron importance on the {args.importance_split} split, then {epochs}; lr {args.lr},
   batch {args.batch_size}, max {args.max_length} tokens, no data augmentation; {stage_seconds / 60:.1f} min.
