@@ -40,8 +40,11 @@ bench: data
 	$(BIN)/python benchmarks/fastbert_mr.py
 	$(BIN)/python benchmarks/tinybert_mr.py
 	$(BIN)/python benchmarks/dynabert_mr.py --width-epochs 1 --depth-epochs 3
+	$(BIN)/python benchmarks/dynabert_mr.py --width-epochs 1 --depth-epochs 3 --depth-rule last \
+		--name dynabert_mr_last --out runs/dynabert-mr-last
 	$(BIN)/python benchmarks/report_mr.py
-	$(BIN)/python benchmarks/trbert_mr_long.py --alphas 0.25,0.5,1
+	$(BIN)/python benchmarks/trbert_mr_long.py --alphas 0.5,1 --rl-only 0.5,1 --rl-epochs 2 --rollouts 4 \
+		--joint-epochs 1 --joint-rollouts 4 --joint-lr 1e-5 --thresholds 0.5,0.45,0.4,0.3
 	$(BIN)/python benchmarks/ssa.py --teacher-check
 	$(BIN)/python benchmarks/ssa.py
 
