@@ -333,10 +333,11 @@ Environment: torch {env['torch']}, {env['threads']} threads, {env['cpu_count']} 
                 (r["width"], r["depth"]) != (1.0, 1.0)]
     best = max(lossless, key=lambda r: r["dyn_b32_speedup"], default=None)
     if best is None:
-        claim = "no smaller sub-network kept the teacher's accuracy within its 95% interval."
+        claim = "every smaller sub-network is significantly below the teacher (95% interval of the difference < 0)."
     else:
         v = best["vs_teacher"]
-        claim = (f"width {best['width']:g} × depth {best['depth']:g} keeps the teacher's accuracy "
+        claim = (f"the fastest sub-network not significantly below the teacher (95% interval of the difference "
+                 f"contains 0) is width {best['width']:g} × depth {best['depth']:g} "
                  f"({best['accuracy']:.4f} vs {base_metrics['accuracy']:.4f}, Δ {100 * v['diff']:+.2f} points, "
                  f"95% CI [{100 * v['low']:+.2f}, {100 * v['high']:+.2f}]) with {best['sub_network_params_m']:.1f} M "
                  f"parameters in use, {best['dyn_b32_speedup']:.2f}× faster at batch 32 and "
