@@ -1,0 +1,69 @@
+"""The benchmark scripts' bookkeeping that decides what a published section says: which earlier rows an SSA
+run carries over (and with which command), the command a section quotes, the TinyBERT students DynaBERT is
+compared with. Hand-written files only; nothing is trained."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def scripts():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import common
+        import dynabert_mr
+        import ssa
+
+        yield common, ssa, dynabert_mr
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def verdict(gain: float) -> dict:
+    return {"test_gain": gain, "spread": 0.01, "seeds": 3, "beats_spread": False}
+
+
+def test_ssa_carries_over_only_the_datasets_not_run_with_the_command_that_measured_them(tmp_path, scripts) -> None:
+    common, ssa, _ = scripts
+    (tmp_path / "sections").mkdir()
+    (tmp_path / "sections" / "ssa.md").write_text(
+        "## SSA vs plain fine-tuning (`mr`, `chnsenti`)\n\n`python benchmarks/ssa.py --seeds 1,2` — MiniLM-L6\n")
+    old = {"results": {"mr": {"plain": {}, "verdict": verdict(0.002)},
+                       "chnsenti": {"plain": {}, "verdict": verdict(-0.001), "command": "python benchmarks/ssa.py X",
+                                    "seeds": ["7"], "date": "then"},
+                       "teacher_check": {"plain": {}}},
+           "seeds": {"mr": ["1", "2"]}, "environment": {"date": "2026-01-01 00:00 UTC"}}
+    (tmp_path / "ssa.json").write_text(json.dumps(old))
+
+    carried = ssa.carry_over(tmp_path, ["chnsenti"])
+    assert list(carried) == ["mr"]  # the dataset run now and the teacher check are not carried as datasets
+    # an old file without per-dataset commands takes the command its section quotes (not the title's `mr`)
+    assert carried["mr"]["command"] == "python benchmarks/ssa.py --seeds 1,2"
+    assert carried["mr"]["seeds"] == ["1", "2"] and carried["mr"]["date"] == "2026-01-01 00:00 UTC"
+
+    carried = ssa.carry_over(tmp_path, ["mr"])
+    assert carried["chnsenti"]["command"] == "python benchmarks/ssa.py X" and carried["chnsenti"]["seeds"] == ["7"]
+    assert ssa.carry_over(tmp_path, ["mr", "chnsenti"]) == {}
+    assert ssa.carry_over(tmp_path / "nowhere", ["mr"]) == {}
+    assert common.section_command("ssa", tmp_path) == "python benchmarks/ssa.py --seeds 1,2"
+    assert common.section_command("absent", tmp_path) is None
+
+
+def test_dynabert_compares_with_tinybert_students_not_teachers_or_ablations(tmp_path, scripts) -> None:
+    _, _, dynabert_mr = scripts
+    assert dynabert_mr.tinybert_students(tmp_path) == []
+    row = {"flops_speedup": 2.0, "b32_speedup": 1.9, "b1_speedup": 1.8}
+    rows = [{"label": "teacher (6×384)", "vs_teacher": None, **row},
+            {"label": "TinyBERT 3×384", "vs_teacher": {"diff": -0.01}, **row},
+            {"label": "TinyBERT 3×384 without augmentation", "vs_teacher": {"diff": -0.02}, **row},
+            {"label": "3×384 fine-tuned directly", "vs_teacher": {"diff": -0.03}, **row}]
+    (tmp_path / "tinybert_mr.json").write_text(json.dumps({"rows": rows}))
+    students = dynabert_mr.tinybert_students(tmp_path)
+    assert [s["label"] for s in students] == ["TinyBERT 3×384"] and students[0]["delta"] == -0.01
