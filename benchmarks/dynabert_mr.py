@@ -161,6 +161,7 @@ def main() -> None:
     import torch
 
     from nimblebert import load
+    from nimblebert.core.plan import depth_layers
     from nimblebert.data import builtin_names, encode, load_task, make_loader
     from nimblebert.inference import metrics, predict_loader
 
@@ -293,8 +294,6 @@ teacher and speed-ups over each run's own plain transformers teacher are compare
     epochs = f"width stage {args.width_epochs} epoch(s), width × depth stage {args.depth_epochs} epoch(s)" + (
         f", final fine-tuning {args.final_epochs}" if "final" in phases else "") + (
         f", at most {args.max_steps} steps per stage" if args.max_steps else "")
-    from nimblebert.core.plan import depth_layers
-
     n_layers = teacher.encoder.num_layers
     kept = "; ".join(f"{d:g}: {', '.join(str(i + 1) for i in depth_layers(n_layers, d, args.depth_rule))}"
                      for d in sorted(depths, reverse=True) if d < 1)

@@ -182,9 +182,15 @@ def has_trained_head(spec: str | None) -> bool:
         return False
     if not isinstance(section, dict) or not section.get("method"):
         return False
+    return head_predicts(section)
+
+
+def head_predicts(section: dict[str, Any]) -> bool:
+    """Whether the transformers head of a folder with this ``nimblebert`` config section is what predicts
+    (each method says so through its ``head_is_classifier`` extra; every method but hybrid SSA: yes)."""
     from .methods import get_method
 
-    head_ok = get_method(section["method"]).extra.get("head_is_classifier", lambda cfg: True)
+    head_ok = get_method(section.get("method", "finetune")).extra.get("head_is_classifier", lambda cfg: True)
     return bool(head_ok(section.get("method_config") or {}))
 
 
@@ -208,16 +214,14 @@ def check_head_is_classifier(spec: str, trained: dict[str, Any] | None = None) -
     """
     if trained is None:
         trained = getattr(AutoConfig.from_pretrained(resolve_model(spec)), "nimblebert", None)
-    if not trained:
+    if not trained or head_predicts(trained):
         return
     from .methods import get_method
 
     source = trained.get("method", "finetune")
-    head_ok = get_method(source).extra.get("head_is_classifier", lambda cfg: True)
-    if not head_ok(trained.get("method_config") or {}):
-        raise UserError(f"{spec} is a {source} model whose predictions do not come from its transformers head, "
-                        f"so it cannot be trained from or used as a teacher"
-                        f"{get_method(source).extra.get('teacher_hint', '')}")
+    raise UserError(f"{spec} is a {source} model whose predictions do not come from its transformers head, "
+                    f"so it cannot be trained from or used as a teacher"
+                    f"{get_method(source).extra.get('teacher_hint', '')}")
 
 
 def from_base(

@@ -71,8 +71,6 @@ def config_of(model: NimbleModel) -> FastBertConfig:
     return FastBertConfig(**{k: v for k, v in model.method_config.items() if k in fields})
 
 
-
-
 def distill_texts(path: str, tokenizer: Any, max_length: int) -> Any:
     """The encoded texts of a JSONL file (``{"text": ...}`` or a JSON string per line), no labels."""
     import datasets

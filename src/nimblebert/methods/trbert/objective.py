@@ -55,8 +55,6 @@ def config_of(model: NimbleModel) -> TrBertConfig:
     return TrBertConfig(**{k: v for k, v in model.method_config.items() if k in fields})
 
 
-
-
 def finetune_objective(model: NimbleModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Stage 1: cross-entropy of the full model (no cut) on the gold labels."""
     out = model.encoder(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
