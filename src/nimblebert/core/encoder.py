@@ -24,7 +24,7 @@ from torch import nn
 
 from .families import Family, LayerParts, classify, embed, family_of, layer_parts
 from .plan import FULL, Plan
-from .tokens import attention_mask4d, gather_tokens, keep_index
+from .tokens import attention_mask4d, gather_tokens, keep_index, pack_index, unpack
 
 
 @dataclass
@@ -68,16 +68,28 @@ class LoopState:
         self.extras: dict = {}
         self.removed = False  # whether any row has left (then outputs go through the row buffer)
         self._mask4d: torch.Tensor | None = None
+        self._pack: torch.Tensor | None = None
         self._mask4d_valid = False
 
     @property
     def attn_mask(self) -> torch.Tensor | None:
         """Boolean attention mask (b, 1, 1, t) of the live rows (see :func:`attention_mask4d`), cached until
         rows or tokens change. The explicit-scores path turns it into the additive mask itself."""
+        self._refresh_masks()
+        return self._mask4d
+
+    @property
+    def pack(self) -> torch.Tensor | None:
+        """Flat positions (N,) of the live real tokens when the layers should run on them alone (see
+        :func:`pack_index`), cached like :attr:`attn_mask`."""
+        self._refresh_masks()
+        return self._pack
+
+    def _refresh_masks(self) -> None:
         if not self._mask4d_valid:
             self._mask4d = attention_mask4d(self.mask)
+            self._pack = pack_index(self.mask) if self._mask4d is not None else None
             self._mask4d_valid = True
-        return self._mask4d
 
     def finish(self, done: torch.Tensor, logits: torch.Tensor) -> None:
         """Rows with ``done`` (b,) True leave the batch with ``logits`` (b, C) as their answer."""
@@ -150,25 +162,33 @@ class CoreEncoder(nn.Module):
         heads: int | None = None,
         ffn: int | None = None,
         need_scores: bool = False,
+        pack: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One post-LayerNorm Transformer layer (Vaswani et al. 2017; BERT's layer) on ``x`` (b, t, d).
 
         ``heads`` / ``ffn`` keep only the first heads / FFN neurons as smaller matrix products.
+        ``pack`` (N,), the flat positions of the real tokens (:func:`~nimblebert.core.tokens.pack_index`):
+        every per-token product runs on those N tokens alone and only the attention sees the padded
+        (b, t) layout; the output is then zero at padding (a value nothing reads: padding is masked).
         Returns the layer output and, when ``need_scores``, the pre-softmax scores QKᵀ/√d_h + mask
         (b, h, t, t) that TinyBERT distils.
         """
-        b, t, _ = x.shape
+        b, t, d = x.shape
         h = self.num_heads if heads is None else heads
         f = self.ffn_size if ffn is None else ffn
         n = h * self.head_dim
         training = self.model.training
+        if pack is not None:
+            x = x.reshape(b * t, d).index_select(0, pack)  # (N, d) the real tokens only
 
         if h == self.num_heads:
-            q, k, v = p.query(x), p.key(x), p.value(x)  # (b, t, n) each
+            q, k, v = p.query(x), p.key(x), p.value(x)  # (b, t, n) or (N, n) each
         else:
             q = F.linear(x, p.query.weight[:n], p.query.bias[:n])
             k = F.linear(x, p.key.weight[:n], p.key.bias[:n])
             v = F.linear(x, p.value.weight[:n], p.value.bias[:n])
+        if pack is not None:  # attention needs the (b, t) layout: zeros at padding (masked as keys)
+            q, k, v = (unpack(z, pack, b, t) for z in (q, k, v))
         q = q.view(b, t, h, self.head_dim).transpose(1, 2)  # (b, h, t, dh)
         k = k.view(b, t, h, self.head_dim).transpose(1, 2)
         v = v.view(b, t, h, self.head_dim).transpose(1, 2)
@@ -185,19 +205,22 @@ class CoreEncoder(nn.Module):
                 q, k, v, attn_mask=mask4d, dropout_p=p.attn_dropout_p if training else 0.0
             )
         ctx = ctx.transpose(1, 2).reshape(b, t, n)  # (b, t, n)
+        if pack is not None:
+            ctx = ctx.reshape(b * t, n).index_select(0, pack)  # (N, n)
 
         if h == self.num_heads:
             a = p.attn_out(ctx)
         else:
             a = F.linear(ctx, p.attn_out.weight[:, :n], p.attn_out.bias)
-        a = p.attn_norm(F.dropout(a, p.dropout_p, training) + x)  # (b, t, d)
+        a = p.attn_norm(F.dropout(a, p.dropout_p, training) + x)  # (b, t, d) or (N, d)
 
         if f == self.ffn_size:
             y = p.ffn_out(p.ffn_act(p.ffn_in(a)))
         else:
             y = F.linear(p.ffn_act(F.linear(a, p.ffn_in.weight[:f], p.ffn_in.bias[:f])), p.ffn_out.weight[:, :f],
                          p.ffn_out.bias)
-        return p.ffn_norm(F.dropout(y, p.dropout_p, training) + a), scores
+        out = p.ffn_norm(F.dropout(y, p.dropout_p, training) + a)
+        return (unpack(out, pack, b, t) if pack is not None else out), scores
 
     def forward(
         self,
@@ -229,7 +252,8 @@ class CoreEncoder(nn.Module):
             heads = plan.heads_at(i, self.num_heads)
             ffn = plan.ffn_at(i, self.ffn_size)
             steps.append(Step(i, state.rows, state.lengths, heads, ffn))
-            state.hidden, scores = self.layer(parts[i], state.hidden, state.attn_mask, heads, ffn, output_scores)
+            state.hidden, scores = self.layer(parts[i], state.hidden, state.attn_mask, heads, ffn, output_scores,
+                                              state.pack)
             state.step += 1
             state.layer = i
             if hiddens is not None:

@@ -100,14 +100,14 @@ class Importance:
 
 def _head_gate(gates: torch.Tensor, layer: int, head_dim: int) -> Callable:
     """A forward pre-hook for a layer's attention-output Linear that multiplies each head's context
-    vectors by that head's gate: ctx (b, t, H·dh) -> ctx ⊙ ξ. Gating the context is the same as gating
-    the attention probabilities (what the official ``head_mask`` does): ctx_h = (ξ_h·P_h) V_h."""
+    vectors by that head's gate: ctx (..., H·dh) -> ctx ⊙ ξ (the core hands (b, t, ·), or (N, ·) real tokens
+    when it packs a padded batch). Gating the context is the same as gating the attention probabilities
+    (what the official ``head_mask`` does): ctx_h = (ξ_h·P_h) V_h."""
 
     def hook(module: nn.Module, args: tuple) -> tuple:
         ctx = args[0]
-        b, t, n = ctx.shape
-        gated = ctx.view(b, t, n // head_dim, head_dim) * gates[layer].view(1, 1, -1, 1).to(ctx.dtype)
-        return (gated.view(b, t, n), *args[1:])
+        gated = ctx.unflatten(-1, (-1, head_dim)) * gates[layer].view(-1, 1).to(ctx.dtype)  # (..., H, dh)
+        return (gated.flatten(-2), *args[1:])
 
     return hook
 

@@ -1,0 +1,91 @@
+"""Padded batches run their per-token products on the real tokens alone (core/tokens.pack_index): the results
+must be those of the padded computation, forward and backward, at full and sliced width, after token drops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_model
+
+import nimblebert.core.tokens as tokens
+from nimblebert.core.encoder import CoreEncoder, LoopState
+from nimblebert.core.plan import FULL, Plan
+from nimblebert.core.tokens import PACK_MIN_PADDING, pack_index, unpack
+
+
+def _ragged(batch: int = 4, length: int = 12, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 99, (batch, length), generator=g)
+    lengths = torch.tensor([length, 9, 5, 2])[:batch]
+    mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
+    return ids, mask
+
+
+def test_pack_index_only_when_padding_is_worth_it() -> None:
+    assert pack_index(torch.ones(2, 50, dtype=torch.long)) is None
+    mask = torch.ones(2, 50, dtype=torch.long)
+    mask[1, 49] = 0  # 1 % padding: below the threshold
+    assert 1 / 100 < PACK_MIN_PADDING and pack_index(mask) is None
+    mask[1, 40:] = 0  # 10 % padding
+    index = pack_index(mask)
+    assert index is not None
+    assert index.tolist() == [*range(50), *range(50, 90)]  # flat positions of the real tokens, row by row
+
+
+def test_unpack_puts_rows_back_with_zeros_at_padding() -> None:
+    _, mask = _ragged()
+    index = pack_index(mask)
+    assert index is not None
+    rows = torch.arange(index.numel(), dtype=torch.float32)[:, None].expand(-1, 3)
+    out = unpack(rows, index, *mask.shape)
+    assert out.shape == (*mask.shape, 3)
+    assert (out[~mask.bool()] == 0).all()
+    torch.testing.assert_close(out[mask.bool()], rows)
+
+
+def _run(monkeypatch: pytest.MonkeyPatch, packed: bool, plan: Plan = FULL, hooks: tuple = ()
+         ) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, torch.Tensor]]:
+    monkeypatch.setattr(tokens, "PACK_MIN_PADDING", PACK_MIN_PADDING if packed else 2.0)
+    model = tiny_model(layers=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    ids, mask = _ragged()
+    out = CoreEncoder(model)(ids, mask, plan=plan, hooks=hooks, output_hidden_states=not hooks)
+    out.logits.float().pow(2).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out.logits.detach(), [h.detach() for h in out.hidden_states or []], grads
+
+
+@pytest.mark.parametrize("plan", [FULL, Plan(layers=(0, 2), heads=(2, 2, 2), ffn=(20, 20, 20))],
+                         ids=["full", "sliced"])
+def test_packed_equals_padded_forward_and_backward(monkeypatch: pytest.MonkeyPatch, plan: Plan) -> None:
+    logits, hiddens, grads = _run(monkeypatch, packed=True, plan=plan)
+    ref_logits, ref_hiddens, ref_grads = _run(monkeypatch, packed=False, plan=plan)
+    _, mask = _ragged()
+    real = mask.bool()
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=0)
+    for ours, theirs in zip(hiddens, ref_hiddens, strict=True):
+        torch.testing.assert_close(ours[real], theirs[real], atol=1e-5, rtol=0)
+    for h in hiddens[1:]:  # layer outputs: padding is never computed, so it holds zeros
+        assert (h[~real] == 0).all()
+    assert grads.keys() == ref_grads.keys()
+    for name, g in grads.items():
+        torch.testing.assert_close(g, ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_packing_follows_dropped_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After rows keep different numbers of tokens (TR-BERT), the shorter rows are padding for later layers."""
+    seen: list[torch.Tensor | None] = []
+
+    def drop(state: LoopState) -> None:
+        if state.layer == 0:
+            keep = torch.zeros_like(state.mask, dtype=torch.bool)
+            keep[0, :3] = True  # row 0 keeps 3 of its 12 tokens, the others all theirs
+            keep[1:] = True
+            state.keep_tokens(keep)
+        seen.append(state.pack)
+
+    logits, _, grads = _run(monkeypatch, packed=True, hooks=(drop,))
+    assert seen[0] is not None and seen[0].numel() == 3 + 9 + 5 + 2  # the live real tokens after the drop
+    ref_logits, _, ref_grads = _run(monkeypatch, packed=False, hooks=(drop,))
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=0)
+    for name, g in grads.items():
+        torch.testing.assert_close(g, ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
