@@ -135,6 +135,9 @@ def main() -> None:
     ap.add_argument("--depth-rule", default="official", choices=["official", "last"],
                     help="layers kept per depth: official floor(i/m_d) (drops the last layer) or 'last' (ours: "
                          "mirrored, the last layer always runs)")
+    ap.add_argument("--aug-copies", type=int, default=0,
+                    help="> 0 trains the width and width × depth stages on TinyBERT's augmented set with this many "
+                         "variants per sentence (the official --data_aug, N = 20); 0 = the training set as it is")
     ap.add_argument("--max-steps", help="cap every stage at this many optimizer steps (a quick look)")
     ap.add_argument("--widths", default=WIDTHS, help="widths trained and measured")
     ap.add_argument("--depths", default=DEPTHS, help="depths trained and measured")
@@ -182,6 +185,8 @@ def main() -> None:
                   "--depth-rule", args.depth_rule]
     if "final" in phases:
         train_args += ["--final-epochs", args.final_epochs]
+    if args.aug_copies > 0:
+        train_args += ["--augment", "--aug-copies", str(args.aug_copies)]
     if args.max_steps:
         train_args += ["--max-steps", args.max_steps]
     if not (args.reuse and finished(out)):
@@ -300,13 +305,19 @@ teacher and speed-ups over each run's own plain transformers teacher are compare
     rule = ("official rule floor(i/m_d)" if args.depth_rule == "official" else
             "rule 'last' (ours: the official pattern mirrored so the last layer runs)")
     title = "" if args.depth_rule == "official" else ", last layer kept"
+    augmentation = "no data augmentation" if args.aug_copies <= 0 else (
+        f"both stages on TinyBERT's augmented set ({summary.get('train_rows', {}).get('dynabert-width', '?')} rows: "
+        f"the training sentences + up to {args.aug_copies} variants each, embedding-neighbour words; the official "
+        "--data_aug uses N = 20)")
+    if args.aug_copies > 0:
+        title += ", augmented data"
     md = f"""## DynaBERT on `{tag}`: the width × depth grid{title}
 
 `{command}` — teacher `{teacher_dir}` (accuracy {base_metrics['accuracy']:.4f} on the {len(encoded)} {split}
 sentences), one DynaBERT model `{os.path.relpath(out, ROOT)}` trained from it.
 
 - Training: rewiring by head/neuron importance on the {args.importance_split} split, then {epochs}; lr {args.lr},
-  batch {args.batch_size}, max {args.max_length} tokens, no data augmentation; {stage_seconds / 60:.1f} min.
+  batch {args.batch_size}, max {args.max_length} tokens, {augmentation}; {stage_seconds / 60:.1f} min.
   Layers run at each depth ({rule}; 1-based, of {n_layers}): {kept}.
   Each stage keeps its checkpoint with the best summed validation accuracy over its sub-networks (official).
 - accuracy and Δ: the exported transformers folder at that setting, against the teacher on the same sentences,

@@ -121,6 +121,37 @@ def test_every_stage_runs_and_the_result_reloads(toy, teacher_hf, tmp_path) -> N
                                    atol=1e-5, rtol=0)
 
 
+def test_augment_trains_both_distillation_stages_on_the_augmented_set(toy_data_dir: Path, teacher_hf, tmp_path,
+                                                                      monkeypatch, capsys) -> None:
+    """--augment (the official --data_aug): width and width × depth stages on the original + augmented rows,
+    the final fine-tuning on the gold-labelled set alone; the set is cached and read back by a second run."""
+    from nimblebert.data import load_task
+
+    monkeypatch.setenv("NIMBLEBERT_HOME", str(tmp_path / "home"))  # the shared augmentation cache
+    task = load_task(str(toy_data_dir))
+    tok = make_tokenizer()
+    data = TrainData(task, encode(task.train, tok, 24, False), encode(task.validation, tok, 24, False))
+    cfg = {"widths": [1.0, 0.5], "depths": [1.0, 0.5], "phases": ["width", "depth", "final"], "augment": True,
+           "aug_copies": 2}
+    width, depth, final = stages(dynabert_model(teacher_hf, **cfg), options(tmp_path / "run"), data=data)
+    aug = width.train_data
+    assert depth.train_data is aug and final.train_data is None
+    assert len(task.train) < len(aug) <= 3 * len(task.train)  # the 96 originals + up to 2 variants each
+    originals = {tuple(r) for r in data.train["input_ids"]}
+    rows = [tuple(r) for r in aug["input_ids"]]
+    assert originals <= set(rows) and len(set(rows)) > len(originals)
+    assert (tmp_path / "home" / "cache" / "tinybert" / "augment").is_dir()
+    capsys.readouterr()
+
+    again = stages(dynabert_model(teacher_hf, **cfg), options(tmp_path / "run2"), data=data)[0].train_data
+    assert "read from the cache" in capsys.readouterr().err
+    assert [tuple(r) for r in again["input_ids"]] == rows
+
+    # Off by default (a deviation from the README, which trains on the augmented set: see the config).
+    assert all(s.train_data is None for s in stages(dynabert_model(teacher_hf, phases=["width", "depth"]),
+                                                    options(tmp_path / "run3"), data=data))
+
+
 def test_distillation_lowers_the_loss_and_teaches_the_small_sub_networks(toy, teacher_hf, tmp_path) -> None:
     torch.manual_seed(0)
     model = dynabert_model(teacher_hf, widths=[1.0, 0.5, 0.25], phases=["width"])

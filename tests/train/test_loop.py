@@ -61,6 +61,7 @@ def test_log_summary_and_training_learns(tiny_model_dir: Path, toy_data_dir: Pat
     assert any("loss" in x for x in lines) and any(x.get("event") == "eval" for x in lines)
     assert lines[-1]["event"] == "done"
     assert summary["stages"]["finetune"]["accuracy"] > 0.8  # the toy task is easy
+    assert summary["train_rows"] == {"finetune": len(enc["train"])}  # what each stage trained on
 
 
 def test_output_folder_rules(tiny_model_dir: Path, toy_data_dir: Path, tmp_path: Path) -> None:

@@ -167,6 +167,7 @@ def train(
         if si < state["stage"]:
             continue
         data = stage.train_data if stage.train_data is not None else train_data
+        state.setdefault("train_rows", {})[stage.name] = len(data)  # what the stage trained on (augmented sets)
         loader = make_loader(data, model.tokenizer, opts.batch_size, shuffle=True, seed=opts.seed + 1000 * si,
                              bucket_by_length=opts.bucket)
         per_epoch = max(1, len(loader) // world)
@@ -260,7 +261,8 @@ def train(
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()
-    summary = {"stages": state["summary"], "train_seconds": round(time.time() - start, 1),
+    summary = {"stages": state["summary"], "train_rows": state.get("train_rows", {}),
+               "train_seconds": round(time.time() - start, 1),
                "options": asdict(opts), "processes": world}
     if main:
         model.save(out)

@@ -6,18 +6,27 @@ from dataclasses import dataclass, field
 
 from ...core.plan import DEPTH_RULES
 from ...errors import UserError
+from ..tinybert.config import AugmentOptions, check_augment_options
 
 PHASES = ("width", "depth", "final")
 SPLITS = ("validation", "train")  # never "test": importance on it would leak into the reported numbers
 
 
 @dataclass
-class DynaBertConfig:
+class DynaBertConfig(AugmentOptions):
     """The sub-networks DynaBERT trains and how its stages run.
 
     Defaults are the official README's (``run_glue.py``): widths 0.25–1 and depths 0.5–1, λ1 = 1 and
-    λ2 = 0.1 in the width stage, λ1 = λ2 = 1 in the width × depth stage, no warm-up.
+    λ2 = 0.1 in the width stage, λ1 = λ2 = 1 in the width × depth stage, no warm-up. One deviation:
+    augmentation is off unless ``--augment`` (the README trains both stages on TinyBERT's augmented set,
+    N = 20 variants per example: about 20× the training time, hours on a CPU even for a small task).
     """
+
+    augment: bool = field(default=False, metadata={
+        "help": "train the width and width × depth stages on TinyBERT's augmented training set (the original + "
+                "up to --aug-copies variants per example; the official --data_aug), the teacher relabelling "
+                "every row; the final fine-tuning always uses the training set as it is (as official). Off by "
+                "default: it multiplies training time by about N + 1"})
 
     widths: list[float] = field(default_factory=lambda: [1.0, 0.75, 0.5, 0.25], metadata={
         "help": "width multipliers trained (fraction of heads and FFN neurons kept per layer); run in descending "
@@ -60,6 +69,7 @@ class DynaBertConfig:
         "help": "depth of the validation runs the trainer logs during training"})
 
     def __post_init__(self) -> None:
+        check_augment_options(self)
         for name, values in (("--widths", self.widths), ("--depths", self.depths)):
             if not values:
                 raise UserError(f"{name} needs at least one value")

@@ -232,6 +232,19 @@ def importance_loader(model: NimbleModel, opts: TrainOptions, cfg: DynaBertConfi
     return make_loader(encoded, model.tokenizer, opts.eval_batch_size, shuffle=False, bucket_by_length=True)
 
 
+def augmented_train_set(model: NimbleModel, opts: TrainOptions, cfg: DynaBertConfig, data: TrainData | None,
+                        teacher: torch.nn.Module) -> Any:
+    """The encoded training set with TinyBERT's augmentation (§3.3; shared cache, so TinyBERT's set for the same
+    texts and options is reused); candidates from the teacher's masked-LM head, else its input embeddings."""
+    from ...data import encode
+    from ..tinybert.augment import augment_cache, augment_training_set
+    from ..tinybert.texts import training_task
+
+    task = training_task(data, opts, list(model.label_names))
+    rows = augment_training_set(task.train, task.has_pair, cfg, opts, teacher, model.tokenizer, augment_cache())
+    return encode(rows, model.tokenizer, opts.max_length, task.has_pair)
+
+
 def check_fine_tuned(spec: str | None) -> None:
     """DynaBERT distils a *fine-tuned* classifier; a bare pretrained encoder would get a random head."""
     if not spec:
@@ -297,6 +310,12 @@ def stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None = None
         sys.stderr.write(f"dynabert: heads and FFN neurons rewired by importance on {importance.examples} "
                          f"{cfg.importance_split} examples\n")
 
+    # The official --data_aug: both distillation stages train on the original + augmented rows, the teacher
+    # relabelling each (their labels are not read); the final fine-tuning uses the gold-labelled set alone.
+    augmented = None
+    if cfg.augment and ("width" in cfg.phases or "depth" in cfg.phases):
+        augmented = augmented_train_set(model, opts, cfg, data, teacher_hf if teacher_hf is not None else model.hf)
+
     ckpt = None
     if opts.out:
         from ...train.loop import CHECKPOINT_DIR
@@ -309,7 +328,7 @@ def stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None = None
         objective = SubNetworkObjective(cfg.widths, [1.0], cfg.width_lambda1, cfg.width_lambda2,
                                         Teacher(teacher_hf))
         result.append(Stage("dynabert-width", objective, epochs=cfg.width_epochs or opts.epochs, **common,
-                            **_selection(cfg.widths, [1.0])))
+                            train_data=augmented, **_selection(cfg.widths, [1.0])))
     if "depth" in cfg.phases:
         if "width" in cfg.phases or teacher_hf is None:  # distil the model as the stage starts (DynaBERT_W)
             teacher: Any = SnapshotTeacher(ckpt / "dynabert-depth-teacher.safetensors" if ckpt else None)
@@ -318,7 +337,7 @@ def stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None = None
         objective = SubNetworkObjective(cfg.widths, cfg.depths, cfg.depth_lambda1, cfg.depth_lambda2, teacher,
                                         cfg.depth_rule)
         result.append(Stage("dynabert-depth", objective, epochs=cfg.depth_epochs or opts.epochs, **common,
-                            **_selection(cfg.widths, cfg.depths)))
+                            train_data=augmented, **_selection(cfg.widths, cfg.depths)))
     if "final" in cfg.phases:
         depths = cfg.depths if "depth" in cfg.phases else [1.0]
         objective = SubNetworkObjective(cfg.widths, depths, depth_rule=cfg.depth_rule)

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from ...errors import UserError
 from ...io import atomic_write
+from .config import AugmentOptions
 from .fingerprint import tensors_fingerprint
 
 VERSION = 1  # bump when the output of the algorithm changes, so old cached sets are not reused
@@ -320,3 +321,48 @@ def augment_dataset(
     sys.stderr.write(f"tinybert: augmented {len(rows)} examples into {len(out)} rows ({kind} candidates, "
                      f"N={n}, p={p}, K={k})\n")
     return datasets.Dataset.from_list(out)
+
+
+def augmentation_source(opts: AugmentOptions, spec: str | None, fallback: nn.Module, tokenizer: Any
+                        ) -> tuple[nn.Module, str]:
+    """The model that proposes replacement words, and 'mlm' or 'embeddings'.
+
+    ``spec`` names the run's teacher (or model): it proposes them when it has a masked-LM head; without one,
+    the input embeddings of ``fallback`` (the loaded teacher) do, unless ``--aug-model`` names another model.
+    """
+    from transformers import AutoModel, AutoModelForMaskedLM
+
+    from ...model import load_tokenizer, resolve_model
+    from .student import has_mlm_head
+
+    spec = opts.aug_model or spec
+    folder = resolve_model(spec) if spec else None
+    mlm = bool(folder) and has_mlm_head(folder)  # type: ignore[arg-type]
+    if opts.aug_source == "mlm" and not mlm:
+        raise UserError(f"--aug-source mlm: {spec} has no masked-LM head; give one with --aug-model (e.g. a "
+                        "bert-base-uncased folder) or use --aug-source embeddings")
+    if opts.aug_model and load_tokenizer(folder).get_vocab() != tokenizer.get_vocab():  # type: ignore[arg-type]
+        raise UserError(f"--aug-model {opts.aug_model} has another vocabulary than the student; its candidates "
+                        "must be words of the student's tokenizer")
+    if opts.aug_source != "embeddings" and mlm:
+        return AutoModelForMaskedLM.from_pretrained(folder).eval(), "mlm"
+    if opts.aug_model:
+        return AutoModel.from_pretrained(folder).eval(), "embeddings"
+    return fallback, "embeddings"
+
+
+def augment_cache(cache_dir: str = "") -> Path:
+    """Where augmented sets are cached: ``--cache-dir``/augment, by default TinyBERT's
+    (``$NIMBLEBERT_HOME/cache/tinybert/augment``), which DynaBERT shares: the same inputs give the same set."""
+    from ...data import data_home
+
+    return (Path(cache_dir).expanduser() if cache_dir else data_home() / "cache" / "tinybert") / "augment"
+
+
+def augment_training_set(ds: Any, has_pair: bool, opts: AugmentOptions, train: Any, teacher: nn.Module,
+                         tokenizer: Any, cache_dir: Path) -> Any:
+    """``ds`` augmented with the run's options (``train``: its TrainOptions, for the seed, the teacher's name
+    and the progress bar), candidates from :func:`augmentation_source`; cached in ``cache_dir``."""
+    source, kind = augmentation_source(opts, train.teacher or train.model, teacher, tokenizer)
+    return augment_dataset(ds, has_pair, tokenizer, source, kind, opts.aug_copies, opts.aug_p, opts.aug_candidates,
+                           train.seed, cache_dir, progress=train.progress)

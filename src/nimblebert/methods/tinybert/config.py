@@ -18,7 +18,39 @@ AUG_SOURCES = ("auto", "mlm", "embeddings")
 
 
 @dataclass
-class TinyBertConfig:
+class AugmentOptions:
+    """Options of TinyBERT's data augmentation (§3.3), for every method that trains on the augmented set
+    (TinyBERT's task stages; DynaBERT's width and width × depth stages use the same data, as its official
+    ``--data_aug``). Plain data, shared as fields; :func:`check_augment_options` validates them.
+    """
+
+    augment: bool = field(default=True, metadata={
+        "help": "train on the augmented training set (original + up to --aug-copies variants per example; "
+                "TinyBERT: its task stages); --no-augment trains on the training set as it is"})
+    aug_copies: int = field(default=20, metadata={
+        "help": "N: augmentation trials per text field (paper: 20; the official per-task values range 10-30)"})
+    aug_p: float = field(default=0.4, metadata={"help": "p: probability of replacing each candidate word"})
+    aug_candidates: int = field(default=15, metadata={"help": "K: replacement candidates per word (paper: 15)"})
+    aug_source: str = field(default="auto", metadata={
+        "help": "where replacement candidates come from: 'mlm' = the top-K predictions of a masked-LM head for "
+                "single-piece words (as the paper), 'embeddings' = the K nearest whole words in the input "
+                "embedding space (cosine); 'auto' = 'mlm' when the --aug-model has an MLM head, else "
+                "'embeddings'. Words of several pieces always use embeddings (the paper uses GloVe there)"})
+    aug_model: str = field(default="", metadata={
+        "help": "model that proposes the candidates (a masked LM, e.g. bert-base-uncased); default: the teacher"})
+
+
+def check_augment_options(opts: AugmentOptions) -> None:
+    if opts.aug_source not in AUG_SOURCES:
+        raise UserError(f"--aug-source {opts.aug_source!r} is unknown; choose from {', '.join(AUG_SOURCES)}")
+    if not 0.0 <= opts.aug_p <= 1.0:
+        raise UserError(f"--aug-p {opts.aug_p} is out of range: use a value in [0, 1]")
+    if opts.aug_copies < 0 or opts.aug_candidates < 1:
+        raise UserError("--aug-copies must be ≥ 0 and --aug-candidates ≥ 1")
+
+
+@dataclass
+class TinyBertConfig(AugmentOptions):
     """The student's shape, how it is initialised, and the stages and augmentation of its distillation."""
 
     student_layers: int = field(default=0, metadata={
@@ -63,20 +95,6 @@ class TinyBertConfig:
     general_epochs: float = field(default=3.0, metadata={"help": "epochs of general distillation (official: 3)"})
     general_lr: float = field(default=5e-5, metadata={
         "help": "learning rate of general distillation, 10%% warm-up then linear decay (official: 5e-5)"})
-    augment: bool = field(default=True, metadata={
-        "help": "train the task stages on the augmented training set (original + up to --aug-copies variants "
-                "per example); --no-augment trains on the training set as it is"})
-    aug_copies: int = field(default=20, metadata={
-        "help": "N: augmentation trials per text field (paper: 20; the official per-task values range 10-30)"})
-    aug_p: float = field(default=0.4, metadata={"help": "p: probability of replacing each candidate word"})
-    aug_candidates: int = field(default=15, metadata={"help": "K: replacement candidates per word (paper: 15)"})
-    aug_source: str = field(default="auto", metadata={
-        "help": "where replacement candidates come from: 'mlm' = the top-K predictions of a masked-LM head for "
-                "single-piece words (as the paper), 'embeddings' = the K nearest whole words in the input "
-                "embedding space (cosine); 'auto' = 'mlm' when the --aug-model has an MLM head, else "
-                "'embeddings'. Words of several pieces always use embeddings (the paper uses GloVe there)"})
-    aug_model: str = field(default="", metadata={
-        "help": "model that proposes the candidates (a masked LM, e.g. bert-base-uncased); default: the teacher"})
     teacher_cache_gb: float = field(default=16.0, metadata={
         "help": "disk the cached teacher hidden states and attention scores may take per dataset; above it they "
                 "are recomputed at every step (the teacher's logits are always cached); 0 = never cache them"})
@@ -90,8 +108,7 @@ class TinyBertConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be ≥ 0 (0 = from the teacher)")
         if self.student_init not in INITS:
             raise UserError(f"--student-init {self.student_init!r} is unknown; choose from {', '.join(INITS)}")
-        if self.aug_source not in AUG_SOURCES:
-            raise UserError(f"--aug-source {self.aug_source!r} is unknown; choose from {', '.join(AUG_SOURCES)}")
+        check_augment_options(self)
         self.stage_list()  # validates --stages
         parse_layers(self.layer_map, "--layer-map")
         parse_layers(self.init_layers, "--init-layers")
@@ -101,10 +118,6 @@ class TinyBertConfig:
             raise UserError("--intermediate-lr and --general-lr must be > 0")
         if self.temperature <= 0:
             raise UserError(f"--temperature {self.temperature} must be > 0")
-        if not 0.0 <= self.aug_p <= 1.0:
-            raise UserError(f"--aug-p {self.aug_p} is out of range: use a value in [0, 1]")
-        if self.aug_copies < 0 or self.aug_candidates < 1:
-            raise UserError("--aug-copies must be ≥ 0 and --aug-candidates ≥ 1")
         if self.teacher_cache_gb < 0:
             raise UserError("--teacher-cache-gb must be ≥ 0")
 

@@ -39,13 +39,12 @@ from ...errors import UserError
 from ...io import load_tensors
 from ...train.stages import Stage, TrainOptions
 from ..losses import attention_mse, hidden_mse, soft_cross_entropy
-from .augment import augment_dataset
+from .augment import augment_cache, augment_training_set
 from .cache import Targets, Teacher, TeacherCache, build_cache, inner_bytes, zero_padding
 from .config import TinyBertConfig
 from .student import (
     build_student,
     check_student,
-    has_mlm_head,
     has_trained_classifier,
     hidden_map,
     student_shape,
@@ -225,33 +224,8 @@ def _projection(model: NimbleModel, opts: TrainOptions, teacher_hidden: int) -> 
     return fit
 
 
-def _augmentation_source(cfg: TinyBertConfig, opts: TrainOptions, teacher: nn.Module, tokenizer: Any
-                         ) -> tuple[nn.Module, str]:
-    """The model that proposes replacement words, and 'mlm' or 'embeddings'."""
-    from transformers import AutoModel, AutoModelForMaskedLM
-
-    from ...model import resolve_model
-
-    spec = cfg.aug_model or opts.teacher or opts.model
-    folder = resolve_model(spec) if spec else None
-    mlm = bool(folder) and has_mlm_head(folder)  # type: ignore[arg-type]
-    if cfg.aug_source == "mlm" and not mlm:
-        raise UserError(f"--aug-source mlm: {spec} has no masked-LM head; give one with --aug-model (e.g. a "
-                        "bert-base-uncased folder) or use --aug-source embeddings")
-    if cfg.aug_model:
-        from ...model import load_tokenizer
-
-        if load_tokenizer(folder).get_vocab() != tokenizer.get_vocab():  # type: ignore[arg-type]
-            raise UserError(f"--aug-model {cfg.aug_model} has another vocabulary than the student; its candidates "
-                            "must be words of the student's tokenizer")
-    if cfg.aug_source != "embeddings" and mlm:
-        return AutoModelForMaskedLM.from_pretrained(folder).eval(), "mlm"
-    if cfg.aug_model:
-        return AutoModel.from_pretrained(folder).eval(), "embeddings"
-    return teacher, "embeddings"
-
-
 def cache_home(cfg: TinyBertConfig) -> Path:
+    """Folder of the cached teacher outputs (``teacher/``) and augmented sets (``augment/``, :func:`augment_cache`)."""
     return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else data_home() / "cache" / "tinybert"
 
 
@@ -328,10 +302,8 @@ def stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None = None
         task = training_task(data, opts, model.label_names)
         train_ds = task.train
         if cfg.augment:
-            aug_model, kind = _augmentation_source(cfg, opts, teacher_hf, model.tokenizer)
-            train_ds = augment_dataset(train_ds, task.has_pair, model.tokenizer, aug_model, kind, cfg.aug_copies,
-                                       cfg.aug_p, cfg.aug_candidates, opts.seed, cache_home(cfg) / "augment",
-                                       progress=opts.progress)
+            train_ds = augment_training_set(train_ds, task.has_pair, cfg, opts, teacher_hf, model.tokenizer,
+                                            augment_cache(cfg.cache_dir))
         encoded = encode(train_ds, model.tokenizer, opts.max_length, task.has_pair)
         hidden_idx, score_idx = hidden_map(mapping), [g - 1 for g in mapping]
         cache = _teacher_cache(teacher, encoded, model, hidden_idx, score_idx, "prediction" in names,
