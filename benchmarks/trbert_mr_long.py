@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--model", default="minilm-l6", help="base model of the teacher")
     ap.add_argument("--teacher", help="fine-tuned full model (default runs/teacher-mr-long; trained if missing)")
     ap.add_argument("--teacher-epochs", default="3")
+    ap.add_argument("--teacher-lr", default="5e-5", help="learning rate of the full model's fine-tuning")
+    ap.add_argument("--teacher-batch-size", default="16", help="batch of the full model's fine-tuning")
     ap.add_argument("--alphas", default="1,4", help="comma-separated α values, one TR-BERT model each")
     ap.add_argument("--name", default="trbert_mr_long", help="results name: docs/<name>.json, section")
     ap.add_argument("--docs", help="write the files here instead of docs/ (no docs/results.md or README update)")
@@ -105,14 +107,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     os.chdir(ROOT)
     sizes = json.loads(cli("data", "prepare", DATA).strip().splitlines()[-1])
-    common_args = ["--data", DATA, "--max-length", args.max_length, "--batch-size", args.batch_size,
-                   "--seed", args.seed]
+    data_args = ["--data", DATA, "--max-length", args.max_length, "--seed", args.seed]
+    common_args = [*data_args, "--batch-size", args.batch_size]
     steps = ["--max-steps", args.max_steps] if args.max_steps else []
 
     # ---- the fine-tuned full model (the baseline and the teacher of the joint stage) ----------------------
     if not finished(teacher_dir):
-        cli("train", "finetune", "--model", args.model, "--out", teacher_dir, "--overwrite", *common_args,
-            "--epochs", args.teacher_epochs, "--lr", args.lr, *steps, capture=False)
+        cli("train", "finetune", "--model", args.model, "--out", teacher_dir, "--overwrite", *data_args,
+            "--batch-size", args.teacher_batch_size, "--epochs", args.teacher_epochs, "--lr", args.teacher_lr,
+            *steps, capture=False)
 
     # ---- one TR-BERT model per α -----------------------------------------------------------------------
     # run label -> (α, folder, stages); "RL only" models keep the full model's weights (joint stage skipped)

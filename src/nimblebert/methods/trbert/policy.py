@@ -5,7 +5,8 @@ always. Deviation, on purpose: **every row keeps its own tokens in a batch too**
 evaluation makes every row keep the batch's largest count (top-k by p), so a row's prediction depended on its
 batch-mates; here each row keeps exactly its own set and rows are padded to the batch's largest kept count
 with masked positions, so batched logits equal per-row logits (tests check it). Padding is masked as keys,
-so it changes nothing; it costs only the padded positions' own (discarded) work.
+so it changes nothing, and the core runs every per-token product on the kept tokens alone (it packs padded
+batches, :func:`~nimblebert.core.tokens.pack_index`): only the attention itself sees the padded layout.
 
 ``keep_threshold = 0`` is the plain full model: no policy runs (exactly the transformers model's logits).
 ``drop_mode`` "random" / "first" are baselines at the policy's own kept counts per row and cut (taken from a
