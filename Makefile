@@ -32,7 +32,7 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks
 
 demo: data
-	$(BIN)/python benchmarks/finetune_mr.py --reuse
+	$(BIN)/python benchmarks/finetune_mr.py --reuse --docs runs/demo
 	$(BIN)/python benchmarks/fastbert_mr.py --docs runs/demo --out runs/demo/fastbert-mr --distill-epochs 3 --speeds 0,0.3,0.5,0.7 --patience ""
 
 bench: data

@@ -3,16 +3,19 @@
 Also checks, in the same run and on the same inputs, that the core encoder at full Plan is no slower
 than 1.05× the faster of the plain transformers model with eager and with sdpa attention.
 
-    python benchmarks/finetune_mr.py            # what `make demo` runs
+    python benchmarks/finetune_mr.py            # trains runs/teacher-mr, writes docs/finetune_mr.*
     python benchmarks/finetune_mr.py --reuse    # keep an already trained runs/teacher-mr
+    python benchmarks/finetune_mr.py --reuse --docs runs/demo   # what `make demo` runs: docs/ stays as it is
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+from pathlib import Path
 
-from common import cli, cli_json, environment, finished, write_section
+from common import cli, cli_json, environment, finished, publish
 
 TRAIN = ["--epochs", "3", "--batch-size", "32", "--lr", "5e-5", "--max-length", "64", "--seed", "42"]
 
@@ -21,6 +24,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="runs/teacher-mr")
     ap.add_argument("--reuse", action="store_true", help="reuse a finished --out instead of training again")
+    ap.add_argument("--docs", help="write the files here instead of docs/ (no docs/results.md or README update)")
     args = ap.parse_args()
 
     sizes = json.loads(cli("data", "prepare", "mr").strip().splitlines()[-1])
@@ -43,7 +47,7 @@ def main() -> None:
     env = test["environment"]
     md = f"""## Fine-tuning MiniLM-L6 on `mr` (the baseline and the teacher)
 
-`python benchmarks/finetune_mr.py` (what `make demo` runs). Data: `mr` (Pang & Lee sentence polarity),
+`python benchmarks/finetune_mr.py` (`make demo` runs it too, into runs/demo). Data: `mr` (Pang & Lee sentence polarity),
 splits train {sizes['train']} / validation {sizes['validation']} / test {sizes['test']}; 3 epochs, batch 32,
 lr 5e-5 (warm-up 10 %, linear decay), max 64 tokens, seed 42; best validation epoch kept.
 
@@ -68,8 +72,9 @@ Environment: torch {env['torch']}, {env['threads']} threads, {env['cpu_count']} 
                 f"{test['accuracy']:.4f} ({test['examples']} sentences), {summary['train_seconds'] / 60:.1f} min of "
                 f"training on {env['cpu_count']} CPU cores; {b1['ms_per_sample']:.1f} ms per sentence at batch 1, "
                 f"{b32['ms_per_sample']:.1f} ms at batch 32.\n")
-    write_section("finetune_mr", md, {"sizes": sizes, "train": summary, "validation": val, "test": test,
-                                      "core_over_transformers": ratio, "environment": environment()}, headline)
+    publish("finetune_mr", md, {"sizes": sizes, "train": summary, "validation": val, "test": test,
+                                "core_over_transformers": ratio, "environment": environment()}, headline,
+            Path(os.path.abspath(args.docs)) if args.docs else None)
     print(md)
 
 

@@ -310,7 +310,7 @@ def augment_dataset(
         if path.exists():
             with path.open(encoding="utf-8") as f:
                 cached = [json.loads(line) for line in f if line.strip()]
-            sys.stderr.write(f"tinybert: augmented set read from the cache ({len(cached)} rows, {path})\n")
+            sys.stderr.write(f"augmentation (TinyBERT §3.3): set read from the cache ({len(cached)} rows, {path})\n")
             return datasets.Dataset.from_list(cached)
     augmenter = Augmenter(tokenizer, k, mlm=source if kind == "mlm" else None,
                           embeddings=None if kind == "mlm" else source.get_input_embeddings().weight,
@@ -318,7 +318,7 @@ def augment_dataset(
     out = augment_rows(rows, fields, augmenter, n, p, seed)
     if path is not None:
         atomic_write(path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in out), encoding="utf-8"))
-    sys.stderr.write(f"tinybert: augmented {len(rows)} examples into {len(out)} rows ({kind} candidates, "
+    sys.stderr.write(f"augmentation (TinyBERT §3.3): {len(rows)} examples into {len(out)} rows ({kind} candidates, "
                      f"N={n}, p={p}, K={k})\n")
     return datasets.Dataset.from_list(out)
 
