@@ -249,7 +249,9 @@ kept.{rl_note}
   against the full model on the same reviews ({args.bootstrap} resamples).
 - ×: speed-up over the faster plain transformers full model (sdpa / eager), timed interleaved in one run;
   batch 1 over {args.b1_examples} reviews, batch 16 over {args.b16_examples}, median of {args.rounds} passes. The
-  full model through nimblebert's core runs at {base_b1:.2f}× (b1) / {base_b16:.2f}× (b16) of it.
+  full model through nimblebert's core runs at {base_b1:.2f}× (b1) / {base_b16:.2f}× (b16) of it. In a batch each
+  review keeps its own tokens; the core runs every per-token product on the kept tokens alone (packed), only the
+  attention pads rows to the batch's largest count.
 
 {chr(10).join(table)}
 
