@@ -170,19 +170,24 @@ def load_tokenizer(folder: str) -> PreTrainedTokenizerBase:
         raise UserError(f"no usable tokenizer in {folder}: {str(e).splitlines()[0]}") from None
 
 
+def nimblebert_section(spec: str | None) -> dict[str, Any] | None:
+    """The ``nimblebert`` section of ``spec``'s config.json (``method``, ``method_config``, ...) when it is a
+    folder written by nimblebert, else None (a base model, a hub id, an unreadable folder)."""
+    if not spec:
+        return None
+    try:
+        section = getattr(AutoConfig.from_pretrained(resolve_model(spec)), "nimblebert", None)
+    except (OSError, ValueError, UserError):
+        return None
+    return section if isinstance(section, dict) and section.get("method") else None
+
+
 def has_trained_head(spec: str | None) -> bool:
     """Whether ``spec`` is a folder written by nimblebert training whose transformers head is a classifier trained
     on its task (every method's but a hybrid SSA model's): methods that start from a fine-tuned model skip
     their own fine-tuning stage for it. Its labels are those of the data: ``from_base`` refuses other labels."""
-    if not spec:
-        return False
-    try:
-        section = getattr(AutoConfig.from_pretrained(resolve_model(spec)), "nimblebert", None)
-    except (OSError, ValueError, UserError):
-        return False
-    if not isinstance(section, dict) or not section.get("method"):
-        return False
-    return head_predicts(section)
+    section = nimblebert_section(spec)
+    return section is not None and head_predicts(section)
 
 
 def head_predicts(section: dict[str, Any]) -> bool:

@@ -152,6 +152,34 @@ def test_augment_trains_both_distillation_stages_on_the_augmented_set(toy_data_d
                                                     options(tmp_path / "run3"), data=data))
 
 
+def test_continuing_a_dynabert_folder_keeps_its_wiring_depths_and_rule(toy, teacher_hf, tmp_path, capsys) -> None:
+    """A later run from a DynaBERT folder (``--phases final`` after width + depth): no second rewiring (its
+    sub-networks were trained on its order), the final stage covers the depths the folder trained, and a
+    different depth rule is refused."""
+    from nimblebert.model import from_base
+
+    data = TrainData(None, toy["train"], toy["validation"])
+    cfg = {"widths": [1.0, 0.5], "depths": [1.0, 0.5], "depth_rule": "last"}
+    for phases in (["width"], ["width", "depth"]):
+        first = dynabert_model(teacher_hf, phases=phases, **cfg)
+        out = tmp_path / "-".join(phases)
+        opts = options(out)
+        train(first, stages(first, opts, data=data), toy["train"], toy["validation"], opts)
+
+        model = from_base(str(out), ["neg", "pos"], "dynabert", {**cfg, "phases": ["final"]})
+        before = {k: v.clone() for k, v in model.hf.state_dict().items()}
+        capsys.readouterr()
+        (final,) = stages(model, options(tmp_path / "final", model=str(out)), data=data)
+        assert "already rewired" in capsys.readouterr().err
+        assert all(torch.equal(before[k], v) for k, v in model.hf.state_dict().items())
+        assert final.objective.depths == ([1.0, 0.5] if "depth" in phases else [1.0])
+        assert final.objective.depth_rule == "last"
+
+    model = from_base(str(out), ["neg", "pos"], "dynabert", {**cfg, "phases": ["final"], "depth_rule": "official"})
+    with pytest.raises(UserError, match="trained with --depth-rule last"):
+        stages(model, options(tmp_path / "other", model=str(out)), data=data)
+
+
 def test_distillation_lowers_the_loss_and_teaches_the_small_sub_networks(toy, teacher_hf, tmp_path) -> None:
     torch.manual_seed(0)
     model = dynabert_model(teacher_hf, widths=[1.0, 0.5, 0.25], phases=["width"])

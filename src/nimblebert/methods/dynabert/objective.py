@@ -245,6 +245,23 @@ def augmented_train_set(model: NimbleModel, opts: TrainOptions, cfg: DynaBertCon
     return encode(rows, model.tokenizer, opts.max_length, task.has_pair)
 
 
+def continued_from(spec: str | None, cfg: DynaBertConfig) -> dict[str, Any] | None:
+    """The saved options of the DynaBERT model that ``--model`` names, when this run continues one (e.g. the
+    width × depth stage or the final fine-tuning after an earlier run's stages), else None. Its depth rule must be
+    this run's: the sub-networks it trained are those of its rule."""
+    from ...model import nimblebert_section
+
+    section = nimblebert_section(spec)
+    if section is None or section.get("method") != "dynabert":
+        return None
+    saved = dict(section.get("method_config") or {})
+    rule = saved.get("depth_rule", "official")
+    if rule != cfg.depth_rule:
+        raise UserError(f"{spec} was trained with --depth-rule {rule}, this run has --depth-rule {cfg.depth_rule}: "
+                        f"pass --depth-rule {rule} to continue it")
+    return saved
+
+
 def check_fine_tuned(spec: str | None) -> None:
     """DynaBERT distils a *fine-tuned* classifier; a bare pretrained encoder would get a random head."""
     if not spec:
@@ -291,6 +308,7 @@ def stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None = None
     """
     cfg = config_of(model)
     check_fine_tuned(opts.model or opts.teacher)
+    source = continued_from(opts.model, cfg)
     separate = bool(opts.model and opts.teacher and opts.teacher != opts.model)  # else the student *is* the teacher
     teacher_hf = None
     if "width" in cfg.phases or ("depth" in cfg.phases and separate):
@@ -298,7 +316,11 @@ def stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None = None
         # anyway); --teacher next to a different --model names another one.
         teacher_hf = load_teacher(model, opts.teacher) if separate else copy.deepcopy(model.hf)
 
-    if cfg.rewire and not opts.resume:
+    if source is not None and cfg.rewire and not opts.resume:
+        # Its heads and neurons are already ranked, and its sub-networks trained on that order: a new ranking
+        # would hand every sub-network other heads.
+        sys.stderr.write(f"dynabert: {opts.model} is a DynaBERT model (already rewired): no rewiring\n")
+    elif cfg.rewire and not opts.resume:
         loader = importance_loader(model, opts, cfg, data)
         batches = loader
         if opts.progress:
@@ -339,7 +361,10 @@ def stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None = None
         result.append(Stage("dynabert-depth", objective, epochs=cfg.depth_epochs or opts.epochs, **common,
                             train_data=augmented, **_selection(cfg.widths, cfg.depths)))
     if "final" in cfg.phases:
-        depths = cfg.depths if "depth" in cfg.phases else [1.0]
+        # Every depth once some stage trained them: this run's width × depth stage or the one of the model it
+        # continues (e.g. `--phases final` on a DynaBERT folder); else the widths at full depth.
+        depth_trained = "depth" in cfg.phases or (source is not None and "depth" in source.get("phases", []))
+        depths = cfg.depths if depth_trained else [1.0]
         objective = SubNetworkObjective(cfg.widths, depths, depth_rule=cfg.depth_rule)
         result.append(Stage("dynabert-final", objective, epochs=cfg.final_epochs or opts.epochs, **common,
                             **_selection(cfg.widths, depths)))
