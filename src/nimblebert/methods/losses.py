@@ -44,7 +44,9 @@ def hidden_mse(
     student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], project: torch.nn.Module | None = None
 ) -> torch.Tensor:
     """Σ over pairs of MSE(project(H_S), H_T), each averaged over all elements, padding included
-    (TinyBERT's and DynaBERT's official codes do not mask)."""
+    (TinyBERT's and DynaBERT's official codes do not mask). When the core packs a padded batch (≥ 5 % padding,
+    :func:`~nimblebert.core.tokens.pack_index`) its layer outputs are 0 at padding in student and teacher alike,
+    so there padding adds nothing but its share of the mean."""
     total = student[0].new_zeros(())
     for s, t in zip(student, teacher, strict=True):
         total = total + F.mse_loss(project(s) if project is not None else s, t.detach())
