@@ -42,6 +42,8 @@ bench: data
 	$(BIN)/python benchmarks/dynabert_mr.py --width-epochs 1 --depth-epochs 3
 	$(BIN)/python benchmarks/dynabert_mr.py --width-epochs 1 --depth-epochs 3 --depth-rule last \
 		--name dynabert_mr_last --out runs/dynabert-mr-last
+	$(BIN)/python benchmarks/dynabert_mr.py --width-epochs 1 --depth-epochs 1 --depth-rule last --aug-copies 4 \
+		--name dynabert_mr_aug --out runs/dynabert-mr-aug
 	$(BIN)/python benchmarks/report_mr.py
 	$(BIN)/python benchmarks/trbert_mr_long.py --alphas 0.5,1 --rl-only 0.5,1 --rl-epochs 2 --rollouts 4 \
 		--joint-epochs 1 --joint-rollouts 4 --joint-lr 1e-5 --thresholds 0.5,0.45,0.4,0.3
