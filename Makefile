@@ -2,7 +2,7 @@
 #   make demo   fine-tune MiniLM-L6 on the built-in `mr` data, evaluate it, print accuracy and speed,
 #               then a short FastBERT run and its speed sweep (6.6 minutes measured on 2 CPU cores)
 #   make test   run the test suite (offline, tiny random models)
-# and one regenerates every measured figure in docs/results.md from scratch (about an hour):
+# and one regenerates every measured figure in docs/results.md from scratch (about 7 hours on 2 cores):
 #   make bench
 PYTHON ?= python3
 VENV   ?= .venv
@@ -39,14 +39,14 @@ bench: data
 	$(BIN)/python benchmarks/finetune_mr.py
 	$(BIN)/python benchmarks/fastbert_mr.py
 	$(BIN)/python benchmarks/tinybert_mr.py
-	$(BIN)/python benchmarks/dynabert_mr.py --width-epochs 1 --depth-epochs 3
+	$(BIN)/python benchmarks/dynabert_mr.py --width-epochs 1 --depth-epochs 3 --threads 1
 	$(BIN)/python benchmarks/dynabert_mr.py --width-epochs 1 --depth-epochs 3 --depth-rule last \
-		--name dynabert_mr_last --out runs/dynabert-mr-last
+		--name dynabert_mr_last --out runs/dynabert-mr-last --threads 1
 	$(BIN)/python benchmarks/dynabert_mr.py --width-epochs 1 --depth-epochs 1 --depth-rule last --aug-copies 4 \
-		--name dynabert_mr_aug --out runs/dynabert-mr-aug
+		--name dynabert_mr_aug --out runs/dynabert-mr-aug --threads 1
 	$(BIN)/python benchmarks/report_mr.py
-	$(BIN)/python benchmarks/trbert_mr_long.py --alphas 0.5,1 --rl-only 0.5,1 --rl-epochs 2 --rollouts 4 \
-		--joint-epochs 1 --joint-rollouts 4 --joint-lr 1e-5 --thresholds 0.5,0.45,0.4,0.3
+	$(BIN)/python benchmarks/trbert_mr_long.py --alphas 0.25,0.5,1 --rl-epochs 2 --rollouts 4 \
+		--joint-epochs 1 --joint-rollouts 4 --joint-lr 1e-5 --thresholds 0.6,0.5,0.45,0.4,0.3 --threads 2
 	$(BIN)/python benchmarks/ssa.py --teacher-check
 	$(BIN)/python benchmarks/ssa.py
 
