@@ -147,7 +147,8 @@ def main() -> None:
     ap.add_argument("--b32-examples", type=int, default=640)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--bootstrap", type=int, default=10000)
-    ap.add_argument("--threads", type=int, help="threads for every timed contender (default: torch's)")
+    ap.add_argument("--threads", type=int,
+                    help="CPU threads of the training command and of every timed contender (default: torch's)")
     args = ap.parse_args()
     # Paths the user gave are taken from the current folder; the defaults live under the repository.
     data = os.path.abspath(args.data) if Path(args.data).exists() else args.data
@@ -161,15 +162,13 @@ def main() -> None:
     depths = [float(d) for d in args.depths.split(",") if d.strip()]
     grid = [(w, d) for d in sorted(depths, reverse=True) for w in sorted(widths, reverse=True)]
 
-    import torch
 
     from nimblebert import load
     from nimblebert.core.plan import depth_layers
     from nimblebert.data import builtin_names, encode, load_task, make_loader
     from nimblebert.inference import metrics, predict_loader
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    common.use_threads(args.threads)
     os.chdir(ROOT)
     sizes = json.loads(cli("data", "prepare", data).strip().splitlines()[-1]) if data in builtin_names() else None
     if not finished(teacher_dir):

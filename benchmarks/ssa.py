@@ -127,8 +127,7 @@ def main() -> None:
                     help="only the teacher comparison: FastBERT from an SSA-Reg teacher vs from the plain one (mr)")
     args = ap.parse_args()
     os.chdir(ROOT)
-    if args.threads:
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    common.use_threads(args.threads)
     if args.teacher_check:
         print(json.dumps(teacher_check(args.threads), indent=2))
         return
@@ -157,14 +156,11 @@ def main() -> None:
     if args.train_only:
         return
 
-    import torch
 
     from nimblebert import load
     from nimblebert.data import encode, load_task, make_loader
     from nimblebert.inference import metrics, predict_loader
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     results: dict[str, Any] = {}
     for name in datasets_:
         per: dict[str, dict[str, list[float]]] = {}

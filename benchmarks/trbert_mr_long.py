@@ -84,7 +84,8 @@ def main() -> None:
     ap.add_argument("--b16-examples", type=int, default=320)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--bootstrap", type=int, default=10000)
-    ap.add_argument("--threads", type=int, help="torch threads for training and timing (default: torch's)")
+    ap.add_argument("--threads", type=int,
+                    help="CPU threads of the training commands and of the timing (default: torch's)")
     args = ap.parse_args()
     alphas = [a.strip() for a in args.alphas.split(",") if a.strip()]
     teacher_dir = os.path.abspath(args.teacher) if args.teacher else "runs/teacher-mr-long"
@@ -103,8 +104,7 @@ def main() -> None:
     from nimblebert.data import encode, load_task, make_loader
     from nimblebert.inference import metrics, predict_loader
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    common.use_threads(args.threads)
     os.chdir(ROOT)
     sizes = json.loads(cli("data", "prepare", DATA).strip().splitlines()[-1])
     data_args = ["--data", DATA, "--max-length", args.max_length, "--seed", args.seed]
