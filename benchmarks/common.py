@@ -13,7 +13,9 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -84,6 +86,50 @@ def paired_bootstrap(teacher: np.ndarray, other: np.ndarray, reps: int = 10000, 
     means = diffs[idx].mean(axis=1)
     return {"diff": float(diffs.mean()), "low": float(np.percentile(means, 2.5)),
             "high": float(np.percentile(means, 97.5))}
+
+
+@dataclass
+class Baseline:
+    """The teacher (or full model) on a benchmark's evaluation split: what every setting is paired against.
+
+    ``split`` is the task's test split, or its validation split when it has none; ``loader`` runs the split in
+    length-bucketed batches, ``predictions`` and ``metrics`` are the teacher's on it."""
+
+    teacher: Any  # NimbleModel
+    task: Any  # Task
+    split: str
+    encoded: Any  # the encoded split (datasets.Dataset)
+    loader: Any
+    predictions: Any  # inference.Predictions
+    metrics: dict[str, Any]
+
+    @property
+    def correct(self) -> np.ndarray:
+        return (self.predictions.predicted == self.predictions.labels).numpy()
+
+    def versus(self, preds: Any, reps: int = 10000) -> dict[str, float]:
+        """``preds``' accuracy difference from the teacher on the same examples, with its bootstrap interval."""
+        return paired_bootstrap(self.correct, (preds.predicted == preds.labels).numpy(), reps)
+
+    def agreement(self, preds: Any) -> float:
+        """Share of examples on which ``preds`` predicts the teacher's label."""
+        return float((preds.predicted == self.predictions.predicted).float().mean())
+
+
+def teacher_baseline(teacher_dir: str, data: str, max_length: int, batch_size: int = 64) -> Baseline:
+    """Load ``teacher_dir``, encode the evaluation split of ``data`` with its tokenizer and label names (the
+    students share both), and predict it."""
+    from nimblebert import load
+    from nimblebert.data import encode, load_task, make_loader
+    from nimblebert.inference import metrics, predict_loader
+
+    teacher = load(teacher_dir)
+    task = load_task(data, label_names=teacher.label_names)
+    split = "test" if task.test is not None else "validation"
+    encoded = encode(getattr(task, split), teacher.tokenizer, max_length, task.has_pair)
+    loader = make_loader(encoded, teacher.tokenizer, batch_size, shuffle=False, bucket_by_length=True)
+    base = predict_loader(teacher, loader)
+    return Baseline(teacher, task, split, encoded, loader, base, metrics(base, teacher.num_labels))
 
 
 def publish(name: str, markdown: str, data: dict, headline: str, docs: Path | None = None) -> None:

@@ -165,7 +165,7 @@ def main() -> None:
 
     from nimblebert import load
     from nimblebert.core.plan import depth_layers
-    from nimblebert.data import builtin_names, encode, load_task, make_loader
+    from nimblebert.data import builtin_names
     from nimblebert.inference import metrics, predict_loader
 
     common.use_threads(args.threads)
@@ -201,22 +201,17 @@ def main() -> None:
             cli("export", out, "--format", "hf", "--width", f"{w:g}", "--depth", f"{d:g}", "--out", folder)
 
     # ---- accuracy per example, paired with the teacher on the same sentences ---------------------------
-    teacher, dyn = load(teacher_dir), load(out)
-    task = load_task(data, label_names=dyn.label_names)
-    split = "test" if task.test is not None else "validation"
-    encoded = encode(getattr(task, split), dyn.tokenizer, int(args.max_length), task.has_pair)
-    loader = make_loader(encoded, dyn.tokenizer, 64, shuffle=False, bucket_by_length=True)
-    base = predict_loader(teacher, loader)
-    base_metrics = metrics(base, teacher.num_labels)
-    base_correct = (base.predicted == base.labels).numpy()
+    dyn = load(out)
+    baseline = common.teacher_baseline(teacher_dir, data, int(args.max_length))
+    split, encoded, loader, base_metrics = baseline.split, baseline.encoded, baseline.loader, baseline.metrics
     per_setting: dict[tuple[float, float], dict[str, Any]] = {}
     for w, d in grid:
         exported = load(exports[w, d])
         pe = predict_loader(exported, loader)
         pd = predict_loader(dyn, loader, width=w, depth=d)
         per_setting[w, d] = {
-            "vs_teacher": common.paired_bootstrap(base_correct, (pe.predicted == pe.labels).numpy(), args.bootstrap),
-            "agreement_with_teacher": float((pe.predicted == base.predicted).float().mean()),
+            "vs_teacher": baseline.versus(pe, args.bootstrap),
+            "agreement_with_teacher": baseline.agreement(pe),
             "export_agrees_with_dynamic": float((pe.predicted == pd.predicted).float().mean()),
             "export_max_abs_logit_diff": float((pe.logits - pd.logits).abs().max()),
             "sub_network_params_m": sub_network_params(dyn, w, d) / 1e6,
@@ -298,7 +293,7 @@ teacher and speed-ups over each run's own plain transformers teacher are compare
     epochs = f"width stage {args.width_epochs} epoch(s), width × depth stage {args.depth_epochs} epoch(s)" + (
         f", final fine-tuning {args.final_epochs}" if "final" in phases else "") + (
         f", at most {args.max_steps} steps per stage" if args.max_steps else "")
-    n_layers = teacher.encoder.num_layers
+    n_layers = baseline.teacher.encoder.num_layers
     kept = "; ".join(f"{d:g}: {', '.join(str(i + 1) for i in depth_layers(n_layers, d, args.depth_rule))}"
                      for d in sorted(depths, reverse=True) if d < 1)
     rule = ("official rule floor(i/m_d)" if args.depth_rule == "official" else

@@ -142,7 +142,7 @@ def main() -> None:
         nimble_contender,
         transformers_baselines,
     )
-    from nimblebert.data import builtin_names, encode, load_task, make_loader
+    from nimblebert.data import builtin_names
     from nimblebert.inference import metrics, predict_loader
 
     if args.threads:
@@ -158,16 +158,11 @@ def main() -> None:
         cli("train", "fastbert", *train_args, "--overwrite", capture=False)
     summary = json.loads((Path(out) / "train_summary.json").read_text())
 
-    fast, teacher = load(out), load(teacher_dir)
-    task = load_task(data, label_names=fast.label_names)
-    split = "test" if task.test is not None else "validation"
-    encoded = encode(getattr(task, split), fast.tokenizer, int(args.max_length), task.has_pair)
-    loader = make_loader(encoded, fast.tokenizer, 64, shuffle=False, bucket_by_length=True)
-
+    fast = load(out)
     # Accuracy and FLOPs, per example, paired with the teacher on the same sentences.
-    base = predict_loader(teacher, loader)
-    base_metrics = metrics(base, teacher.num_labels)
-    base_correct = (base.predicted == base.labels).numpy()
+    baseline = common.teacher_baseline(teacher_dir, data, int(args.max_length))
+    split, encoded, loader, base_metrics = baseline.split, baseline.encoded, baseline.loader, baseline.metrics
+
     settings = [{"speed": float(s)} for s in args.speeds.split(",") if s.strip()]
     settings += [{"patience": int(p)} for p in args.patience.split(",") if p.strip()]
     rows, contenders = [], {}
@@ -175,12 +170,11 @@ def main() -> None:
         label = ", ".join(f"{k}={v:g}" for k, v in knobs.items())
         preds = predict_loader(fast, loader, **knobs)
         m = metrics(preds, fast.num_labels)
-        correct = (preds.predicted == preds.labels).numpy()
         counts = np.bincount(preds.layers.numpy(), minlength=fast.hf.config.num_hidden_layers + 1)[1:]
         rows.append({"setting": label, "policy": "patience" if "patience" in knobs else "entropy",
                      "speed": knobs.get("speed", 0.0), "patience": knobs.get("patience", 0), **m,
-                     "agreement_with_teacher": float((preds.predicted == base.predicted).float().mean()),
-                     "vs_teacher": common.paired_bootstrap(base_correct, correct, args.bootstrap),
+                     "agreement_with_teacher": baseline.agreement(preds),
+                     "vs_teacher": baseline.versus(preds, args.bootstrap),
                      "exit_layer_counts": counts.tolist(),
                      "flops_speedup": base_metrics["flops_per_sample"] / m["flops_per_sample"]})
         contenders[label] = nimble_contender(fast, knobs)

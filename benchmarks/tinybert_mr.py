@@ -88,7 +88,7 @@ def main() -> None:
     import torch
 
     from nimblebert import load
-    from nimblebert.data import builtin_names, encode, load_task, make_loader
+    from nimblebert.data import builtin_names, load_task
     from nimblebert.inference import predict_loader
     from nimblebert.methods.tinybert import TinyBertConfig, build_student
     from nimblebert.model import NimbleModel
@@ -169,13 +169,8 @@ def main() -> None:
     # ---- paired differences from the teacher on the same test sentences ---------------------------------------
     if args.threads:
         torch.set_num_threads(int(args.threads))
-    teacher = load(teacher_dir)
-    task = load_task(data, label_names=teacher.label_names)
-    split = "test" if task.test is not None else "validation"
-    encoded = encode(getattr(task, split), teacher.tokenizer, int(args.max_length), task.has_pair)
-    loader = make_loader(encoded, teacher.tokenizer, 64, shuffle=False, bucket_by_length=True)
-    base = predict_loader(teacher, loader)
-    base_correct = (base.predicted == base.labels).numpy()
+    baseline = common.teacher_baseline(teacher_dir, data, int(args.max_length))
+    teacher, split, encoded, loader = baseline.teacher, baseline.split, baseline.encoded, baseline.loader
     teacher_row = bench[Path(teacher_dir).name]
     t_cfg = teacher.hf.config
     rows = [{"model": Path(teacher_dir).name, "label": f"teacher ({t_cfg.num_hidden_layers}×{t_cfg.hidden_size})",
@@ -187,14 +182,13 @@ def main() -> None:
     for folder, label, what in rows_spec:
         model = load(runs / folder)
         preds = predict_loader(model, loader)
-        correct = (preds.predicted == preds.labels).numpy()
         b = bench[folder]
         cfg = model.hf.config
         shape = f"{cfg.num_hidden_layers}×{cfg.hidden_size}"
         rows.append({"model": folder, "label": label.format(shape=shape), "what": what, "shape": shape,
-                     "accuracy": float(correct.mean()),
-                     "vs_teacher": common.paired_bootstrap(base_correct, correct, args.bootstrap),
-                     "agreement_with_teacher": float((preds.predicted == base.predicted).float().mean()),
+                     "accuracy": float((preds.predicted == preds.labels).float().mean()),
+                     "vs_teacher": baseline.versus(preds, args.bootstrap),
+                     "agreement_with_teacher": baseline.agreement(preds),
                      "params_m": b["params_m"], "flops_per_sample": b["flops_per_sample"],
                      "flops_speedup": b["flops_speedup"], "b1_speedup": b["b1_speedup"],
                      "b32_speedup": b["b32_speedup"], "train_seconds": seconds[folder]})

@@ -101,7 +101,7 @@ def main() -> None:
         nimble_contender,
         transformers_baselines,
     )
-    from nimblebert.data import encode, load_task, make_loader
+    from nimblebert.data import encode, make_loader
     from nimblebert.inference import metrics, predict_loader
 
     common.use_threads(args.threads)
@@ -138,14 +138,9 @@ def main() -> None:
             cli("train", "trbert", *train_args, "--overwrite", capture=False)
 
     # ---- accuracy, kept tokens and FLOPs on the test reviews, paired with the full model ------------------
-    teacher = load(teacher_dir)
-    task = load_task(DATA, label_names=teacher.label_names)
-    split = "test" if task.test is not None else "validation"
-    encoded = encode(getattr(task, split), teacher.tokenizer, int(args.max_length), task.has_pair)
-    loader = make_loader(encoded, teacher.tokenizer, 16, shuffle=False, bucket_by_length=True)
-    base = predict_loader(teacher, loader)
-    base_metrics = metrics(base, teacher.num_labels)
-    base_correct = (base.predicted == base.labels).numpy()
+    baseline = common.teacher_baseline(teacher_dir, DATA, int(args.max_length), batch_size=16)
+    teacher, task, split, encoded = baseline.teacher, baseline.task, baseline.split, baseline.encoded
+    loader, base_metrics = baseline.loader, baseline.metrics
     models = {label: load(path) for label, path in runs.items()}
     rows: list[dict[str, Any]] = []
     thresholds = [float(t) for t in args.thresholds.split(",") if t.strip()]
@@ -174,8 +169,7 @@ def main() -> None:
                          "drop_mode": mode, **m, "val_accuracy": validation[label, threshold]["accuracy"],
                          "chosen_on_validation": mode == "policy" and chosen[label] == threshold,
                          "flops_speedup": base_metrics["flops_per_sample"] / m["flops_per_sample"],
-                         "vs_full": common.paired_bootstrap(base_correct, (p.predicted == p.labels).numpy(),
-                                                            args.bootstrap)})
+                         "vs_full": baseline.versus(p, args.bootstrap)})
             print(f"α {label} threshold {threshold} {mode}: accuracy {m['accuracy']:.4f}, "
                   f"kept {m['mean_tokens_kept']}", file=sys.stderr)
         if stages != JOINT:
@@ -185,8 +179,7 @@ def main() -> None:
                      "drop_mode": "none (threshold 0)",
                      **metrics(p, model.num_labels),
                      "flops_speedup": 1.0,
-                     "vs_full": common.paired_bootstrap(base_correct, (p.predicted == p.labels).numpy(),
-                                                        args.bootstrap)})
+                     "vs_full": baseline.versus(p, args.bootstrap)})
 
     # ---- latency at batch 1 and 16, interleaved with the plain transformers model --------------------------
     contenders = {name: hf_contender(hf) for name, hf in transformers_baselines(teacher.source).items()}
