@@ -160,12 +160,21 @@ def section_command(name: str, docs: Path | None = None) -> str | None:
     return found.group(1) if found else None
 
 
+def _section_rank(name: str) -> tuple[int, bool, str]:
+    """Where a section goes in docs/results.md: in :data:`ORDER`, a variant run (``dynabert_mr_lr5e5``) right
+    after the entry its name extends (``dynabert_mr``), other names at the end, alphabetically."""
+    for i in sorted(range(len(ORDER)), key=lambda j: -len(ORDER[j])):  # the longest matching entry
+        if name == ORDER[i] or name.startswith(ORDER[i] + "_"):
+            return i, name != ORDER[i], name
+    return len(ORDER), True, name
+
+
 def rebuild_results() -> None:
     parts = ["# nimblebert — measured results\n",
              "Every figure below was produced by the script named in its section, on the machine described "
              "there. Speed-ups are ratios against the plain transformers model measured in the same run.\n"]
     stems = sorted(p.name[: -len(".md")] for p in SECTIONS.glob("*.md") if not p.name.endswith(".headline.md"))
-    names = [n for n in ORDER if n in stems] + [n for n in stems if n not in ORDER]
+    names = sorted(stems, key=_section_rank)
     for n in names:
         parts.append((SECTIONS / f"{n}.md").read_text())
     (DOCS / "results.md").write_text("\n".join(parts))

@@ -305,6 +305,10 @@ teacher and speed-ups over each run's own plain transformers teacher are compare
         "--data_aug uses N = 20)")
     if args.aug_copies > 0:
         title += ", augmented data"
+    if float(args.lr) != 2e-5:  # the official rate; another one is part of what the section measures
+        title += f", lr {args.lr}"
+    if "final" in phases:
+        title += ", final fine-tuning"
     md = f"""## DynaBERT on `{tag}`: the width × depth grid{title}
 
 `{command}` — teacher `{teacher_dir}` (accuracy {base_metrics['accuracy']:.4f} on the {len(encoded)} {split}

@@ -67,3 +67,12 @@ def test_dynabert_compares_with_tinybert_students_not_teachers_or_ablations(tmp_
     (tmp_path / "tinybert_mr.json").write_text(json.dumps({"rows": rows}))
     students = dynabert_mr.tinybert_students(tmp_path)
     assert [s["label"] for s in students] == ["TinyBERT 3×384"] and students[0]["delta"] == -0.01
+
+
+def test_results_page_keeps_variant_runs_next_to_the_benchmark_they_extend(scripts) -> None:
+    common, _, _ = scripts
+    stems = ["ssa", "zeta", "dynabert_mr_lr5e5", "trbert_mr_long", "dynabert_mr", "finetune_mr", "dynabert_mr_last",
+             "fastbert_mr_x"]
+    assert sorted(stems, key=common._section_rank) == [
+        "finetune_mr", "fastbert_mr_x", "dynabert_mr", "dynabert_mr_lr5e5", "dynabert_mr_last", "trbert_mr_long",
+        "ssa", "zeta"]
