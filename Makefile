@@ -2,7 +2,7 @@
 #   make demo   fine-tune MiniLM-L6 on the built-in `mr` data, evaluate it, print accuracy and speed,
 #               then a short FastBERT run and its speed sweep (6.6 minutes measured on 2 CPU cores)
 #   make test   run the test suite (offline, tiny random models)
-# and one regenerates every measured figure in docs/results.md from scratch (about 6.5 hours on 2 cores):
+# and one regenerates every measured figure in docs/results.md from scratch (about 7 hours on 2 cores):
 #   make bench
 PYTHON ?= python3
 VENV   ?= .venv
@@ -48,6 +48,8 @@ bench: data
 		--name dynabert_mr_lr5e5 --out runs/dynabert-mr-lr5e5 --threads 1
 	$(BIN)/python benchmarks/dynabert_mr.py --width-epochs 1 --depth-epochs 3 --final-epochs 1 --depth-rule last --lr 5e-5 \
 		--name dynabert_mr_final --out runs/dynabert-mr-final --threads 1
+	$(BIN)/python benchmarks/dynabert_mr.py --width-epochs 1 --depth-epochs 3 --final-epochs 3 --depth-rule last --lr 5e-5 \
+		--name dynabert_mr_final3 --out runs/dynabert-mr-final3
 	$(BIN)/python benchmarks/report_mr.py
 	$(BIN)/python benchmarks/trbert_mr_long.py --alphas 0.5,1 --rl-epochs 2 --rollouts 4 \
 		--joint-epochs 1 --joint-rollouts 4 --joint-lr 1e-5 --thresholds 0.6,0.5,0.45,0.4,0.3 --threads 1
