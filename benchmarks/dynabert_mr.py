@@ -162,7 +162,6 @@ def main() -> None:
     depths = [float(d) for d in args.depths.split(",") if d.strip()]
     grid = [(w, d) for d in sorted(depths, reverse=True) for w in sorted(widths, reverse=True)]
 
-
     from nimblebert import load
     from nimblebert.core.plan import depth_layers
     from nimblebert.data import builtin_names

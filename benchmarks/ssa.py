@@ -156,7 +156,6 @@ def main() -> None:
     if args.train_only:
         return
 
-
     from nimblebert import load
     from nimblebert.data import encode, load_task, make_loader
     from nimblebert.inference import metrics, predict_loader
