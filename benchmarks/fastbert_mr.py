@@ -122,7 +122,8 @@ def main() -> None:
     ap.add_argument("--b32-examples", type=int, default=640)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--bootstrap", type=int, default=10000)
-    ap.add_argument("--threads", type=int, help="torch threads for the measurements (default: torch's)")
+    ap.add_argument("--threads", type=int,
+                    help="CPU threads of the training commands and of the timing (default: torch's)")
     args = ap.parse_args()
     # Paths the user gave are taken from the current folder; the defaults live under the repository.
     data = os.path.abspath(args.data) if Path(args.data).exists() else args.data
@@ -145,8 +146,7 @@ def main() -> None:
     from nimblebert.data import builtin_names
     from nimblebert.inference import metrics, predict_loader
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    common.use_threads(args.threads)
     os.chdir(ROOT)
     sizes = json.loads(cli("data", "prepare", data).strip().splitlines()[-1]) if data in builtin_names() else None
     if not finished(teacher_dir):

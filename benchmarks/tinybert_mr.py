@@ -71,7 +71,8 @@ def main() -> None:
     ap.add_argument("--b32-examples", default="640")
     ap.add_argument("--rounds", default="3")
     ap.add_argument("--bootstrap", type=int, default=10000)
-    ap.add_argument("--threads", help="torch threads for the measurements (default: torch's)")
+    ap.add_argument("--threads", type=int,
+                    help="CPU threads of the training commands and of the timing (default: torch's)")
     args = ap.parse_args()
     # Paths the user gave are taken from the current folder; the defaults live under the repository.
     data = os.path.abspath(args.data) if Path(args.data).exists() else args.data
@@ -85,14 +86,13 @@ def main() -> None:
     general_teacher = (os.path.abspath(args.general_teacher) if args.general_teacher
                        and Path(args.general_teacher).exists() else args.general_teacher)
 
-    import torch
-
     from nimblebert import load
     from nimblebert.data import builtin_names, load_task
     from nimblebert.inference import predict_loader
     from nimblebert.methods.tinybert import TinyBertConfig, build_student
     from nimblebert.model import NimbleModel
 
+    common.use_threads(args.threads)
     os.chdir(ROOT)
     sizes = json.loads(cli("data", "prepare", data).strip().splitlines()[-1]) if data in builtin_names() else None
     if not finished(teacher_dir):
@@ -162,13 +162,11 @@ def main() -> None:
     models = [teacher_dir, *(str(runs / f) for f, _, _ in rows_spec)]
     cli("bench", *models, "--data", data, "--max-length", args.max_length, "--out", str(bench_dir), "--no-onnx",
         "--b1-examples", args.b1_examples, "--b32-examples", args.b32_examples, "--rounds", args.rounds,
-        *(["--threads", args.threads] if args.threads else []))
+        *(["--threads", str(args.threads)] if args.threads else []))
     bench = {r["name"]: r for r in map(json.loads, (bench_dir / "results.jsonl").read_text().splitlines())}
     meta = json.loads((bench_dir / "meta.json").read_text())
 
     # ---- paired differences from the teacher on the same test sentences ---------------------------------------
-    if args.threads:
-        torch.set_num_threads(int(args.threads))
     baseline = common.teacher_baseline(teacher_dir, data, int(args.max_length))
     teacher, split, encoded, loader = baseline.teacher, baseline.split, baseline.encoded, baseline.loader
     teacher_row = bench[Path(teacher_dir).name]
