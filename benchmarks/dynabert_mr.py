@@ -138,6 +138,9 @@ def main() -> None:
     ap.add_argument("--aug-copies", type=int, default=0,
                     help="> 0 trains the width and width × depth stages on TinyBERT's augmented set with this many "
                          "variants per sentence (the official --data_aug, N = 20); 0 = the training set as it is")
+    ap.add_argument("--eval-every", type=int,
+                    help="evaluate every sub-network on validation every this many steps and keep the best summed "
+                         "accuracy (official: 50; default: once per epoch)")
     ap.add_argument("--max-steps", help="cap every stage at this many optimizer steps (a quick look)")
     ap.add_argument("--widths", default=WIDTHS, help="widths trained and measured")
     ap.add_argument("--depths", default=DEPTHS, help="depths trained and measured")
@@ -187,6 +190,8 @@ def main() -> None:
         train_args += ["--augment", "--aug-copies", str(args.aug_copies)]
     if args.max_steps:
         train_args += ["--max-steps", args.max_steps]
+    if args.eval_every:
+        train_args += ["--eval-every", str(args.eval_every)]
     if not (args.reuse and finished(out)):
         cli("train", "dynabert", *train_args, "--overwrite", capture=False)
     summary = json.loads((Path(out) / "train_summary.json").read_text())
@@ -308,6 +313,8 @@ teacher and speed-ups over each run's own plain transformers teacher are compare
         title += f", lr {args.lr}"
     if "final" in phases:
         title += ", final fine-tuning"
+    selection = (f"evaluated every {args.eval_every} steps (official: 50)" if args.eval_every
+                 else "evaluated once per epoch (official: every 50 steps)")
     md = f"""## DynaBERT on `{tag}`: the width × depth grid{title}
 
 `{command}` — teacher `{teacher_dir}` (accuracy {base_metrics['accuracy']:.4f} on the {len(encoded)} {split}
@@ -316,7 +323,8 @@ sentences), one DynaBERT model `{os.path.relpath(out, ROOT)}` trained from it.
 - Training: rewiring by head/neuron importance on the {args.importance_split} split, then {epochs}; lr {args.lr},
   batch {args.batch_size}, max {args.max_length} tokens, {augmentation}; {stage_seconds / 60:.1f} min.
   Layers run at each depth ({rule}; 1-based, of {n_layers}): {kept}.
-  Each stage keeps its checkpoint with the best summed validation accuracy over its sub-networks (official).
+  Each stage keeps its checkpoint with the best summed validation accuracy over its sub-networks (official),
+  {selection}.
 - accuracy and Δ: the exported transformers folder at that setting, against the teacher on the same sentences,
   with the paired bootstrap 95% interval ({args.bootstrap} resamples). Exported and dynamic predictions agree
   (max |logit difference| {worst_export:.1e}).
