@@ -52,6 +52,8 @@ bench: data
 		--name dynabert_mr_final3 --out runs/dynabert-mr-final3
 	$(BIN)/python benchmarks/dynabert_mr.py --width-epochs 1 --depth-epochs 3 --final-epochs 5 --depth-rule last --lr 5e-5 \
 		--eval-every 50 --name dynabert_mr_final5 --out runs/dynabert-mr-final5
+	$(BIN)/python benchmarks/dynabert_mr.py --width-epochs 1 --depth-epochs 3 --final-epochs 5 --depth-rule last --lr 5e-5 \
+		--eval-every 50 --seed 43 --name dynabert_mr_final5_seed43 --out runs/dynabert-mr-final5-seed43
 	$(BIN)/python benchmarks/report_mr.py
 	$(BIN)/python benchmarks/trbert_mr_long.py --alphas 0.5,1 --rl-epochs 2 --rollouts 4 \
 		--joint-epochs 1 --joint-rollouts 4 --joint-lr 1e-5 --thresholds 0.6,0.5,0.45,0.4,0.3 --threads 1

@@ -312,7 +312,11 @@ teacher and speed-ups over each run's own plain transformers teacher are compare
     if float(args.lr) != 2e-5:  # the official rate; another one is part of what the section measures
         title += f", lr {args.lr}"
     if "final" in phases:
-        title += ", final fine-tuning"
+        title += f", final fine-tuning {args.final_epochs} epoch(s)"
+    if args.eval_every:
+        title += f", selection every {args.eval_every} steps"
+    if args.seed != "42":  # the other runs share seed 42; a second seed is a repeat of a recipe, say so
+        title += f", seed {args.seed}"
     selection = (f"evaluated every {args.eval_every} steps (official: 50)" if args.eval_every
                  else "evaluated once per epoch (official: every 50 steps)")
     md = f"""## DynaBERT on `{tag}`: the width × depth grid{title}
