@@ -76,3 +76,12 @@ def test_results_page_keeps_variant_runs_next_to_the_benchmark_they_extend(scrip
     assert sorted(stems, key=common._section_rank) == [
         "finetune_mr", "fastbert_mr_x", "dynabert_mr", "dynabert_mr_lr5e5", "dynabert_mr_last", "trbert_mr_long",
         "ssa", "zeta"]
+
+
+def test_readme_shows_only_the_featured_run_of_a_crowded_method(scripts) -> None:
+    common, _, _ = scripts
+    featured = common.README_FEATURED["dynabert"]
+    names = ["finetune_mr", "dynabert_mr", "dynabert_mr_last", featured, "trbert_mr_long"]
+    assert common.readme_sections(names) == ["finetune_mr", featured, "trbert_mr_long"]
+    # Before the featured run is published, every run of the method stays in the README.
+    assert common.readme_sections(["dynabert_mr", "dynabert_mr_last"]) == ["dynabert_mr", "dynabert_mr_last"]
