@@ -315,7 +315,7 @@ teacher and speed-ups over each run's own plain transformers teacher are compare
         title += f", final fine-tuning {args.final_epochs} epoch(s)"
     if args.eval_every:
         title += f", selection every {args.eval_every} steps"
-    if args.seed != "42":  # the other runs share seed 42; a second seed is a repeat of a recipe, say so
+    if args.seed != ap.get_default("seed"):  # a run with another seed repeats a recipe: say so
         title += f", seed {args.seed}"
     selection = (f"evaluated every {args.eval_every} steps (official: 50)" if args.eval_every
                  else "evaluated once per epoch (official: every 50 steps)")
