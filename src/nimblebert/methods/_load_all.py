@@ -4,6 +4,7 @@ from . import (
     dynabert,  # noqa: F401
     fastbert,  # noqa: F401
     finetune,  # noqa: F401
+    nasbert,  # noqa: F401
     ssa,  # noqa: F401
     tinybert,  # noqa: F401
     trbert,  # noqa: F401

@@ -1,0 +1,47 @@
+"""What NAS-BERT adds at inference: a Plan of heterogeneous ops (``Plan.ops``) that the core runs instead of the
+BERT layers. A searched network runs its chain; a supernet runs one architecture through its shared weights (the
+``arch`` knob; default: each block's largest live architecture), which is how search evaluates candidates."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from ...core.encoder import EncoderOutput
+from ...core.plan import Plan
+from ...errors import UserError
+from .modules import supernet_path
+from .space import Arch, parse_arch
+
+if TYPE_CHECKING:
+    from ...model import NimbleModel
+
+
+def largest_arch(model: NimbleModel) -> Arch:
+    state = model.extras["shrink"]
+    return tuple(state.largest(n) for n in range(state.blocks))
+
+
+def net_plan(model: NimbleModel) -> Plan:
+    """The chain of a searched network, in order (``c0``, ``c1``, ...)."""
+    return Plan(ops=tuple(f"c{i}" for i in range(len(model.extras["chain"]))))
+
+
+def supernet_plan(model: NimbleModel, arch: Arch) -> Plan:
+    return Plan(ops=supernet_path(arch))
+
+
+def infer(model: NimbleModel, batch: dict[str, torch.Tensor], arch: str = "") -> EncoderOutput:
+    """One forward pass: the searched chain, or a supernet architecture (``arch``, see
+    :func:`~.space.format_arch`)."""
+    from .objective import space_of
+
+    if model.method_config.get("role") == "net":
+        if arch and arch != model.method_config["arch"]:
+            raise UserError("--arch applies to a NAS-BERT supernet; this is a searched network with a fixed "
+                            f"architecture ({model.method_config['arch']})")
+        plan = net_plan(model)
+    else:
+        plan = supernet_plan(model, parse_arch(arch, space_of(model)) if arch else largest_arch(model))
+    return model.encoder(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"), plan=plan)
