@@ -205,7 +205,7 @@ def net_hidden(model: NimbleModel, batch: dict[str, torch.Tensor]) -> tuple[list
     blocks = []
     for n, end in enumerate(block_ends(space, arch)):
         h = hs[end + 1]
-        blocks.append(proj[f"p{n}"](h) if f"p{n}" in proj else h)
+        blocks.append(proj[f"p{n}"](h, None, None) if f"p{n}" in proj else h)
     return blocks, out.logits
 
 
