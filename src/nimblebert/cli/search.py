@@ -72,8 +72,13 @@ def run(args: argparse.Namespace) -> int:
     from ..data import encode, load_task
     from ..errors import UserError
     from ..io import write_json
-    from ..methods.nasbert.latency import cpu_identity, default_table_path, load_or_measure, measure_model
-    from ..methods.nasbert.latency import predict_latency
+    from ..methods.nasbert.latency import (
+        cpu_identity,
+        default_table_path,
+        load_or_measure,
+        measure_model,
+        predict_latency,
+    )
     from ..methods.nasbert.objective import net_stages, space_of
     from ..methods.nasbert.search import build_searched, search
     from ..methods.nasbert.space import format_arch
@@ -131,8 +136,8 @@ def run(args: argparse.Namespace) -> int:
         measured = measure_model(model, args.batch, length)
         predicted = predict_latency(table, space, best.arch, args.batch, length)
         report.update(validation=summary["stages"], train_seconds=summary["train_seconds"],
-                      measured_ms=round(measured, 4), latency_error_pct=round(100 * (predicted - measured) / measured, 1),
-                      out=args.out)
+                      measured_ms=round(measured, 4), out=args.out,
+                      latency_error_pct=round(100 * (predicted - measured) / measured, 1))
         write_json(Path(args.out) / "search.json", report)
         sys.stderr.write(f"nasbert: {report['arch']} ({best.params} params, predicted {predicted:.3f} ms, measured "
                          f"{measured:.3f} ms at batch {args.batch}, length {length}) saved to {args.out}\n")

@@ -147,7 +147,8 @@ def default_table_path(space: Space) -> Path:
     cpu = cpu_identity()
     slug = "".join(c if c.isalnum() else "-" for c in cpu["model"]).strip("-")[:40]
     sizes = "-".join(map(str, space.hidden_sizes))
-    return Path(data_home()) / "cache" / "nasbert" / f"latency-{slug}-t{cpu['threads']}-d{space.teacher_hidden}-{sizes}.json"
+    name = f"latency-{slug}-t{cpu['threads']}-d{space.teacher_hidden}-{sizes}.json"
+    return Path(data_home()) / "cache" / "nasbert" / name
 
 
 def interpolate(values: list[float], lengths: list[int], t: float) -> float:

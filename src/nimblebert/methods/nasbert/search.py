@@ -92,7 +92,8 @@ def combine(space: Space, tables: list[tuple[list[BlockArch], torch.Tensor]], ta
     rest_par = [sum(min_par[n + 1:]) for n in range(len(tables))]
 
     # A partial architecture: (summed loss, latency, params, last hidden size, choices).
-    partial: list[tuple[float, float, int, int, tuple[int, ...]]] = [(0.0, fixed_latency(table, batch, length), 0, d, ())]
+    start = (0.0, fixed_latency(table, batch, length), 0, d, ())
+    partial: list[tuple[float, float, int, int, tuple[int, ...]]] = [start]
     for n, (archs, losses) in enumerate(tables):
         grown = []
         for loss, lat, par, prev, chosen in partial:
@@ -134,7 +135,8 @@ def search(supernet: NimbleModel, validation: Any, table: dict[str, Any], *, bat
     loader = make_loader(validation, supernet.tokenizer, batch_size, shuffle=False, bucket_by_length=True)
     evaluated = found[:top]
     for c in evaluated:
-        c.accuracy = metrics(predict_loader(supernet, loader, arch=format_arch(c.arch)), supernet.num_labels)["accuracy"]
+        preds = predict_loader(supernet, loader, arch=format_arch(c.arch))
+        c.accuracy = metrics(preds, supernet.num_labels)["accuracy"]
     best = max(evaluated, key=lambda c: (c.accuracy, -c.loss))
     return {"best": best, "candidates": evaluated, "feasible": len(found),
             "block_candidates": [len(a) for a, _ in tables], "lookup_seconds": round(lookup_s, 2),
