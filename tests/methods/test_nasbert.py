@@ -171,3 +171,89 @@ def test_supernet_path_is_what_infer_runs(tmp_path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(loaded.infer(batch).logits, before)
     assert torch.equal(loaded.extras["shrink"].alive0, model.extras["shrink"].alive0)
+
+
+# ---- latency table, search, the searched network ---------------------------------------------------------------
+
+
+def _table(model: NimbleModel, space, tmp_path) -> dict:
+    from nimblebert.methods.nasbert.latency import load_or_measure
+
+    return load_or_measure(tmp_path / "lat.json", model, space, [8, 16], [1], repeats=1, progress=False)
+
+
+def test_latency_table_is_cached_with_its_cpu(tmp_path, monkeypatch) -> None:
+    import json
+
+    from nimblebert.methods.nasbert import latency
+
+    model = _supernet(hidden_sizes="8,16").eval()
+    space = default_space(model.hf.config, 0, (8, 16))
+    table = _table(model, space, tmp_path)
+    assert table["cpu"]["threads"] == torch.get_num_threads() and "model" in table["cpu"]
+    assert set(table["ops_ms"]["b1"]) == {latency.op_name(s) for s in latency.space_ops(space)}
+    calls = []
+    monkeypatch.setattr(latency, "measure_table", lambda *a, **k: calls.append(1) or table)
+    assert latency.load_or_measure(tmp_path / "lat.json", model, space, [8, 16], [1], 1, False) == table
+    assert not calls  # the cached table is reused on the same CPU
+    other = json.loads((tmp_path / "lat.json").read_text())
+    other["cpu"]["model"] = "another CPU"
+    (tmp_path / "lat.json").write_text(json.dumps(other))
+    latency.load_or_measure(tmp_path / "lat.json", model, space, [8, 16], [1], 1, False)
+    assert calls == [1]  # a table from another CPU is measured anew
+
+
+def test_search_respects_the_budget_and_finds_the_best_combination(tmp_path) -> None:
+    import itertools
+
+    from nimblebert.methods.nasbert.latency import predict_latency
+    from nimblebert.methods.nasbert.search import combine
+
+    model = _supernet(layers=4, hidden_sizes="8,16").eval()  # 2 blocks
+    space = default_space(model.hf.config, 0, (8, 16))
+    table = _table(model, space, tmp_path)
+    gen = torch.Generator().manual_seed(0)
+    archs = list(space.block_archs())
+    tables = []
+    for _ in range(space.blocks):
+        pick = torch.randperm(len(archs), generator=gen)[:25]
+        tables.append(([archs[int(i)] for i in pick], torch.rand(25, generator=gen, dtype=torch.float64)))
+    every = [(a0, a1, float(l0 + l1)) for (a0, l0), (a1, l1) in
+             itertools.product(zip(*tables[0], strict=True), zip(*tables[1], strict=True))]
+    lat = {(a0, a1): predict_latency(table, space, (a0, a1), 1, 12) for a0, a1, _ in every}
+    budget = sorted(lat.values())[len(lat) // 3]  # a third of the combinations fit
+    params_cap = sorted(arch_params((a0, a1), space) for a0, a1, _ in every)[len(every) // 2]
+    found = combine(space, tables, table, 1, 12, budget, params_cap, beam=10_000)
+    feasible = [(a0, a1, loss) for a0, a1, loss in every
+                if lat[(a0, a1)] <= budget + 1e-9 and arch_params((a0, a1), space) <= params_cap]
+    assert found and len(found) == len(feasible)
+    for c in found:
+        assert c.latency_ms <= budget + 1e-9 and c.params <= params_cap
+        assert c.latency_ms == pytest.approx(predict_latency(table, space, c.arch, 1, 12))
+        assert c.params == arch_params(c.arch, space)
+    assert found[0].loss == pytest.approx(min(loss for _, _, loss in feasible))
+
+
+def test_searched_network_starts_as_its_supernet_path_and_survives_save_load(tmp_path) -> None:
+    from nimblebert.methods.nasbert.search import build_searched
+
+    model = _supernet(layers=4, hidden_sizes="8,16,24").eval()
+    space = default_space(model.hf.config, 0, (8, 16, 24))
+    for p in model.extras.parameters():  # trained-looking weights, not the initial ones
+        torch.nn.init.normal_(p, std=0.2)
+    # Adjacent sizes differ, so the chain's transfers are exactly the supernet's out_n then in_{n+1}.
+    arch = parse_arch("16:conv3,mha,ffn/8:ffn,conv7", space)
+    batch = _batch()
+    net = build_searched(model, arch, "supernet").eval()
+    assert net.hf.config.num_hidden_layers == 0 and net.method_config["role"] == "net"
+    with torch.no_grad():
+        expected = model.infer(batch, arch=format_arch(arch)).logits
+        got = net.infer(batch).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    net.save(tmp_path / "net")
+    loaded = NimbleModel.load(tmp_path / "net")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.infer(batch).logits, got, rtol=0, atol=0)
+    assert sum(p.numel() for p in loaded.extras["chain"].parameters()) == arch_params(arch, space)
+    with pytest.raises(UserError):
+        loaded.infer(batch, arch="8:ffn/8:")

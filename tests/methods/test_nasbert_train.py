@@ -84,3 +84,24 @@ def test_cli_supernet_then_search_then_evaluate_and_predict(teacher_dir: Path, t
     assert main(["evaluate", str(net), "--data", str(toy_data_dir), "--max-length", "24", "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert 0 <= metrics["accuracy"] <= 1 and metrics["flops_per_sample"] > 0
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text('{"text": "a good movie"}\n{"text": "boring and bad"}\n')
+    assert main(["predict", str(net), "--max-length", "24", "--input", str(texts)]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 2 and all(x["label"] in LABELS for x in lines)
+
+
+def test_cli_errors_are_one_line(teacher_dir: Path, toy_data_dir: Path, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["search", str(teacher_dir), "--data", str(toy_data_dir), "--max-params", "100", "--out",
+               str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not a NAS-BERT supernet" in err and len(err.strip().splitlines()) == 1
+    rc = main(["search", str(teacher_dir), "--data", str(toy_data_dir), "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "give a budget" in err
+    rc = main(["train", "nasbert", "--teacher", str(teacher_dir), "--data", str(toy_data_dir), "--out",
+               str(tmp_path / "y"), "--hidden-sizes", "7"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "multiple of the teacher's head size" in err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y" / "config.json").exists()
