@@ -257,3 +257,25 @@ def test_searched_network_starts_as_its_supernet_path_and_survives_save_load(tmp
     assert sum(p.numel() for p in loaded.extras["chain"].parameters()) == arch_params(arch, space)
     with pytest.raises(UserError):
         loaded.infer(batch, arch="8:ffn/8:")
+
+
+def test_bert_shaped_network_becomes_a_plain_transformers_model(tmp_path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    from nimblebert.methods.nasbert.plain import to_plain
+    from nimblebert.methods.nasbert.search import build_searched
+
+    model = _supernet(layers=4, hidden_sizes="16,32").eval()
+    space = default_space(model.hf.config, 0, (16, 32))
+    torch.manual_seed(3)
+    net = build_searched(model, parse_arch("32:mha,ffn/32:mha,ffn", space), "random").eval()
+    for p in net.extras.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    net.save(tmp_path / "net")
+    to_plain(net).save(tmp_path / "plain")
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "plain").eval()
+    batch = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(**batch).logits, net.infer(batch).logits, rtol=1e-4, atol=1e-5)
+    with pytest.raises(UserError, match="not BERT-shaped"):
+        to_plain(build_searched(model, parse_arch("16:mha,ffn/32:ffn", space), "random"))

@@ -138,6 +138,13 @@ def run(args: argparse.Namespace) -> int:
         report.update(validation=summary["stages"], train_seconds=summary["train_seconds"],
                       measured_ms=round(measured, 4), out=args.out,
                       latency_error_pct=round(100 * (predicted - measured) / measured, 1))
+        from ..methods.nasbert.space import is_bert_shaped
+
+        if is_bert_shaped(best.arch, space):  # also as a plain transformers folder (see nasbert/plain.py)
+            from ..methods.nasbert.plain import to_plain
+
+            to_plain(model).save(Path(args.out) / "transformers")
+            report["transformers"] = str(Path(args.out) / "transformers")
         write_json(Path(args.out) / "search.json", report)
         sys.stderr.write(f"nasbert: {report['arch']} ({best.params} params, predicted {predicted:.3f} ms, measured "
                          f"{measured:.3f} ms at batch {args.batch}, length {length}) saved to {args.out}\n")
