@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--repeats", type=positive(int, "--repeats"), default=20, help="timed calls per table entry")
     s.add_argument("--top", type=positive(int, "--top"), default=10,
                    help="T: candidates with the lowest summed block loss evaluated exactly on validation (paper: 100)")
-    s.add_argument("--beam", type=positive(int, "--beam"), default=20000,
+    s.add_argument("--beam", type=positive(int, "--beam"), default=5000,
                    help="partial architectures kept while combining blocks")
     s.add_argument("--block-candidates", type=positive(int, "--block-candidates"), default=500,
                    help="at most this many live architectures per block are scored (a seeded sample when more: a "

@@ -90,27 +90,39 @@ def combine(space: Space, tables: list[tuple[list[BlockArch], torch.Tensor]], ta
     min_par = [min(c[1] for c in block) for block in costs]
     rest_lat = [sum(min_lat[n + 1:]) for n in range(len(tables))]
     rest_par = [sum(min_par[n + 1:]) for n in range(len(tables))]
+    # Transfer costs between sizes, index 0 = the teacher's size (embeddings in, head out).
+    sizes = [d, *space.hidden_sizes]
+    index = {h: i for i, h in enumerate(sizes)}
+    t_lat = torch.tensor([[transfer(a, b)[0] for b in sizes] for a in sizes], dtype=torch.float64)
+    t_par = torch.tensor([[transfer(a, b)[1] for b in sizes] for a in sizes], dtype=torch.float64)
 
-    # A partial architecture: (summed loss, latency, params, last hidden size, choices).
-    start = (0.0, fixed_latency(table, batch, length), 0, d, ())
-    partial: list[tuple[float, float, int, int, tuple[int, ...]]] = [start]
+    # The beam of partial architectures, as parallel tensors (P,): summed loss, latency, params, last size index,
+    # and the choice in each block so far (P, n).
+    loss = torch.zeros(1, dtype=torch.float64)
+    lat = torch.tensor([fixed_latency(table, batch, length)], dtype=torch.float64)
+    par = torch.zeros(1, dtype=torch.float64)
+    prev = torch.zeros(1, dtype=torch.long)
+    chosen = torch.zeros(1, 0, dtype=torch.long)
     for n, (archs, losses) in enumerate(tables):
-        grown = []
-        for loss, lat, par, prev, chosen in partial:
-            for i, arch in enumerate(archs):
-                t_lat, t_par = transfer(prev, arch[0])
-                new_lat, new_par = lat + t_lat + costs[n][i][0], par + t_par + costs[n][i][1]
-                if new_lat + rest_lat[n] > lat_cap or new_par + rest_par[n] > par_cap:
-                    continue
-                grown.append((loss + float(losses[i]), new_lat, new_par, arch[0], (*chosen, i)))
-        grown.sort(key=lambda p: p[0])
-        partial = grown[:beam]
-    result = []
-    for loss, lat, par, last, chosen in partial:
-        t_lat, t_par = transfer(last, d)
-        if lat + t_lat <= lat_cap and par + t_par <= par_cap:
-            arch = tuple(tables[n][0][i] for n, i in enumerate(chosen))
-            result.append(Candidate(arch, loss, lat + t_lat, par + t_par))
+        c_lat = torch.tensor([c[0] for c in costs[n]], dtype=torch.float64)  # (C,)
+        c_par = torch.tensor([float(c[1]) for c in costs[n]], dtype=torch.float64)
+        c_size = torch.tensor([index[a[0]] for a in archs])
+        grown_lat = lat[:, None] + t_lat[prev][:, c_size] + c_lat[None, :]  # (P, C)
+        grown_par = par[:, None] + t_par[prev][:, c_size] + c_par[None, :]
+        ok = (grown_lat + rest_lat[n] <= lat_cap) & (grown_par + rest_par[n] <= par_cap)
+        grown_loss = (loss[:, None] + losses.double()[None, :]).masked_fill(~ok, inf)
+        keep = min(beam, int(ok.sum()))
+        if keep == 0:
+            return []
+        loss, flat = grown_loss.flatten().topk(keep, largest=False)  # ascending: the lowest summed losses
+        rows, cols = flat // len(archs), flat % len(archs)
+        lat, par = grown_lat.flatten()[flat], grown_par.flatten()[flat]
+        prev = c_size[cols]
+        chosen = torch.cat([chosen[rows], cols[:, None]], dim=1)
+    lat, par = lat + t_lat[prev, 0], par + t_par[prev, 0]  # the last block back to the head's size
+    fits = (lat <= lat_cap) & (par <= par_cap)
+    result = [Candidate(tuple(tables[n][0][int(i)] for n, i in enumerate(chosen[j])), float(loss[j]), float(lat[j]),
+                        int(par[j])) for j in fits.nonzero().squeeze(1).tolist()]
     return sorted(result, key=lambda c: c.loss)
 
 
