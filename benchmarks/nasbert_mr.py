@@ -78,7 +78,7 @@ def main() -> None:
         preds = predict_loader(model, base.loader)
         lat = {}
         for b in (1, 32):
-            batches = latency_batches(base.teacher, base.encoded, b, 64 if b == 1 else 8)
+            batches = latency_batches(base.teacher, base.encoded, b, 64 if b == 1 else 320)
             timed = compare_latency({"teacher": lambda x: base.teacher.infer(x), "nas": lambda x, m=model: m.infer(x)},
                                     batches, b)
             lat[f"b{b}"] = {"teacher_ms": timed["teacher"]["p50_ms"], "nas_ms": timed["nas"]["p50_ms"],
