@@ -37,8 +37,8 @@ def _setup(teacher: Path, data: Path, out: Path, **kw):
     model = from_base(str(teacher), task.label_names, "nasbert", cfg)
     tok = model.tokenizer
     enc = {s: encode(getattr(task, s), tok, 24, task.has_pair) for s in ("train", "validation")}
-    opts = TrainOptions(out=str(out), epochs=2, batch_size=16, max_length=24, eval_every=10_000, save_every=10_000,
-                        progress=False, **kw)
+    opts = TrainOptions(out=str(out), teacher=str(teacher), epochs=2, batch_size=16, max_length=24,
+                        eval_every=10_000, save_every=10_000, progress=False, **kw)
     stages = get_method("nasbert").stages(model, opts, TrainData(task, enc["train"], enc["validation"]))
     return model, stages, enc, opts
 
@@ -104,4 +104,10 @@ def test_cli_errors_are_one_line(teacher_dir: Path, toy_data_dir: Path, tmp_path
                str(tmp_path / "y"), "--hidden-sizes", "7"])
     err = capsys.readouterr().err
     assert rc == 2 and "multiple of the teacher's head size" in err
+    base = tmp_path / "base"
+    tiny_model(layers=2).save_pretrained(base)
+    make_tokenizer().save_pretrained(base)
+    rc = main(["train", "nasbert", "--teacher", str(base), "--data", str(toy_data_dir), "--out", str(tmp_path / "z")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "not a fine-tuned classifier" in err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y" / "config.json").exists()

@@ -171,9 +171,17 @@ def held_out_batches(encoded: Any, tokenizer: Any, batch_size: int, count: int) 
 
 
 def supernet_stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None) -> list[Stage]:
+    from ...model import has_trained_head
+
     cfg = config_of(model)
     if data is None:
         raise UserError("supernet training needs data (--data)")
+    teacher = opts.teacher or opts.model
+    if not has_trained_head(teacher):
+        # The supernet's teacher is also the one whose head judges candidates in search and whose logits the
+        # searched network distils: an untrained classifier would make both meaningless.
+        raise UserError(f"{teacher} is not a fine-tuned classifier: NAS-BERT distils from a fine-tuned teacher "
+                        "(run `nimblebert train finetune` first and pass that folder with --teacher)")
     space = space_of(model)
     train_data = None
     if cfg.general_data:
