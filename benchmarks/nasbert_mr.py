@@ -36,8 +36,10 @@ def main() -> None:
     ap.add_argument("--docs", help="write the files here instead of docs/")
     ap.add_argument("--reuse", action="store_true", help="reuse finished models")
     ap.add_argument("--max-length", default="64")
-    ap.add_argument("--supernet-steps", default="300")
+    ap.add_argument("--supernet-steps", default="200")
     ap.add_argument("--shrink-every", default="50")
+    ap.add_argument("--shrink-samples", default="32")
+    ap.add_argument("--shrink-batches", default="1")
     ap.add_argument("--fractions", default="3,6,10", help="budgets: teacher batch-1 latency divided by these")
     ap.add_argument("--epochs", default="1", help="epochs of each distillation stage of a searched network")
     ap.add_argument("--threads", type=int, default=1)
@@ -57,7 +59,8 @@ def main() -> None:
     if not (args.reuse and finished(supernet)):
         cli("train", "nasbert", "--teacher", args.teacher, "--data", args.data, "--max-length", args.max_length,
             "--out", str(supernet), "--max-steps", args.supernet_steps, "--shrink-every", args.shrink_every,
-            "--overwrite", "--no-progress")
+            "--shrink-samples", args.shrink_samples, "--shrink-batches", args.shrink_batches, "--overwrite",
+            "--no-progress")
     supernet_s = json.loads((supernet / "train_summary.json").read_text())["train_seconds"]
 
     base = common.teacher_baseline(args.teacher, args.data, int(args.max_length))
