@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from ..methods.nasbert.objective import net_stages, space_of
     from ..methods.nasbert.search import build_searched, search
-    from ..methods.nasbert.space import format_arch
+    from ..methods.nasbert.space import format_arch, parse_arch
     from ..model import load
     from ..train.loop import check_output_folder, train
     from ..train.stages import TrainData, TrainOptions
@@ -108,20 +108,32 @@ def run(args: argparse.Namespace) -> int:
     table_path = Path(args.latency_table) if args.latency_table else default_table_path(space)
     grid = sorted(set(args.lengths))
     table = load_or_measure(table_path, supernet, space, grid, [args.batch], args.repeats, not args.no_progress)
-    found = search(supernet, val_enc, table, batch=args.batch, length=length, max_latency_ms=args.max_latency_ms,
-                   max_params=args.max_params, top=args.top, beam=args.beam, block_candidates=args.block_candidates,
-                   held_out=args.held_out_batches, batch_size=args.batch_size, seed=args.seed)
-    best = found["best"]
-    report = {"arch": format_arch(best.arch), "params": best.params, "block_loss": best.loss,
-              "predicted_ms": round(best.latency_ms, 4), "batch": args.batch, "length": length,
-              "budget": {"max_latency_ms": args.max_latency_ms, "max_params": args.max_params},
-              "candidates": [c.as_dict() for c in found["candidates"]], "feasible": found["feasible"],
-              "block_candidates": found["block_candidates"], "search_seconds": found["search_seconds"],
-              "lookup_seconds": found["lookup_seconds"], "latency_table": str(table_path),
-              "supernet": args.supernet, "environment": cpu_identity()}
+    chosen_file = Path(args.out) / "search.json"
+    if args.resume and chosen_file.is_file():
+        # A killed run continues with the architecture it chose (a re-run search could choose another one if the
+        # latency table were measured anew, and the checkpoint only fits its own architecture).
+        report = json.loads(chosen_file.read_text())
+        best_arch = parse_arch(report["arch"], space)
+    else:
+        found = search(supernet, val_enc, table, batch=args.batch, length=length,
+                       max_latency_ms=args.max_latency_ms, max_params=args.max_params, top=args.top, beam=args.beam,
+                       block_candidates=args.block_candidates, held_out=args.held_out_batches,
+                       batch_size=args.batch_size, seed=args.seed)
+        best = found["best"]
+        best_arch = best.arch
+        report = {"arch": format_arch(best.arch), "params": best.params, "block_loss": best.loss,
+                  "predicted_ms": round(best.latency_ms, 4), "batch": args.batch, "length": length,
+                  "budget": {"max_latency_ms": args.max_latency_ms, "max_params": args.max_params},
+                  "candidates": [c.as_dict() for c in found["candidates"]], "feasible": found["feasible"],
+                  "block_candidates": found["block_candidates"], "search_seconds": found["search_seconds"],
+                  "lookup_seconds": found["lookup_seconds"], "latency_table": str(table_path),
+                  "supernet": args.supernet, "environment": cpu_identity()}
+        if not args.search_only:
+            chosen_file.parent.mkdir(parents=True, exist_ok=True)
+            write_json(chosen_file, report)  # before training: what --resume continues with
     if not args.search_only:
         torch.manual_seed(args.seed)
-        model = build_searched(supernet, best.arch, args.init)
+        model = build_searched(supernet, best_arch, args.init)
         general = None
         if args.general_epochs > 0:
             if args.general_data:
@@ -134,19 +146,19 @@ def run(args: argparse.Namespace) -> int:
                             args.general_epochs, args.epochs, args.lr, args.temperature)
         summary = train(model, stages, train_enc, val_enc, opts)
         measured = measure_model(model, args.batch, length)
-        predicted = predict_latency(table, space, best.arch, args.batch, length)
+        predicted = predict_latency(table, space, best_arch, args.batch, length)
         report.update(validation=summary["stages"], train_seconds=summary["train_seconds"],
                       measured_ms=round(measured, 4), out=args.out,
                       latency_error_pct=round(100 * (predicted - measured) / measured, 1))
         from ..methods.nasbert.space import is_bert_shaped
 
-        if is_bert_shaped(best.arch, space):  # also as a plain transformers folder (see nasbert/plain.py)
+        if is_bert_shaped(best_arch, space):  # also as a plain transformers folder (see nasbert/plain.py)
             from ..methods.nasbert.plain import to_plain
 
             to_plain(model).save(Path(args.out) / "transformers")
             report["transformers"] = str(Path(args.out) / "transformers")
         write_json(Path(args.out) / "search.json", report)
-        sys.stderr.write(f"nasbert: {report['arch']} ({best.params} params, predicted {predicted:.3f} ms, measured "
-                         f"{measured:.3f} ms at batch {args.batch}, length {length}) saved to {args.out}\n")
+        sys.stderr.write(f"nasbert: {report['arch']} ({report['params']} params, predicted {predicted:.3f} ms, "
+                         f"measured {measured:.3f} ms at batch {args.batch}, length {length}) saved to {args.out}\n")
     print(json.dumps(report))
     return 0
