@@ -279,3 +279,9 @@ def test_bert_shaped_network_becomes_a_plain_transformers_model(tmp_path) -> Non
         torch.testing.assert_close(plain(**batch).logits, net.infer(batch).logits, rtol=1e-4, atol=1e-5)
     with pytest.raises(UserError, match="not BERT-shaped"):
         to_plain(build_searched(model, parse_arch("16:mha,ffn/32:ffn", space), "random"))
+    from nimblebert.export.static import to_static
+
+    exported = to_static(NimbleModel.load(tmp_path / "net"))  # what `nimblebert export` writes
+    assert exported.method == "finetune"
+    with torch.no_grad():
+        torch.testing.assert_close(exported.hf(**batch).logits, plain(**batch).logits, rtol=0, atol=0)

@@ -47,6 +47,19 @@ def attach(model: NimbleModel) -> None:
     model.method_config = {**dataclasses.asdict(cfg), **keep}
 
 
+def materialize(model: NimbleModel, arch: str = "") -> NimbleModel:
+    """``nimblebert export``: a searched network (or a supernet's ``--arch``, with the supernet's weights) as a plain
+    transformers model, when it is BERT-shaped (see :mod:`.plain`; otherwise a UserError says why not)."""
+    from .plain import to_plain
+    from .search import build_searched
+
+    if model.method_config.get("role") == "supernet":
+        from .policy import largest_arch
+
+        model = build_searched(model, parse_arch(arch, space_of(model)) if arch else largest_arch(model))
+    return to_plain(model)
+
+
 NASBERT = register_method(
     Method(
         name="nasbert",
@@ -57,6 +70,7 @@ NASBERT = register_method(
         knobs=(Knob("arch", "", "NAS-BERT supernet: the architecture to run, e.g. 128:mha,ffn/96:conv3/64:ffn "
                                 "(default: each block's largest live one); a searched network has its own", type=str),),
         static=False,
+        extra={"materialize": lambda model, arch="": materialize(model, arch)},
         help="NAS-BERT (Xu et al. 2021): a supernet of MHA/FFN/convolution ops at several sizes, trained block-wise "
              "from --teacher with progressive shrinking; `nimblebert search` then picks a network under a budget",
     )

@@ -26,8 +26,10 @@ def to_plain(model: NimbleModel) -> NimbleModel:
     space = space_of(model)
     arch = parse_arch(model.method_config["arch"], space)
     if model.method_config.get("role") != "net" or not is_bert_shaped(arch, space):
-        raise UserError(f"{model.method_config.get('arch')} is not BERT-shaped (every block at the teacher's size "
-                        f"{space.teacher_hidden}, ops alternating mha, ffn): it has no plain transformers form")
+        raise UserError(
+            f"{model.method_config.get('arch')} is not BERT-shaped (every block at the teacher's size "
+            f"{space.teacher_hidden}, ops alternating mha, ffn): it has no plain transformers form, so it stays a "
+            "nimblebert folder that evaluate, predict and bench run (ONNX export of such a chain is not implemented)")
     chain = model.extras["chain"]
     layers = len(chain) // 2
     config = copy.deepcopy(model.hf.config)
