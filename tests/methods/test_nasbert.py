@@ -285,3 +285,28 @@ def test_bert_shaped_network_becomes_a_plain_transformers_model(tmp_path) -> Non
     assert exported.method == "finetune"
     with torch.no_grad():
         torch.testing.assert_close(exported.hf(**batch).logits, plain(**batch).logits, rtol=0, atol=0)
+
+
+def test_hooks_run_after_every_op_and_rows_can_leave() -> None:
+    """Exits compose with a chain: a hook sees every op's output and a finished row leaves the batch."""
+    from nimblebert.methods.nasbert.policy import supernet_plan
+
+    model = _supernet(hidden_sizes="16,24").eval()
+    space = default_space(model.hf.config, 0, (16, 24))
+    arch = parse_arch("16:mha,ffn,conv3", space)
+    seen = []
+
+    def hook(state) -> None:
+        seen.append((state.step, state.hidden.size(0)))
+        if state.step == 2:
+            state.finish(torch.tensor([True, False, False]), torch.zeros(3, 2))
+
+    batch = _batch()
+    with torch.no_grad():
+        out = model.encoder(batch["input_ids"], batch["attention_mask"], plan=supernet_plan(model, arch), hooks=[hook])
+        full = model.infer(batch, arch=format_arch(arch))
+    assert seen == [(1, 3), (2, 3), (3, 2), (4, 2), (5, 2)]  # in, mha, ffn, conv3, out
+    assert out.layers_run.tolist() == [2, 5, 5]
+    torch.testing.assert_close(out.logits[1:], full.logits[1:])
+    flops = sample_flops(model.encoder, out)
+    assert flops[0] < sample_flops(model.encoder, full)[0]
