@@ -26,7 +26,7 @@ if importlib.util.find_spec("nimblebert") is None:  # not installed: run from th
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
 DOCS = ROOT / "docs"
 SECTIONS = DOCS / "sections"
-ORDER = ["finetune_mr", "report_mr", "fastbert_mr", "fastbert_chnsenti", "tinybert_mr", "dynabert_mr",
+ORDER = ["finetune_mr", "report_mr", "compose_mr", "fastbert_mr", "fastbert_chnsenti", "tinybert_mr", "dynabert_mr",
          "dynabert_mr_last", "trbert_mr_long", "ssa"]
 # Methods whose many runs (recipe variants, seeds) would crowd the README: it shows only this run's headline for
 # the method (the first word of a section's name); docs/results.md keeps every run. DynaBERT: the recipe that met
@@ -73,13 +73,30 @@ def finished(folder: str | Path) -> bool:
     return (Path(folder) / "config.json").exists()
 
 
+def cpu() -> dict[str, str]:
+    """The CPU's model name and the instruction sets int8 and fp32 speed depend on (from /proc/cpuinfo)."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown CPU":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8")
+    return {"cpu_model": model, "isa": ", ".join(f for f in wanted if f in flags) or "no AVX2"}
+
+
 def environment() -> dict:
     import torch
 
     from nimblebert.bench.latency import environment as env
 
-    return {**env(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "torch_threads": torch.get_num_threads()}
+    return {**env(), **cpu(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "torch_threads": torch.get_num_threads(),
+            "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
 
 
 def paired_bootstrap(teacher: np.ndarray, other: np.ndarray, reps: int = 10000, seed: int = 0) -> dict[str, float]:

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from ..model import load
 
     model = load(args.model)
-    knobs = model.method_spec.check_knobs(knob_values(args))
+    knobs = model.check_knobs(knob_values(args))
     task = load_task(args.data, text_column=args.text_column, text_pair_column=args.text_pair_column,
                      label_column=args.label_column, label_names=model.label_names)
     split = args.split if getattr(task, args.split) is not None else "validation"

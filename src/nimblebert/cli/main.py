@@ -10,11 +10,11 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import UserError
-from . import bench, data, evaluate, export, pick, predict, train
+from . import bench, data, evaluate, export, info, pick, predict, train
 from .common import Parser
 
 COMMANDS = {"data": data, "train": train, "evaluate": evaluate, "predict": predict, "bench": bench,
-            "export": export, "pick": pick}
+            "export": export, "pick": pick, "info": info}
 
 
 def build_parser() -> Parser:

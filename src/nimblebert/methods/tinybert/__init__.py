@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
-
-from ...core.encoder import EncoderOutput
 from ...model import NimbleModel
 from ..registry import Method, register_method
 from .augment import Augmenter, EmbeddingNeighbours, MaskedLMCandidates, augment_dataset, make_variants
@@ -32,7 +29,7 @@ from .student import build_student, copy_teacher_layers, hidden_map, layer_map, 
 __all__ = [
     "TINYBERT", "Augmenter", "EmbeddingNeighbours", "MaskedLMCandidates", "Teacher", "TeacherCache",
     "TinyBertConfig", "attach", "augment_dataset", "build_cache", "build_student", "copy_teacher_layers",
-    "hidden_map", "infer", "layer_losses", "layer_map", "make_variants", "prediction_loss", "stages",
+    "hidden_map", "layer_losses", "layer_map", "make_variants", "prediction_loss", "stages",
     "uniform_layer_map",
 ]
 
@@ -43,19 +40,14 @@ def attach(model: NimbleModel) -> None:
                            **{k: v for k, v in model.method_config.items() if k == "student_init_used"}}
 
 
-def infer(model: NimbleModel, batch: dict[str, torch.Tensor]) -> EncoderOutput:
-    """The student, as it is: no knob."""
-    return model.encoder(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"))
-
-
 TINYBERT = register_method(
     Method(
         name="tinybert",
         config_cls=TinyBertConfig,
         attach=attach,
         stages=stages,
-        infer=infer,
         static=True,
+        new_network=True,
         help="TinyBERT (Jiao et al. 2020): a small student distilled layer by layer (embeddings, attention scores, "
              "hidden states, then predictions) from --teacher, on augmented data; the result is a plain, smaller "
              "transformers model",
