@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     preds = predict_loader(model, loader, **knobs)
     seconds = time.perf_counter() - t0
-    result = {"model": args.model, "method": model.method, "data": args.data, "split": split,
+    result = {"model": args.model, "method": model.method, "stack": model.methods, "data": args.data, "split": split,
               **metrics(preds, model.num_labels), "knobs": knobs,
               "eval_samples_per_s": round(len(encoded) / seconds, 2)}
     if args.latency:
