@@ -237,8 +237,8 @@ def augmented_train_set(model: NimbleModel, opts: TrainOptions, cfg: DynaBertCon
     """The encoded training set with TinyBERT's augmentation (§3.3; shared cache, so TinyBERT's set for the same
     texts and options is reused); candidates from the teacher's masked-LM head, else its input embeddings."""
     from ...data import encode
-    from ..tinybert.augment import augment_cache, augment_training_set
-    from ..tinybert.texts import training_task
+    from ...distill.augment import augment_cache, augment_training_set
+    from ...distill.texts import training_task
 
     task = training_task(data, opts, list(model.label_names))
     rows = augment_training_set(task.train, task.has_pair, cfg, opts, teacher, model.tokenizer, augment_cache())

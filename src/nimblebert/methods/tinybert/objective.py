@@ -35,12 +35,13 @@ from torch import nn
 
 from ...core.encoder import CoreEncoder
 from ...data import data_home, encode
+from ...distill.augment import augment_cache, augment_training_set
+from ...distill.cache import Targets, Teacher, TeacherCache, build_cache, inner_bytes, zero_padding
+from ...distill.texts import base_of_teacher, general_dataset, training_task
 from ...errors import UserError
 from ...io import load_tensors
 from ...train.stages import Stage, TrainOptions
 from ..losses import attention_mse, hidden_mse, soft_cross_entropy
-from .augment import augment_cache, augment_training_set
-from .cache import Targets, Teacher, TeacherCache, build_cache, inner_bytes, zero_padding
 from .config import TinyBertConfig
 from .student import (
     build_student,
@@ -49,7 +50,6 @@ from .student import (
     hidden_map,
     student_shape,
 )
-from .texts import base_of_teacher, general_dataset, training_task
 
 if TYPE_CHECKING:
     from ...model import NimbleModel

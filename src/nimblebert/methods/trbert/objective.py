@@ -120,7 +120,7 @@ def cached_scores(model: NimbleModel, encoded: Any, cuts: list[int], target: int
     import json
     import os
 
-    from ..tinybert.fingerprint import rows_fingerprint, tensors_fingerprint
+    from ...distill.fingerprint import rows_fingerprint, tensors_fingerprint
 
     rows = rows_fingerprint([encoded["input_ids"], encoded["token_type_ids"]])
     key = hashlib.sha256(json.dumps({"weights": tensors_fingerprint(model.hf.state_dict()), "rows": rows,
@@ -154,7 +154,7 @@ def full_model_logits(model: NimbleModel, encoded: Any, cache_dir: Path, batch_s
                       ) -> torch.Tensor:
     """The full model's logits on every example (official ``--do_eval_logits``), through TinyBERT's teacher
     cache: computed once per (weights, data), on a frozen copy (the joint stage goes on training the original)."""
-    from ..tinybert.cache import Teacher, build_cache
+    from ...distill.cache import Teacher, build_cache
 
     teacher = Teacher(copy.deepcopy(model.hf))
     cache = build_cache(teacher, encoded, model.tokenizer, [], [], logits=True, inner=False, cache_dir=cache_dir,

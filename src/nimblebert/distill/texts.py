@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ...data import TaskData, encode, load_task, read_texts_jsonl
-from ...errors import UserError
+from ..data import TaskData, encode, load_task, read_texts_jsonl
+from ..errors import UserError
 
 
 def training_task(data: Any, opts: Any, label_names: list[str]) -> TaskData:

@@ -30,9 +30,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ...core.encoder import CoreEncoder
-from ...core.families import family_of
-from ...data import make_loader
+from ..core.encoder import CoreEncoder
+from ..core.families import family_of
+from ..data import make_loader
 from .fingerprint import rows_fingerprint, tensors_fingerprint
 
 VERSION = 1  # bump when the cached files change meaning

@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ...errors import UserError
-from ...io import atomic_write
+from ..errors import UserError
+from ..io import atomic_write
 from .config import AugmentOptions
 from .fingerprint import tensors_fingerprint
 
@@ -323,6 +323,20 @@ def augment_dataset(
     return datasets.Dataset.from_list(out)
 
 
+def has_mlm_head(folder: str) -> bool:
+    """Whether a local model folder's weights hold a masked-LM head (BERT ``cls.predictions``, RoBERTa ``lm_head``)."""
+    path = Path(folder)
+    if not path.is_dir():
+        return False
+    from safetensors import safe_open
+
+    for f in sorted(path.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as handle:
+            if any(k.startswith(("cls.predictions.", "lm_head.")) for k in handle.keys()):
+                return True
+    return False
+
+
 def augmentation_source(opts: AugmentOptions, spec: str | None, fallback: nn.Module, tokenizer: Any
                         ) -> tuple[nn.Module, str]:
     """The model that proposes replacement words, and 'mlm' or 'embeddings'.
@@ -332,8 +346,7 @@ def augmentation_source(opts: AugmentOptions, spec: str | None, fallback: nn.Mod
     """
     from transformers import AutoModel, AutoModelForMaskedLM
 
-    from ...model import load_tokenizer, resolve_model
-    from .student import has_mlm_head
+    from ..model import load_tokenizer, resolve_model
 
     spec = opts.aug_model or spec
     folder = resolve_model(spec) if spec else None
@@ -354,7 +367,7 @@ def augmentation_source(opts: AugmentOptions, spec: str | None, fallback: nn.Mod
 def augment_cache(cache_dir: str = "") -> Path:
     """Where augmented sets are cached: ``--cache-dir``/augment, by default TinyBERT's
     (``$NIMBLEBERT_HOME/cache/tinybert/augment``), which DynaBERT shares: the same inputs give the same set."""
-    from ...data import data_home
+    from ..data import data_home
 
     return (Path(cache_dir).expanduser() if cache_dir else data_home() / "cache" / "tinybert") / "augment"
 
