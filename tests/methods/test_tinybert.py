@@ -13,7 +13,8 @@ from transformers import BertForMaskedLM, BertTokenizer
 
 from nimblebert.data import encode, make_loader
 from nimblebert.distill import augment as aug
-from nimblebert.distill.cache import Teacher, build_cache
+from nimblebert.distill.cache import build_cache
+from nimblebert.distill.teacher import Teacher
 from nimblebert.errors import UserError
 from nimblebert.methods.losses import attention_mse
 from nimblebert.methods.tinybert.config import TinyBertConfig

@@ -42,11 +42,10 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from ...core.encoder import CoreEncoder, EncoderOutput
 from ...core.plan import depth_layers
 from ...core.slicing import compute_importance, encoder_plan, rewire
+from ...distill.teacher import SnapshotTeacher, Teacher
 from ...errors import UserError
-from ...io import load_tensors, save_tensors
 from ...train.stages import Stage, TrainData, TrainOptions
 from ..losses import hidden_mse, soft_cross_entropy
 from .config import DynaBertConfig
@@ -81,60 +80,6 @@ def depth_rule_of(model: NimbleModel) -> str:
     return str(model.method_config.get("depth_rule", "official"))
 
 
-# ---- teachers -----------------------------------------------------------------------------------------
-
-
-class Teacher:
-    """A frozen copy of a transformers classifier, run by the core under ``no_grad`` in eval mode (as the
-    official teacher, which ``from_pretrained`` leaves in eval mode: no dropout).
-
-    Deliberately not a submodule of the student: it is not saved, not trained, and not switched to train
-    mode by the trainer. It follows the batch to its device on first use.
-    """
-
-    def __init__(self, hf_model: torch.nn.Module) -> None:
-        for p in hf_model.parameters():
-            p.requires_grad_(False)
-        self.encoder = CoreEncoder(hf_model.eval())
-
-    @torch.no_grad()
-    def __call__(self, model: NimbleModel, batch: dict[str, torch.Tensor]) -> EncoderOutput:
-        ids = batch["input_ids"]
-        if self.encoder.model.device != ids.device:
-            self.encoder.model.to(ids.device)
-        return self.encoder(ids, batch.get("attention_mask"), batch.get("token_type_ids"), output_hidden_states=True)
-
-
-class SnapshotTeacher:
-    """The student *as it is when the stage starts*, frozen: DynaBERT's width × depth stage distils from the
-    DynaBERT_W model that the width stage produced.
-
-    The snapshot is taken at the stage's first step and written to ``path`` (inside the trainer's
-    checkpoint folder, which the trainer empties when a run starts and removes when it ends), so that a
-    run killed during the stage and continued with ``--resume`` distils from the same teacher.
-    """
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self.teacher: Teacher | None = None
-
-    def __call__(self, model: NimbleModel, batch: dict[str, torch.Tensor]) -> EncoderOutput:
-        if self.teacher is None:
-            hf = copy.deepcopy(model.hf)
-            if self.path is not None and self.path.exists():  # a resumed run: the stage's original teacher
-                hf.load_state_dict(load_tensors(self.path, batch["input_ids"].device))
-            elif self.path is not None and _is_main_process():
-                save_tensors(self.path, hf.state_dict())
-            self.teacher = Teacher(hf)
-        return self.teacher(model, batch)
-
-
-def _is_main_process() -> bool:
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
-
-
 # ---- objectives ---------------------------------------------------------------------------------------
 
 
@@ -146,7 +91,8 @@ class SubNetworkObjective:
     """
 
     def __init__(self, widths: Sequence[float], depths: Sequence[float], lambda1: float = 1.0,
-                 lambda2: float = 1.0, teacher: Any = None, depth_rule: str = "official") -> None:
+                 lambda2: float = 1.0, teacher: Teacher | SnapshotTeacher | None = None,
+                 depth_rule: str = "official") -> None:
         self.widths = sorted(widths, reverse=True)
         self.depth_rule = depth_rule
         self.depths = sorted(depths, reverse=True)
@@ -167,10 +113,10 @@ class SubNetworkObjective:
                 if target is None:
                     loss = F.cross_entropy(out.logits.float(), batch["labels"])
                 else:
-                    assert out.hidden_states is not None and target.hidden_states is not None
+                    assert out.hidden_states is not None
                     kd = soft_cross_entropy(out.logits.float(), target.logits.float(), reduction="sum")
                     hidden = hidden_mse([h.float() for h in out.hidden_states],
-                                        [target.hidden_states[i].float() for i in targets])
+                                        [target.hidden[i].float() for i in targets])
                     loss = self.lambda1 * kd + self.lambda2 * hidden
                     kd_sum = kd_sum + kd.detach()
                     hidden_sum = hidden_sum + hidden.detach()
@@ -352,8 +298,9 @@ def stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None = None
         result.append(Stage("dynabert-width", objective, epochs=cfg.width_epochs or opts.epochs, **common,
                             train_data=augmented, **_selection(cfg.widths, [1.0])))
     if "depth" in cfg.phases:
+        teacher: Teacher | SnapshotTeacher
         if "width" in cfg.phases or teacher_hf is None:  # distil the model as the stage starts (DynaBERT_W)
-            teacher: Any = SnapshotTeacher(ckpt / "dynabert-depth-teacher.safetensors" if ckpt else None)
+            teacher = SnapshotTeacher(ckpt / "dynabert-depth-teacher.safetensors" if ckpt else None)
         else:
             teacher = Teacher(teacher_hf)
         objective = SubNetworkObjective(cfg.widths, cfg.depths, cfg.depth_lambda1, cfg.depth_lambda2, teacher,

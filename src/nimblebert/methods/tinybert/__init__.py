@@ -19,7 +19,8 @@ from __future__ import annotations
 import dataclasses
 
 from ...distill.augment import Augmenter, EmbeddingNeighbours, MaskedLMCandidates, augment_dataset, make_variants
-from ...distill.cache import Teacher, TeacherCache, build_cache
+from ...distill.cache import TeacherCache, build_cache
+from ...distill.teacher import Teacher
 from ...model import NimbleModel
 from ..registry import Method, register_method
 from .config import TinyBertConfig

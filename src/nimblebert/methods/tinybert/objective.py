@@ -36,7 +36,8 @@ from torch import nn
 from ...core.encoder import CoreEncoder
 from ...data import data_home, encode
 from ...distill.augment import augment_cache, augment_training_set
-from ...distill.cache import Targets, Teacher, TeacherCache, build_cache, inner_bytes, zero_padding
+from ...distill.cache import TeacherCache, build_cache, inner_bytes
+from ...distill.teacher import Targets, Teacher, zero_padding
 from ...distill.texts import base_of_teacher, general_dataset, training_task
 from ...errors import UserError
 from ...io import load_tensors

@@ -154,7 +154,8 @@ def full_model_logits(model: NimbleModel, encoded: Any, cache_dir: Path, batch_s
                       ) -> torch.Tensor:
     """The full model's logits on every example (official ``--do_eval_logits``), through TinyBERT's teacher
     cache: computed once per (weights, data), on a frozen copy (the joint stage goes on training the original)."""
-    from ...distill.cache import Teacher, build_cache
+    from ...distill.cache import build_cache
+    from ...distill.teacher import Teacher
 
     teacher = Teacher(copy.deepcopy(model.hf))
     cache = build_cache(teacher, encoded, model.tokenizer, [], [], logits=True, inner=False, cache_dir=cache_dir,
