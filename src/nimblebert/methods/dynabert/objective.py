@@ -48,6 +48,7 @@ from ...distill.teacher import SnapshotTeacher, Teacher
 from ...errors import UserError
 from ...train.stages import Stage, TrainData, TrainOptions
 from ..losses import hidden_mse, soft_cross_entropy
+from ..options import options_from
 from .config import DynaBertConfig
 
 if TYPE_CHECKING:
@@ -57,8 +58,8 @@ if TYPE_CHECKING:
 
 
 def config_of(model: NimbleModel) -> DynaBertConfig:
-    fields = DynaBertConfig.__dataclass_fields__
-    return DynaBertConfig(**{k: v for k, v in model.method_config.items() if k in fields})
+    """The DynaBERT options of ``model`` (its component's saved options)."""
+    return options_from(DynaBertConfig, model.method_config)
 
 
 def hidden_targets(num_layers: int, depth: float, rule: str = "official") -> list[int]:

@@ -43,6 +43,7 @@ from ...errors import UserError
 from ...io import load_tensors
 from ...train.stages import Stage, TrainOptions
 from ..losses import attention_mse, hidden_mse, soft_cross_entropy
+from ..options import options_from
 from .config import TinyBertConfig
 from .student import (
     build_student,
@@ -60,8 +61,8 @@ PROJECTION = "fit_dense"  # the key of the projection in model.extras, the offic
 
 
 def config_of(model: NimbleModel) -> TinyBertConfig:
-    fields = TinyBertConfig.__dataclass_fields__
-    return TinyBertConfig(**{k: v for k, v in model.method_config.items() if k in fields})
+    """The TinyBERT options of ``model`` (its component's saved options)."""
+    return options_from(TinyBertConfig, model.method_config)
 
 
 class TargetSource:

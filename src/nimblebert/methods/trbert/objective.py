@@ -41,6 +41,7 @@ from ...errors import UserError
 from ...model import finetune_first
 from ...train.stages import Stage, TrainData, TrainOptions
 from ..losses import soft_cross_entropy
+from ..options import options_from
 from .config import TrBertConfig, guide_target
 from .modules import CutHook, forced_tokens
 from .policy import cuts_of, special_ids
@@ -51,8 +52,8 @@ if TYPE_CHECKING:
 
 
 def config_of(model: NimbleModel) -> TrBertConfig:
-    fields = TrBertConfig.__dataclass_fields__
-    return TrBertConfig(**{k: v for k, v in model.method_config.items() if k in fields})
+    """The TR-BERT options of ``model`` (its component's saved options)."""
+    return options_from(TrBertConfig, model.method_config)
 
 
 def finetune_objective(model: NimbleModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
