@@ -367,9 +367,9 @@ def augmentation_source(opts: AugmentOptions, spec: str | None, fallback: nn.Mod
 def augment_cache(cache_dir: str = "") -> Path:
     """Where augmented sets are cached: ``--cache-dir``/augment, by default TinyBERT's
     (``$NIMBLEBERT_HOME/cache/tinybert/augment``), which DynaBERT shares: the same inputs give the same set."""
-    from ..data import data_home
+    from .cache import cache_root
 
-    return (Path(cache_dir).expanduser() if cache_dir else data_home() / "cache" / "tinybert") / "augment"
+    return cache_root(cache_dir, "tinybert") / "augment"
 
 
 def augment_training_set(ds: Any, has_pair: bool, opts: AugmentOptions, train: Any, teacher: nn.Module,
@@ -379,3 +379,18 @@ def augment_training_set(ds: Any, has_pair: bool, opts: AugmentOptions, train: A
     source, kind = augmentation_source(opts, train.teacher or train.model, teacher, tokenizer)
     return augment_dataset(ds, has_pair, tokenizer, source, kind, opts.aug_copies, opts.aug_p, opts.aug_candidates,
                            train.seed, cache_dir, progress=train.progress)
+
+
+def encoded_training_set(data: Any, opts: AugmentOptions, train: Any, teacher: nn.Module, tokenizer: Any,
+                         label_names: Sequence[str], cache_dir: Path) -> Any:
+    """The run's training texts (:func:`~.texts.training_task`), augmented when ``opts.augment``
+    (:func:`augment_training_set`, cached in ``cache_dir``), encoded at ``train.max_length``: what TinyBERT's task
+    stages and DynaBERT's distillation stages (``--augment``) train on, the teacher relabelling every row."""
+    from ..data import encode
+    from .texts import training_task
+
+    task = training_task(data, train, list(label_names))
+    rows = task.train
+    if opts.augment:
+        rows = augment_training_set(rows, task.has_pair, opts, train, teacher, tokenizer, cache_dir)
+    return encode(rows, tokenizer, train.max_length, task.has_pair)

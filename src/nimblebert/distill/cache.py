@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data import make_loader
+from ..data import data_home, make_loader
 from .fingerprint import rows_fingerprint
 from .teacher import Targets, Teacher
 
@@ -88,6 +88,11 @@ class TeacherCache:
             hidden = [t.to(device) for t in hid.unbind(0)]
             scores = [t.to(device) for t in sco.unbind(0)]
         return Targets(out_logits, hidden, scores)
+
+
+def cache_root(cache_dir: str, method: str) -> Path:
+    """A method's cache folder: ``--cache-dir`` when given, else ``$NIMBLEBERT_HOME/cache/<method>``."""
+    return Path(cache_dir).expanduser() if cache_dir else data_home() / "cache" / method
 
 
 def inner_bytes(lengths: np.ndarray, n_hidden: int, n_scores: int, hidden_size: int, heads: int) -> int:

@@ -44,6 +44,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from ...core.plan import depth_layers
 from ...core.slicing import compute_importance, encoder_plan, rewire
+from ...distill.augment import augment_cache, encoded_training_set
 from ...distill.teacher import SnapshotTeacher, Teacher
 from ...errors import UserError
 from ...train.stages import Stage, TrainData, TrainOptions
@@ -179,19 +180,6 @@ def importance_loader(model: NimbleModel, opts: TrainOptions, cfg: DynaBertConfi
     return make_loader(encoded, model.tokenizer, opts.eval_batch_size, shuffle=False, bucket_by_length=True)
 
 
-def augmented_train_set(model: NimbleModel, opts: TrainOptions, cfg: DynaBertConfig, data: TrainData | None,
-                        teacher: torch.nn.Module) -> Any:
-    """The encoded training set with TinyBERT's augmentation (§3.3; shared cache, so TinyBERT's set for the same
-    texts and options is reused); candidates from the teacher's masked-LM head, else its input embeddings."""
-    from ...data import encode
-    from ...distill.augment import augment_cache, augment_training_set
-    from ...distill.texts import training_task
-
-    task = training_task(data, opts, list(model.label_names))
-    rows = augment_training_set(task.train, task.has_pair, cfg, opts, teacher, model.tokenizer, augment_cache())
-    return encode(rows, model.tokenizer, opts.max_length, task.has_pair)
-
-
 def continued_from(spec: str | None, cfg: DynaBertConfig) -> dict[str, Any] | None:
     """The saved options of the DynaBERT model that ``--model`` names, when this run continues one (e.g. the
     width × depth stage or the final fine-tuning after an earlier run's stages), else None. Its depth rule must be
@@ -283,7 +271,10 @@ def stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None = None
     # relabelling each (their labels are not read); the final fine-tuning uses the gold-labelled set alone.
     augmented = None
     if cfg.augment and ("width" in cfg.phases or "depth" in cfg.phases):
-        augmented = augmented_train_set(model, opts, cfg, data, teacher_hf if teacher_hf is not None else model.hf)
+        # TinyBERT's augmentation (§3.3) and its cache, so that TinyBERT's set for the same texts and options is
+        # reused; candidates from the teacher's masked-LM head, else its input embeddings.
+        augmented = encoded_training_set(data, cfg, opts, teacher_hf if teacher_hf is not None else model.hf,
+                                         model.tokenizer, model.label_names, augment_cache())
 
     ckpt = None
     if opts.out:

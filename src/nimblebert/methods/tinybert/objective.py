@@ -34,11 +34,10 @@ import torch
 from torch import nn
 
 from ...core.encoder import CoreEncoder
-from ...data import data_home, encode
-from ...distill.augment import augment_cache, augment_training_set
-from ...distill.cache import TeacherCache, build_cache, inner_bytes
+from ...distill.augment import augment_cache, encoded_training_set
+from ...distill.cache import TeacherCache, build_cache, cache_root, inner_bytes
 from ...distill.teacher import Targets, Teacher, zero_padding
-from ...distill.texts import base_of_teacher, general_dataset, training_task
+from ...distill.texts import base_of_teacher, general_dataset
 from ...errors import UserError
 from ...io import load_tensors
 from ...train.stages import Stage, TrainOptions
@@ -228,7 +227,7 @@ def _projection(model: NimbleModel, opts: TrainOptions, teacher_hidden: int) -> 
 
 def cache_home(cfg: TinyBertConfig) -> Path:
     """Folder of the cached teacher outputs (``teacher/``) and augmented sets (``augment/``, :func:`augment_cache`)."""
-    return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else data_home() / "cache" / "tinybert"
+    return cache_root(cfg.cache_dir, "tinybert")
 
 
 def _teacher_cache(teacher: Teacher, encoded: Any, model: NimbleModel, hidden_idx: list[int], score_idx: list[int],
@@ -301,12 +300,8 @@ def stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None = None
             train_data=g_data))
 
     if task_stages:
-        task = training_task(data, opts, model.label_names)
-        train_ds = task.train
-        if cfg.augment:
-            train_ds = augment_training_set(train_ds, task.has_pair, cfg, opts, teacher_hf, model.tokenizer,
-                                            augment_cache(cfg.cache_dir))
-        encoded = encode(train_ds, model.tokenizer, opts.max_length, task.has_pair)
+        encoded = encoded_training_set(data, cfg, opts, teacher_hf, model.tokenizer, model.label_names,
+                                       augment_cache(cfg.cache_dir))
         hidden_idx, score_idx = hidden_map(mapping), [g - 1 for g in mapping]
         cache = _teacher_cache(teacher, encoded, model, hidden_idx, score_idx, "prediction" in names,
                                "intermediate" in names, cfg, opts, "training set")

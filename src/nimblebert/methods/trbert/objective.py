@@ -166,9 +166,9 @@ def full_model_logits(model: NimbleModel, encoded: Any, cache_dir: Path, batch_s
 
 
 def cache_dir_of(cfg: TrBertConfig) -> Path:
-    from ...data.builtin import data_home
+    from ...distill.cache import cache_root
 
-    return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else data_home() / "cache" / "trbert"
+    return cache_root(cfg.cache_dir, "trbert")
 
 
 # ---- the RL and joint stages --------------------------------------------------------------------------------
