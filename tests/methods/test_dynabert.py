@@ -13,14 +13,13 @@ from transformers import AutoModelForSequenceClassification
 import nimblebert
 from nimblebert.core.plan import depth_layers
 from nimblebert.core.slicing import width_sizes
+from nimblebert.distill.teacher import SnapshotTeacher, Teacher
 from nimblebert.errors import UserError
 from nimblebert.export import export_model, to_static
 from nimblebert.methods import get_method
 from nimblebert.methods.dynabert import (
     DynaBertConfig,
-    SnapshotTeacher,
     SubNetworkObjective,
-    Teacher,
     hidden_targets,
     plan_of,
 )

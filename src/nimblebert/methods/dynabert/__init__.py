@@ -22,15 +22,14 @@ from __future__ import annotations
 
 import dataclasses
 
+from ...distill.teacher import SnapshotTeacher, Teacher
 from ...errors import UserError
 from ...model import NimbleModel
 from ..registry import Knob, Method, register_method
 from .config import DynaBertConfig
 from .materialize import materialize
 from .objective import (
-    SnapshotTeacher,
     SubNetworkObjective,
-    Teacher,
     config_of,
     evaluate_grid,
     hidden_targets,

@@ -27,6 +27,7 @@ from ...errors import UserError
 from ...model import finetune_first
 from ...train.stages import Stage, TrainData, TrainOptions
 from ..losses import kl_batchmean
+from ..options import options_from
 from .config import FastBertConfig
 
 if TYPE_CHECKING:
@@ -97,8 +98,8 @@ def distill_objective(model: NimbleModel, batch: dict[str, torch.Tensor]) -> dic
 
 
 def config_of(model: NimbleModel) -> FastBertConfig:
-    fields = FastBertConfig.__dataclass_fields__
-    return FastBertConfig(**{k: v for k, v in model.method_config.items() if k in fields})
+    """The FastBERT options of ``model`` (its component's saved options)."""
+    return options_from(FastBertConfig, model.method_config)
 
 
 def distill_texts(path: str, tokenizer: Any, max_length: int) -> Any:

@@ -32,6 +32,7 @@ from torch import nn
 
 from ...model import NimbleModel
 from ...train.stages import Stage, TrainData, TrainOptions
+from ..options import options_from
 from ..registry import Method, register_method
 from .config import SsaConfig
 from .heads import TokenHead, contribute, forward, importance_pooling, special_mask
@@ -42,8 +43,8 @@ __all__ = ["SSA", "SsaConfig", "TokenHead", "aug_ratio", "attach", "contribute",
 
 
 def config_of(model: NimbleModel) -> SsaConfig:
-    fields = SsaConfig.__dataclass_fields__
-    return SsaConfig(**{k: v for k, v in model.method_config.items() if k in fields})
+    """The SSA options of ``model`` (its component's saved options)."""
+    return options_from(SsaConfig, model.method_config)
 
 
 def attach(model: NimbleModel) -> None:

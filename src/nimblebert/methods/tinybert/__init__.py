@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from ...distill.augment import Augmenter, EmbeddingNeighbours, MaskedLMCandidates, augment_dataset, make_variants
+from ...distill.cache import TeacherCache, build_cache
+from ...distill.teacher import Teacher
 from ...model import NimbleModel
 from ..registry import Method, register_method
-from .augment import Augmenter, EmbeddingNeighbours, MaskedLMCandidates, augment_dataset, make_variants
-from .cache import Teacher, TeacherCache, build_cache
 from .config import TinyBertConfig
 from .objective import config_of, layer_losses, prediction_loss, stages
 from .student import build_student, copy_teacher_layers, hidden_map, layer_map, uniform_layer_map
