@@ -6,8 +6,9 @@ student (M layers, from the teacher's layers, at random, or from ``--model``), d
 attention scores and hidden states of teacher layers g(m) = (N/M)·m into it, then its predictions — on an
 augmented training set, with the teacher's outputs cached so that the teacher runs once per example — and
 optionally first on unlabelled text from the pre-trained teacher (``--general-data``). See
-:mod:`.objective` for the losses and stages, :mod:`.augment` for the augmentation, :mod:`.student` for the
-layer map and initialisation, :mod:`.cache` for the teacher cache.
+:mod:`.objective` for the losses and stages, :mod:`.student` for the layer map and initialisation, and
+:mod:`nimblebert.distill` for what other methods share with it: the augmentation (``distill.augment``) and the
+teacher with its output cache (``distill.teacher``, ``distill.cache``).
 
 The result is the student alone: a plain ``BertForSequenceClassification`` folder (the training-time
 projection is discarded), which ``AutoModelForSequenceClassification.from_pretrained`` loads by itself.
