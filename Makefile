@@ -39,24 +39,12 @@ bench: data
 	$(BIN)/python benchmarks/finetune_mr.py
 	$(BIN)/python benchmarks/fastbert_mr.py
 	$(BIN)/python benchmarks/tinybert_mr.py
-	$(BIN)/python benchmarks/dynabert_mr.py --width-epochs 1 --depth-epochs 3 --threads 1
-	$(BIN)/python benchmarks/dynabert_mr.py --width-epochs 1 --depth-epochs 3 --depth-rule last \
-		--name dynabert_mr_last --out runs/dynabert-mr-last --threads 1
-	$(BIN)/python benchmarks/dynabert_mr.py --width-epochs 1 --depth-epochs 1 --depth-rule last --aug-copies 4 \
-		--name dynabert_mr_aug --out runs/dynabert-mr-aug --threads 1
-	$(BIN)/python benchmarks/dynabert_mr.py --width-epochs 1 --depth-epochs 3 --depth-rule last --lr 5e-5 \
-		--name dynabert_mr_lr5e5 --out runs/dynabert-mr-lr5e5 --threads 1
-	$(BIN)/python benchmarks/dynabert_mr.py --width-epochs 1 --depth-epochs 3 --final-epochs 1 --depth-rule last --lr 5e-5 \
-		--name dynabert_mr_final --out runs/dynabert-mr-final --threads 1
-	$(BIN)/python benchmarks/dynabert_mr.py --width-epochs 1 --depth-epochs 3 --final-epochs 3 --depth-rule last --lr 5e-5 \
-		--name dynabert_mr_final3 --out runs/dynabert-mr-final3
 	$(BIN)/python benchmarks/dynabert_mr.py --width-epochs 1 --depth-epochs 3 --final-epochs 5 --depth-rule last --lr 5e-5 \
 		--eval-every 50 --name dynabert_mr_final5 --out runs/dynabert-mr-final5
-	$(BIN)/python benchmarks/dynabert_mr.py --width-epochs 1 --depth-epochs 3 --final-epochs 5 --depth-rule last --lr 5e-5 \
-		--eval-every 50 --seed 43 --name dynabert_mr_final5_seed43 --out runs/dynabert-mr-final5-seed43
-	$(BIN)/python benchmarks/report_mr.py
+	$(BIN)/python benchmarks/compose_mr.py --reuse --threads 1
 	$(BIN)/python benchmarks/trbert_mr_long.py --alphas 0.5,1 --rl-epochs 2 --rollouts 4 \
 		--joint-epochs 1 --joint-rollouts 4 --joint-lr 1e-5 --thresholds 0.6,0.5,0.45,0.4,0.3 --threads 1
+	$(BIN)/python benchmarks/compose_mr.py --data mr-long --reuse --threads 1
 	$(BIN)/python benchmarks/ssa.py --teacher-check
 	$(BIN)/python benchmarks/ssa.py
 

@@ -26,7 +26,7 @@ if importlib.util.find_spec("nimblebert") is None:  # not installed: run from th
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
 DOCS = ROOT / "docs"
 SECTIONS = DOCS / "sections"
-ORDER = ["finetune_mr", "report_mr", "fastbert_mr", "fastbert_chnsenti", "tinybert_mr", "dynabert_mr",
+ORDER = ["finetune_mr", "compose_mr", "report_mr", "fastbert_mr", "fastbert_chnsenti", "tinybert_mr", "dynabert_mr",
          "dynabert_mr_last", "trbert_mr_long", "ssa"]
 # Methods whose many runs (recipe variants, seeds) would crowd the README: it shows only this run's headline for
 # the method (the first word of a section's name); docs/results.md keeps every run. DynaBERT: the recipe that met
@@ -73,13 +73,30 @@ def finished(folder: str | Path) -> bool:
     return (Path(folder) / "config.json").exists()
 
 
+def cpu() -> dict[str, str]:
+    """The CPU's model name and the instruction sets int8 and fp32 speed depend on (from /proc/cpuinfo)."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown CPU":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8")
+    return {"cpu_model": model, "isa": ", ".join(f for f in wanted if f in flags) or "no AVX2"}
+
+
 def environment() -> dict:
     import torch
 
     from nimblebert.bench.latency import environment as env
 
-    return {**env(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "torch_threads": torch.get_num_threads()}
+    return {**env(), **cpu(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "torch_threads": torch.get_num_threads(),
+            "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
 
 
 def paired_bootstrap(teacher: np.ndarray, other: np.ndarray, reps: int = 10000, seed: int = 0) -> dict[str, float]:
@@ -148,8 +165,11 @@ def publish(name: str, markdown: str, data: dict, headline: str, docs: Path | No
 
 
 def write_section(name: str, markdown: str, data: dict, headline: str | None = None) -> None:
-    """Write one benchmark's section (and its short headline for the README), then rebuild the docs."""
+    """Write one benchmark's section (and its short headline for the README), then rebuild the docs. A section of
+    that name in the history goes: the new run replaces it."""
     SECTIONS.mkdir(parents=True, exist_ok=True)
+    for old in (HISTORY / f"{name}.md", HISTORY / f"{name}.headline.md"):
+        old.unlink(missing_ok=True)
     (SECTIONS / f"{name}.md").write_text(markdown.rstrip() + "\n")
     if headline is not None:
         (SECTIONS / f"{name}.headline.md").write_text(headline.rstrip() + "\n")
@@ -182,15 +202,31 @@ def readme_sections(names: list[str]) -> list[str]:
     return [n for n in names if shown(n)]
 
 
+HISTORY = SECTIONS / "history"  # sections moved out of the results: earlier runs, kept for the record
+HISTORY_INTRO = ("# nimblebert — earlier runs\n",
+                 "Runs kept for the record, not the current figures (those are in [results.md](results.md)): recipe "
+                 "explorations and reports measured with models or teachers that later runs replaced. Each section "
+                 "still names the script and the machine that produced it.\n")
+
+
+def _section_names(folder: Path) -> list[str]:
+    stems = [p.name[: -len(".md")] for p in folder.glob("*.md") if not p.name.endswith(".headline.md")]
+    return sorted(stems, key=_section_rank)
+
+
 def rebuild_results() -> None:
     parts = ["# nimblebert — measured results\n",
              "Every figure below was produced by the script named in its section, on the machine described "
-             "there. Speed-ups are ratios against the plain transformers model measured in the same run.\n"]
-    stems = sorted(p.name[: -len(".md")] for p in SECTIONS.glob("*.md") if not p.name.endswith(".headline.md"))
-    names = sorted(stems, key=_section_rank)
+             "there. Speed-ups are ratios against the plain transformers model measured in the same run. Earlier "
+             "runs are in [history.md](history.md).\n"]
+    names = _section_names(SECTIONS)
     for n in names:
         parts.append((SECTIONS / f"{n}.md").read_text())
     (DOCS / "results.md").write_text("\n".join(parts))
+    old = _section_names(HISTORY) if HISTORY.is_dir() else []
+    if old:
+        (DOCS / "history.md").write_text("\n".join([*HISTORY_INTRO, *((HISTORY / f"{n}.md").read_text()
+                                                                     for n in old)]))
     # The README shows each benchmark's headline between its markers.
     headlines = [(SECTIONS / f"{n}.headline.md").read_text() for n in readme_sections(names)
                  if (SECTIONS / f"{n}.headline.md").exists()]

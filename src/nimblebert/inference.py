@@ -1,15 +1,62 @@
-"""Batched inference over a loader, and the metrics every command reports."""
+"""The one runner, batched inference over a loader, and the metrics every command reports.
+
+:func:`run` is the only inference path: it asks every component of a model's stack what it contributes at the
+given knob values (a Plan, hooks, a head; :class:`~nimblebert.methods.registry.Contribution`), merges them, and
+calls the core encoder once. Rows leave (exits), tokens drop (token cuts) and widths shrink in that one pass.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader
 
+from .core.encoder import EncoderOutput
 from .core.flops import sample_flops
-from .model import NimbleModel
+from .core.plan import FULL
+from .methods.registry import Contribution
+
+if TYPE_CHECKING:
+    from .model import NimbleModel
+
+
+def contributions(model: NimbleModel, batch: dict[str, Any], knobs: dict[str, Any]) -> Contribution:
+    """Every component's contribution at ``knobs`` (already checked: see ``NimbleModel.check_knobs``), merged:
+    the plans into one (the smaller structure wins, :meth:`~nimblebert.core.plan.Plan.merged`), the hooks in
+    ``Method.hook_order`` (exits before token cuts), at most one head. Components fixed at export contribute
+    nothing: their structure is in the weights."""
+    merged = Contribution(plan=FULL)
+    ordered: list[tuple[int, int, Any]] = []
+    for i, component in enumerate(model.stack):
+        if component.fixed:
+            continue
+        spec = component.spec
+        own = {k.name: knobs[k.name] for k in spec.knobs if k.name in knobs}
+        with model.focus(i):
+            part = spec.contribute(model, batch, own)
+        merged.plan = merged.plan.merged(part.plan)  # type: ignore[union-attr]
+        ordered += [(spec.hook_order, i, hook) for hook in part.hooks]
+        merged.after += part.after
+        if part.head is not None:
+            if merged.head is not None:
+                raise ValueError("two components of the stack replace the classification head")
+            merged.head = part.head
+    merged.hooks = [hook for _, _, hook in sorted(ordered, key=lambda x: (x[0], x[1]))]
+    return merged
+
+
+def run(model: NimbleModel, batch: dict[str, Any], knobs: dict[str, Any]) -> EncoderOutput:
+    """One inference pass of ``model``'s whole stack at ``knobs`` (checked), through the core once."""
+    parts = contributions(model, batch, knobs)
+    out = model.encoder(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"),
+                        plan=parts.plan or FULL, hooks=parts.hooks, classify=parts.head is None)
+    if parts.head is not None:
+        out.logits = parts.head(out)
+    for after in parts.after:
+        after(out)
+    return out
 
 
 @dataclass

@@ -1,19 +1,29 @@
-"""NimbleModel: a Hugging Face sequence classifier, the modules a method added, and its knobs.
+"""NimbleModel: a Hugging Face sequence classifier, the stack of methods trained on it, and their knobs.
 
-On disk a NimbleModel is a Hugging Face model folder: ``config.json`` (with a ``nimblebert`` section
-naming the method, its options and the label names), ``model.safetensors`` (exactly the transformers
-model, so ``AutoModelForSequenceClassification.from_pretrained`` loads it), the tokenizer, and, when the
-method added modules (branches, policies), ``nimblebert.safetensors``.
+On disk a NimbleModel is a Hugging Face model folder: ``config.json`` (with a ``nimblebert`` section holding
+the **stack**: every method component trained into the folder, in order, each with its options and the folder
+it started from; and the label names), ``model.safetensors`` (exactly the transformers model, so
+``AutoModelForSequenceClassification.from_pretrained`` loads it), the tokenizer, and, when components added
+modules (branches, policies), ``nimblebert.safetensors``.
+
+Methods compose: every method trains on the folder of an earlier one and keeps what it had (see
+:func:`check_stack` for the order they stack in); at inference the knobs of every component are accepted
+together and the one runner (:func:`nimblebert.inference.run`) merges their contributions into one pass.
+
+This module stands below ``nimblebert.methods``: it reads the method table (``methods.registry``), never a
+method's package.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +35,7 @@ from . import __version__
 from .core.encoder import CoreEncoder, EncoderOutput
 from .errors import UserError
 from .io import load_tensors, save_tensors
+from .methods.registry import ROLE_NAMES, STRUCTURE, Knob, Method, get_method
 
 EXTRAS_FILE = "nimblebert.safetensors"
 FINISHED_MARKER = "config.json"  # written last: a folder without it is not a finished model
@@ -57,11 +68,69 @@ def resolve_model(spec: str) -> str:
     raise UserError(f"model {spec!r} not found: give a built-in alias ({', '.join(ALIASES)}), a folder or a hub id")
 
 
+@dataclass
+class Component:
+    """One method trained into a model folder: its name, its options, and where its training started.
+
+    Attributes:
+        method: the registered method's name.
+        config: its options (the method's config dataclass as a dict, plus what it recorded, e.g. TR-BERT's cuts).
+        source: the ``--model`` folder (or alias) its training started from.
+        fixed: knob values fixed at export (a DynaBERT sub-network exported at ``width=0.5``): the structure is
+            baked into the weights, the component's knobs are no longer accepted.
+        teacher_stack: for a method that builds a new network (TinyBERT's student), the methods of the teacher's
+            folder it was distilled from.
+    """
+
+    method: str
+    config: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
+    fixed: dict[str, Any] = field(default_factory=dict)
+    teacher_stack: list[str] | None = None
+
+    @property
+    def spec(self) -> Method:
+        return get_method(self.method)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"method": self.method, "config": self.config, "from": self.source}
+        if self.fixed:
+            out["fixed"] = self.fixed
+        if self.teacher_stack is not None:
+            out["teacher_stack"] = self.teacher_stack
+        return out
+
+    @classmethod
+    def from_json(cls, entry: dict[str, Any]) -> Component:
+        return cls(str(entry["method"]), dict(entry.get("config") or {}), entry.get("from"),
+                   dict(entry.get("fixed") or {}), entry.get("teacher_stack"))
+
+
+def stack_of(section: dict[str, Any] | None) -> list[Component]:
+    """The components of a folder's ``nimblebert`` config section (folders from before stacks: their one method)."""
+    if not section:
+        return []
+    if section.get("stack"):
+        return [Component.from_json(e) for e in section["stack"]]
+    return [Component(str(section.get("method", "finetune")), dict(section.get("method_config") or {}))]
+
+
+def kept_heads(stack: Sequence[Component]) -> int | None:
+    """Heads per layer a component's weights really hold (an exported narrow sub-network records them as
+    ``heads_per_layer``; its dropped heads are zeros), or None for all of them."""
+    counts = [h for c in stack for h in (c.config.get("heads_per_layer") or [])]
+    return min(counts) if counts else None
+
+
 class NimbleModel(nn.Module):
-    """A transformers sequence classifier run by the core, plus a method's modules and knobs.
+    """A transformers sequence classifier run by the core, plus the stack of method components trained on it.
 
     ``forward(batch)`` runs the current training objective (set by the trainer), so that distributed
-    wrappers see one forward per step.
+    wrappers see one forward per step; ``infer(batch, **knobs)`` runs the whole stack at inference.
+
+    Args:
+        method / method_config: a one-component stack (the usual way to build a model for training).
+        stack: the components, for a composed model (overrides ``method`` / ``method_config``).
     """
 
     def __init__(
@@ -71,20 +140,84 @@ class NimbleModel(nn.Module):
         method: str = "finetune",
         method_config: dict[str, Any] | None = None,
         label_names: Sequence[str] | None = None,
+        stack: Sequence[Component] | None = None,
     ) -> None:
         super().__init__()
         self.hf = hf_model
+        self.stack: list[Component] = list(stack) if stack else [Component(method, dict(method_config or {}))]
+        self._focus = -1  # the component whose options ``method_config`` means (see :meth:`focus`)
         # Not registered as a submodule: it holds the same modules as ``hf``, and registering it would
         # list every weight twice in state_dict(). It reads the train/eval mode from ``hf``.
-        object.__setattr__(self, "encoder", CoreEncoder(hf_model))
+        object.__setattr__(self, "encoder", CoreEncoder(hf_model, kept_heads(self.stack)))
         self.extras = nn.ModuleDict()
         self.tokenizer = tokenizer
-        self.method = method
-        self.method_config: dict[str, Any] = dict(method_config or {})
         n = hf_model.config.num_labels
         self.label_names: list[str] = list(label_names) if label_names else [str(i) for i in range(n)]
         self.objective = None  # set by the trainer: (model, batch) -> dict of losses
         self.source: str | None = None  # the folder it was loaded from, if any
+
+    # ---- the stack -----------------------------------------------------------------------------
+    @property
+    def method(self) -> str:
+        """The method of the top component (the last one trained)."""
+        return self.stack[-1].method
+
+    @property
+    def methods(self) -> list[str]:
+        return [c.method for c in self.stack]
+
+    @property
+    def method_config(self) -> dict[str, Any]:
+        """The options of the component in focus: the top one, or the one whose function runs (see :meth:`focus`)."""
+        return self.stack[self._focus].config
+
+    @method_config.setter
+    def method_config(self, value: dict[str, Any]) -> None:
+        self.stack[self._focus].config = dict(value)
+
+    @contextlib.contextmanager
+    def focus(self, index: int) -> Iterator[None]:
+        """Run a component's own functions (``attach``, ``contribute``) with ``method_config`` meaning its options."""
+        saved, self._focus = self._focus, index
+        try:
+            yield
+        finally:
+            self._focus = saved
+
+    @property
+    def method_spec(self) -> Method:
+        """The top component's method record."""
+        return get_method(self.method)
+
+    def knobs(self) -> tuple[Knob, ...]:
+        """Every knob the stack accepts: each component's, except those fixed at export."""
+        return tuple(k for c in self.stack if not c.fixed for k in c.spec.knobs)
+
+    def check_knobs(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The knobs of every component, defaults filled in, each value validated; a knob no component has (or
+        one fixed at export) is an error that names the ones this model takes."""
+        known = {k.name: k for k in self.knobs()}
+        for name, value in values.items():
+            if value is None or name in known:
+                continue
+            fixed = next((c for c in self.stack if name in c.fixed), None)
+            if fixed is not None:
+                raise UserError(f"--{name.replace('_', '-')} was fixed at {fixed.fixed[name]} when this "
+                                f"{fixed.method} model was exported; export another setting from {fixed.source}")
+            raise UserError(f"--{name.replace('_', '-')} does not apply to a {self.describe()} model "
+                            f"(its knobs: {', '.join(known) or 'none'})")
+        checked = {k.name: k.check(values[k.name]) if values.get(k.name) is not None else k.default
+                   for k in known.values()}
+        for c in self.stack:
+            if c.spec.check_together is not None:
+                c.spec.check_together(self, checked)
+        return checked
+
+    def describe(self) -> str:
+        """The stack as one word: ``tinybert+dynabert+fastbert`` (the plain fine-tune most stacks start from is left
+        out unless it is all there is: ``fastbert`` is FastBERT on a fine-tuned model)."""
+        named = [m for m in self.methods if m != "finetune"]
+        return "+".join(named) if named else "finetune"
 
     # ---- running -------------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -92,16 +225,11 @@ class NimbleModel(nn.Module):
             raise RuntimeError("NimbleModel.forward runs a training objective; use infer() for predictions")
         return self.objective(self, batch)
 
-    @property
-    def method_spec(self):
-        from .methods import get_method
-
-        return get_method(self.method)
-
     def infer(self, batch: dict[str, torch.Tensor], **knobs: Any) -> EncoderOutput:
-        """One inference pass with the method's knobs (validated; defaults where not given)."""
-        spec = self.method_spec
-        return spec.infer(self, batch, **spec.check_knobs(knobs))
+        """One inference pass of the whole stack with these knobs (validated; defaults where not given)."""
+        from .inference import run
+
+        return run(self, batch, self.check_knobs(knobs))
 
     @property
     def num_labels(self) -> int:
@@ -112,7 +240,8 @@ class NimbleModel(nn.Module):
         return {
             "version": __version__,
             "method": self.method,
-            "method_config": self.method_config,
+            "method_config": self.stack[-1].config,
+            "stack": [c.to_json() for c in self.stack],
             "label_names": self.label_names,
         }
 
@@ -138,6 +267,12 @@ class NimbleModel(nn.Module):
             os.replace(f, out / f.name)  # config.json goes last: it marks the folder finished
         shutil.rmtree(staging, ignore_errors=True)
 
+    def attach_all(self) -> None:
+        """Each component adds its modules, in stack order, seeing its own options."""
+        for i, c in enumerate(self.stack):
+            with self.focus(i):
+                c.spec.attach(self)
+
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> NimbleModel:
         """Load a folder written by :meth:`save` (or any transformers sequence classifier folder)."""
@@ -149,16 +284,16 @@ class NimbleModel(nn.Module):
         hf = AutoModelForSequenceClassification.from_pretrained(folder, config=config).eval()
         tokenizer = load_tokenizer(folder)
         labels = nb.get("label_names") or [config.id2label[i] for i in range(config.num_labels)]
-        model = cls(hf, tokenizer, nb.get("method", "finetune"), nb.get("method_config"), labels)
+        model = cls(hf, tokenizer, label_names=labels, stack=stack_of(nb) or None)
         model.source = folder
-        model.method_spec.attach(model)
+        model.attach_all()
         extras_path = Path(folder) / EXTRAS_FILE
         if len(model.extras.state_dict()):
             if not extras_path.exists():
-                raise UserError(f"{path} is a {model.method} model but {EXTRAS_FILE} is missing; re-run training")
+                raise UserError(f"{path} is a {model.describe()} model but {EXTRAS_FILE} is missing; re-run training")
             missing, unexpected = model.extras.load_state_dict(load_tensors(extras_path), strict=False)
             if missing or unexpected:
-                raise UserError(f"{extras_path} does not match the {model.method} configuration "
+                raise UserError(f"{extras_path} does not match the {model.describe()} configuration "
                                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
         return model.to(device).eval()
 
@@ -192,11 +327,8 @@ def has_trained_head(spec: str | None) -> bool:
 
 def head_predicts(section: dict[str, Any]) -> bool:
     """Whether the transformers head of a folder with this ``nimblebert`` config section is what predicts
-    (each method says so through its ``head_is_classifier`` extra; every method but hybrid SSA: yes)."""
-    from .methods import get_method
-
-    head_ok = get_method(section.get("method", "finetune")).extra.get("head_is_classifier", lambda cfg: True)
-    return bool(head_ok(section.get("method_config") or {}))
+    (each method says so through ``Method.head_is_classifier``; every method but hybrid SSA: yes)."""
+    return all(c.spec.head_is_classifier(c.config) for c in stack_of(section))
 
 
 def finetune_first(method: str, mode: str, base: str | None, skipped: str) -> bool:
@@ -221,21 +353,62 @@ def check_head_is_classifier(spec: str, trained: dict[str, Any] | None = None) -
         trained = getattr(AutoConfig.from_pretrained(resolve_model(spec)), "nimblebert", None)
     if not trained or head_predicts(trained):
         return
-    from .methods import get_method
-
     source = trained.get("method", "finetune")
     raise UserError(f"{spec} is a {source} model whose predictions do not come from its transformers head, "
-                    f"so it cannot be trained from or used as a teacher"
-                    f"{get_method(source).extra.get('teacher_hint', '')}")
+                    f"so it cannot be trained from or used as a teacher{get_method(source).teacher_hint}")
+
+
+def check_stack(base: Sequence[Component], method: Method, spec: str) -> bool:
+    """Whether ``method`` may train on a folder (``spec``) whose stack is ``base``; raises :class:`UserError`
+    with the reason and the fix when it may not. Returns True when the run continues the top component
+    (``Method.continues``: e.g. DynaBERT's ``--phases final`` on a DynaBERT folder) instead of adding one.
+
+    The rules (the README has them too):
+
+    1. Order: structure (a new or retrained network: finetune, TinyBERT, DynaBERT, SSA), then token reduction
+       (TR-BERT), then early exits (FastBERT). A method never starts from a folder that holds a component of a
+       later role: those modules were trained on the weights and states it would change.
+    2. A method with modules or knobs appears once in a stack (they are one component), except that a method that
+       ``continues`` may train again on its own folder.
+    3. On a folder whose structure is still a knob (DynaBERT's width and depth), only a method that trains at the
+       settings of the components below it (``Method.trains_at_settings``: FastBERT's exits, distilled at every
+       width) may stack; any other would retrain the model at one size and undo the others (export a setting
+       first).
+    4. A method's own rule about what it can build on (``Method.check_base``).
+    """
+    if not base:
+        return False
+    later = [c for c in base if c.spec.role > method.role]
+    if later:
+        first = later[0]
+        roles = ", ".join(sorted({ROLE_NAMES[c.spec.role] for c in later}))
+        raise UserError(f"{spec} already has {roles} ({'+'.join(c.method for c in later)}); {method.name} changes "
+                        f"the model they were trained on: train {method.name} on {first.source or 'the folder below'} "
+                        f"first, then add {'+'.join(c.method for c in later)} again")
+    continues = method.continues and base[-1].method == method.name and not base[-1].fixed
+    if not continues and not method.static and any(c.method == method.name for c in base):
+        raise UserError(f"{spec} already has a {method.name} component; train {method.name} on the folder it started "
+                        f"from ({next(c.source for c in base if c.method == method.name) or 'its --model'}) instead")
+    dynamic = [c for c in base if c.spec.role == STRUCTURE and c.spec.knobs and not c.fixed]
+    if dynamic and not continues and not method.trains_at_settings:
+        knobs = ", ".join(k.flag for k in dynamic[0].spec.knobs)
+        raise UserError(f"{spec} is a {dynamic[0].method} model whose structure is a knob ({knobs}); {method.name} "
+                        f"would retrain it at one size: export a setting first (nimblebert export {spec} --format hf "
+                        f"{dynamic[0].spec.knobs[0].flag} ... --out DIR) and train {method.name} on that folder")
+    if method.check_base is not None:
+        method.check_base(base, spec)
+    return continues
 
 
 def from_base(
     spec: str, label_names: Sequence[str], method: str = "finetune", method_config: Any = None
 ) -> NimbleModel:
-    """A fresh NimbleModel for training, from a base model (alias, folder or hub id).
+    """A NimbleModel to train ``method`` on, from a base model (alias, folder or hub id).
 
-    A folder written by nimblebert (e.g. a fine-tuned teacher) keeps its trained classifier when its
-    labels match; otherwise a new classifier is made for ``label_names``.
+    A folder written by nimblebert keeps everything it has — its trained classifier and every component of its
+    stack with their modules — and ``method`` is added on top (or continues the top component; see
+    :func:`check_stack`), except for a method that builds a new network (TinyBERT), for which the folder is the
+    teacher. A plain model gets a new classifier for ``label_names``.
     """
     folder = resolve_model(spec)
     config = AutoConfig.from_pretrained(folder)
@@ -245,6 +418,21 @@ def from_base(
                         f"{list(label_names)}; use data with the same labels or start from the base model")
     if trained is not None:
         check_head_is_classifier(spec, trained)
+    new = get_method(method)
+    cfg = dataclasses.asdict(method_config) if dataclasses.is_dataclass(method_config) else (method_config or {})
+    base = stack_of(trained)
+    if base and not new.new_network:
+        continues = check_stack(base, new, spec)
+        model = NimbleModel.load(folder)
+        model.hf.config.nimblebert = None  # the new model's section is written at save time
+        if continues:
+            top = model.stack[-1]
+            model.stack[-1] = Component(method, cfg, spec, teacher_stack=top.teacher_stack)
+        else:
+            model.stack.append(Component(method, cfg, spec))
+        with model.focus(-1):
+            new.attach(model)
+        return model
     same_head = config.num_labels == len(label_names) and trained is not None
     hf = AutoModelForSequenceClassification.from_pretrained(
         folder,
@@ -255,8 +443,8 @@ def from_base(
     )
     if trained is not None:
         hf.config.nimblebert = None  # the new model's section is written at save time
-    cfg = dataclasses.asdict(method_config) if dataclasses.is_dataclass(method_config) else (method_config or {})
-    model = NimbleModel(hf, load_tokenizer(folder), method, cfg, label_names)
+    component = Component(method, cfg, spec, teacher_stack=[c.method for c in base] if new.new_network else None)
+    model = NimbleModel(hf, load_tokenizer(folder), label_names=label_names, stack=[component])
     model.method_spec.attach(model)
     return model
 

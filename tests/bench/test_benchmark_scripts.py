@@ -85,3 +85,22 @@ def test_readme_shows_only_the_featured_run_of_a_crowded_method(scripts) -> None
     assert common.readme_sections(names) == ["finetune_mr", featured, "trbert_mr_long"]
     # Before the featured run is published, every run of the method stays in the README.
     assert common.readme_sections(["dynabert_mr", "dynabert_mr_last"]) == ["dynabert_mr", "dynabert_mr_last"]
+
+
+def test_history_sections_leave_the_results_and_a_new_run_replaces_them(tmp_path, scripts, monkeypatch) -> None:
+    common, _, _ = scripts
+    docs = tmp_path / "docs"
+    monkeypatch.setattr(common, "DOCS", docs)
+    monkeypatch.setattr(common, "SECTIONS", docs / "sections")
+    monkeypatch.setattr(common, "HISTORY", docs / "sections" / "history")
+    monkeypatch.setattr(common, "ROOT", tmp_path)  # no README here: only docs/ is rebuilt
+    common.HISTORY.mkdir(parents=True)
+    (common.HISTORY / "dynabert_mr_aug.md").write_text("## an old recipe\n")
+    (common.HISTORY / "fastbert_mr.md").write_text("## FastBERT, an earlier teacher\n")
+    common.write_section("finetune_mr", "## the baseline\n", {"x": 1}, "**Baseline**")
+    results, history = (docs / "results.md").read_text(), (docs / "history.md").read_text()
+    assert "the baseline" in results and "old recipe" not in results and "old recipe" in history
+    assert "FastBERT, an earlier teacher" in history
+    common.write_section("fastbert_mr", "## FastBERT, today\n", {"x": 2})
+    results, history = (docs / "results.md").read_text(), (docs / "history.md").read_text()
+    assert "FastBERT, today" in results and "earlier teacher" not in history

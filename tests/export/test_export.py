@@ -136,8 +136,11 @@ def test_dynamic_model_refused_in_one_line_teacher_only_works(tmp_path: Path) ->
 
 @needs_fastbert
 def test_materializer_hook_gets_the_knobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The extension point DynaBERT will use: ``Method.extra["materialize"](model, **knobs)``."""
-    from nimblebert.export import MATERIALIZE, teacher_of
+    """The extension point DynaBERT uses: ``Method.materialize(model, **knobs)``, given the checked knobs."""
+    import dataclasses
+
+    from nimblebert.export import teacher_of
+    from nimblebert.methods import registry
 
     seen = {}
 
@@ -145,7 +148,8 @@ def test_materializer_hook_gets_the_knobs(tmp_path: Path, monkeypatch: pytest.Mo
         seen.update(knobs)
         return teacher_of(model)
 
-    monkeypatch.setitem(get_method("fastbert").extra, MATERIALIZE, materialize)
+    spec = dataclasses.replace(get_method("fastbert"), materialize=materialize)
+    monkeypatch.setitem(registry._METHODS, "fastbert", spec)
     model = nimblebert.load(save_model(tmp_path / "fast", method="fastbert"))
     static = to_static(model, {"speed": "0.5"})
     assert static.method == "finetune" and seen["speed"] == 0.5  # checked and converted by the method's knob

@@ -13,14 +13,13 @@ from transformers import AutoModelForSequenceClassification
 import nimblebert
 from nimblebert.core.plan import depth_layers
 from nimblebert.core.slicing import width_sizes
+from nimblebert.distill.teacher import SnapshotTeacher, Teacher
 from nimblebert.errors import UserError
 from nimblebert.export import export_model, to_static
 from nimblebert.methods import get_method
 from nimblebert.methods.dynabert import (
     DynaBertConfig,
-    SnapshotTeacher,
     SubNetworkObjective,
-    Teacher,
     hidden_targets,
     plan_of,
 )
@@ -231,7 +230,7 @@ def test_export_is_a_smaller_plain_model_with_the_same_predictions(tmp_path, wid
     model.save(tmp_path / "dyna")
     out = tmp_path / "sub"
     report = export_model(tmp_path / "dyna", out, "hf", knobs={"width": width, "depth": depth})
-    assert report["exported_method"] == "finetune" and report["reload_max_abs_diff"] <= 1e-5
+    assert report["exported_method"] == "dynabert" and report["reload_max_abs_diff"] <= 1e-5
     hf = AutoModelForSequenceClassification.from_pretrained(out).eval()
     heads, ffn = width_sizes(HEADS, FFN, width)
     layers = round(LAYERS * depth)
@@ -242,16 +241,21 @@ def test_export_is_a_smaller_plain_model_with_the_same_predictions(tmp_path, wid
     assert sum(p.numel() for p in hf.parameters()) < full_params or (width, depth) == (1.0, 1.0)
     assert (out / "model.safetensors").stat().st_size < (tmp_path / "dyna" / "model.safetensors").stat().st_size
     section = hf.config.nimblebert
-    assert section["method"] == "finetune" and section["method_config"]["materialized_from"] == "dynabert"
-    assert section["method_config"]["heads_per_layer"] == [heads] * layers
+    # The DynaBERT component stays in the stack, fixed at the exported setting: its knobs are no longer accepted.
+    (component,) = section["stack"]
+    assert component["method"] == "dynabert" and component["fixed"] == {"width": width, "depth": depth}
+    assert component["config"]["heads_per_layer"] == [heads] * layers
     for seed in range(3):
         batch = make_batch(rows=7, length=9 + seed, seed=seed)
         with torch.no_grad():
             dynamic = model.infer(batch, width=width, depth=depth).logits
             torch.testing.assert_close(hf(**hf_inputs(batch)).logits, dynamic, atol=1e-5, rtol=0)
     static = nimblebert.load(out)
+    assert static.knobs() == () and static.encoder.num_heads == heads  # physically narrow: only the kept heads run
     with torch.no_grad():
         torch.testing.assert_close(static.infer(batch).logits, dynamic, atol=1e-5, rtol=0)
+    with pytest.raises(UserError, match="fixed at"):
+        static.check_knobs({"width": 0.5})
 
 
 def test_depth_rule_last_runs_the_last_layer_trains_on_it_and_exports_it(tmp_path) -> None:

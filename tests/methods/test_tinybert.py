@@ -12,10 +12,11 @@ from conftest import WORDS, make_tokenizer, tiny_config, tiny_model
 from transformers import BertForMaskedLM, BertTokenizer
 
 from nimblebert.data import encode, make_loader
+from nimblebert.distill import augment as aug
+from nimblebert.distill.cache import build_cache
+from nimblebert.distill.teacher import Teacher
 from nimblebert.errors import UserError
 from nimblebert.methods.losses import attention_mse
-from nimblebert.methods.tinybert import augment as aug
-from nimblebert.methods.tinybert.cache import Teacher, build_cache
 from nimblebert.methods.tinybert.config import TinyBertConfig
 from nimblebert.methods.tinybert.objective import PROJECTION, TargetSource, layer_losses, swap_in_student
 from nimblebert.methods.tinybert.student import build_student, check_student, hidden_map, layer_map, uniform_layer_map
@@ -261,7 +262,7 @@ def masked_lm_dir(tmp_path):
 
 def test_masked_lm_path_on_a_tiny_random_masked_lm(masked_lm_dir, monkeypatch) -> None:
     folder, model, tokenizer = masked_lm_dir
-    from nimblebert.methods.tinybert.student import has_mlm_head
+    from nimblebert.distill.augment import has_mlm_head
 
     assert has_mlm_head(str(folder))
     mlm = aug.MaskedLMCandidates(model, tokenizer, 5)

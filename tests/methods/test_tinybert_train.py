@@ -15,11 +15,11 @@ from transformers import AutoModelForSequenceClassification, BertModel
 import nimblebert
 from nimblebert.cli.main import main
 from nimblebert.data import encode, load_task, make_loader
+from nimblebert.distill.texts import chunk_texts
 from nimblebert.errors import UserError
 from nimblebert.io import load_tensors
 from nimblebert.methods.tinybert import stages
 from nimblebert.methods.tinybert.objective import PROJECTION
-from nimblebert.methods.tinybert.texts import chunk_texts
 from nimblebert.model import EXTRAS_FILE, NimbleModel, from_base
 from nimblebert.train.loop import StopTraining, train
 from nimblebert.train.stages import TrainData, TrainOptions

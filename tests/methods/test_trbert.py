@@ -166,6 +166,27 @@ def test_batched_inference_equals_per_row_inference(words) -> None:
             assert torch.equal(alone.extras["tokens_kept"][0], kept[r])
 
 
+def test_keep_fraction_reaches_every_saving_where_a_threshold_is_a_cliff(words) -> None:
+    """A policy whose probabilities all sit at σ(2) ≈ 0.88: thresholds 0.3-0.8 keep every token, 0.9 keeps none
+    (the cliff issue 20 saw). ``keep_fraction`` keeps the policy's top share of each row's selectable tokens at each
+    cut, whatever the probabilities' scale; 1 is the full model."""
+    model = trbert_model(words)
+    set_policy(model, 2.0)
+    batch = batch_of(words, 8, seed=5)
+    forced = forced_tokens(batch, [2, 3], False)
+    selectable = (batch["attention_mask"].bool() & ~forced).sum(dim=1)
+    with torch.no_grad():
+        assert torch.equal(model.infer(batch, keep_threshold=0.3).extras["tokens_selected"][:, 0], selectable)
+        assert int(model.infer(batch, keep_threshold=0.9).extras["tokens_selected"].sum()) == 0
+        for fraction in (0.8, 0.5, 0.2):
+            out = model.infer(batch, keep_fraction=fraction)
+            first = torch.ceil(fraction * selectable.float()).long()
+            assert torch.equal(out.extras["tokens_selected"][:, 0], first)  # per row, per cut
+            assert torch.equal(out.extras["tokens_selected"][:, 1], torch.ceil(fraction * first.float()).long())
+        full = model.infer(batch, keep_fraction=1.0)
+        torch.testing.assert_close(full.logits, model.infer(batch, keep_threshold=0.0).logits, atol=0, rtol=0)
+
+
 def test_random_and_first_baselines_keep_the_policys_counts(words) -> None:
     torch.manual_seed(1)
     model = trbert_model(words)
@@ -374,7 +395,8 @@ def test_cli_train_evaluate_predict(tmp_path, words, capsys) -> None:
 
     assert main(["evaluate", str(out), *common, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert len(result["mean_tokens_kept"]) == 2 and result["knobs"] == {"keep_threshold": 0.5, "drop_mode": "policy"}
+    assert len(result["mean_tokens_kept"]) == 2 and result["knobs"] == {"keep_threshold": 0.5, "keep_fraction": 0.0,
+                                                                        "drop_mode": "policy"}
     assert result["mean_tokens_kept"][1] <= result["mean_tokens_kept"][0] <= result["mean_tokens_in"]
     assert main(["evaluate", str(out), *common, "--json", "--keep-threshold", "0"]) == 0
     full = json.loads(capsys.readouterr().out)

@@ -58,9 +58,10 @@ def measure_latency(
 
 
 def nimble_contender(model: NimbleModel, knobs: dict[str, Any]) -> Callable[[dict[str, torch.Tensor]], Any]:
-    checked = model.method_spec.check_knobs(knobs)
-    spec = model.method_spec
-    return lambda b: spec.infer(model, b, **checked)
+    from ..inference import run
+
+    checked = model.check_knobs(knobs)
+    return lambda b: run(model, b, checked)
 
 
 def hf_contender(hf: torch.nn.Module) -> Callable[[dict[str, torch.Tensor]], Any]:

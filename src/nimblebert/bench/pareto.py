@@ -74,7 +74,7 @@ def _knob_flags(row: dict[str, Any]) -> list[str]:
     try:
         from ..methods import get_method
 
-        defaults = {k.name: k.default for k in get_method(str(row.get("method"))).knobs}
+        defaults = {k.name: k.default for m in str(row.get("method")).split("+") for k in get_method(m).knobs}
     except UserError:
         defaults = {}
     return [f"--{k.replace('_', '-')} {v}" for k, v in knobs.items() if k not in defaults or defaults[k] != v]

@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..errors import UserError
 from .common import add_data_flags, positive
@@ -105,19 +106,19 @@ def run(args: argparse.Namespace) -> int:
     # Rows are named by folder name, or by the path given when two folders share a name (runs/a/model, ...).
     short = len({Path(p).name for p in args.models}) == len(args.models)
     for path, model in zip(args.models, models, strict=True):
-        names = [k.name for k in model.method_spec.knobs if k.name in sweep]
+        names = [k.name for k in model.knobs() if k.name in sweep]
         for values in itertools.product(*(sweep[n] for n in names)):
-            knobs = model.method_spec.check_knobs(dict(zip(names, values, strict=True)))
+            knobs = model.check_knobs(dict(zip(names, values, strict=True)))
             label = _label(path, short, names, values)
             preds = predict_loader(model, loader, **knobs)
-            rows.append({"name": label, "path": path, "method": model.method, "runtime": "nimblebert",
-                         "static": model.method_spec.static, "knobs": knobs, **metrics(preds, model.num_labels),
+            rows.append({"name": label, "path": path, "method": model.describe(), "runtime": "nimblebert",
+                         "static": is_static(model), "knobs": knobs, **metrics(preds, model.num_labels),
                          "params_m": params_m(model), "size_mb": weights_size_mb(model.source)})
             contenders[label] = nimble_contender(model, knobs)
             sys.stderr.write(f"{label}: accuracy {rows[-1].get('accuracy', float('nan')):.4f}\n")
 
     # ---- the baselines a user would pick instead: the first model's plain transformers model ------
-    first_path, first_static = args.models[0], first.method_spec.static
+    first_path, first_static = args.models[0], is_static(first)
     base = {"path": first_path, "static": first_static, "knobs": {}, "params_m": params_m(first.hf)}
     if first.source:
         for name, hf in transformers_baselines(first.source).items():
@@ -167,3 +168,8 @@ def run(args: argparse.Namespace) -> int:
     atomic_write(out / "meta.json", lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
     print((out / "results.md").read_text())
     return 0
+
+
+def is_static(model: Any) -> bool:
+    """Whether every component of the model's stack leaves a plain transformers model (no knob, no module)."""
+    return all(c.spec.static or c.fixed for c in model.stack)

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from ..model import load
 
     model = load(args.model)
-    knobs = model.method_spec.check_knobs(knob_values(args))
+    knobs = model.check_knobs(knob_values(args))
     task = load_task(args.data, text_column=args.text_column, text_pair_column=args.text_pair_column,
                      label_column=args.label_column, label_names=model.label_names)
     split = args.split if getattr(task, args.split) is not None else "validation"
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     preds = predict_loader(model, loader, **knobs)
     seconds = time.perf_counter() - t0
-    result = {"model": args.model, "method": model.method, "data": args.data, "split": split,
+    result = {"model": args.model, "method": model.method, "stack": model.methods, "data": args.data, "split": split,
               **metrics(preds, model.num_labels), "knobs": knobs,
               "eval_samples_per_s": round(len(encoded) / seconds, 2)}
     if args.latency:

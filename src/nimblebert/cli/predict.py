@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from ..model import load
 
     model = load(args.model)
-    knobs = model.method_spec.check_knobs(knob_values(args))
+    knobs = model.check_knobs(knob_values(args))
     if args.input:
         try:
             with open(args.input, encoding="utf-8") as stream:

@@ -49,12 +49,22 @@ class EncoderOutput:
     scores: list[torch.Tensor] | None = None  # pre-softmax scores + additive mask, (B, h, T, T) per layer
     extras: dict = field(default_factory=dict)  # whatever hooks want to hand back (per-layer logits, ...)
 
+    def add_flops(self, flops: torch.Tensor) -> None:
+        """Add (B,) FLOPs of what a hook or head ran (branches, policies) to ``extras["extra_flops"]``, which
+        :func:`~nimblebert.core.flops.sample_flops` counts; each component adds its own, none overwrites."""
+        flops = flops.double().cpu()
+        current = self.extras.get("extra_flops")
+        self.extras["extra_flops"] = flops if current is None else current.double().cpu() + flops
+
 
 class LoopState:
     """The live batch inside the layer loop, handed to hooks after every layer.
 
     Hooks may call :meth:`finish` (rows leave with their logits) and :meth:`keep_tokens` (tokens
-    leave); the loop continues on what remains.
+    leave); the loop continues on what remains. A hook's own per-row state (b, ...) goes in
+    :attr:`row_state` and its per-token state (b, t, ...) in :attr:`token_state`, under a key of its own: both
+    are re-indexed here when rows leave or tokens drop, so that hooks of several methods (exits and token
+    cuts) compose without knowing of each other.
     """
 
     def __init__(self, hidden: torch.Tensor, mask: torch.Tensor, num_labels: int) -> None:
@@ -68,6 +78,8 @@ class LoopState:
         self.step = 0  # number of layers run so far by the live rows
         self.layer = -1  # model index of the last layer run
         self.extras: dict = {}
+        self.row_state: dict[str, torch.Tensor] = {}  # (b, ...) per live row, kept in step with ``rows``
+        self.token_state: dict[str, torch.Tensor] = {}  # (b, t, ...) per live token, kept in step with ``mask``
         self.removed = False  # whether any row has left (then outputs go through the row buffer)
         self._mask4d: torch.Tensor | None = None
         self._pack: torch.Tensor | None = None
@@ -103,6 +115,9 @@ class LoopState:
         self.removed = True
         self.hidden, self.mask = self.hidden[live], self.mask[live]
         self.rows, self.lengths = self.rows[live], self.lengths[live]
+        for table in (self.row_state, self.token_state):
+            for key, value in table.items():
+                table[key] = value[live]
         self._mask4d_valid = False
 
     def keep_tokens(self, keep: torch.Tensor) -> torch.Tensor:
@@ -113,6 +128,9 @@ class LoopState:
         """
         index, new_mask = keep_index(keep, self.mask)
         self.hidden = gather_tokens(self.hidden, index)
+        for key, value in self.token_state.items():
+            gather = index.view(*index.shape, *([1] * (value.dim() - 2))).expand(-1, -1, *value.shape[2:])
+            self.token_state[key] = torch.gather(value, 1, gather)
         self.mask = new_mask
         self.lengths = new_mask.sum(dim=1)
         self._mask4d_valid = False
@@ -123,7 +141,7 @@ class LoopState:
         return self.rows.numel() == 0
 
 
-Hook = Callable[[LoopState], None]
+Hook = Callable[[LoopState], None]  # may also have ``start(state)``: called once before the first layer
 
 
 class CoreEncoder(nn.Module):
@@ -131,15 +149,20 @@ class CoreEncoder(nn.Module):
 
     Args:
         model: e.g. ``BertForSequenceClassification``; its modules are used, not copied.
+        heads: the heads each layer really has, when fewer than the config says: a sub-network exported at a
+            smaller width stores its dropped heads as zeros (transformers cannot store fewer heads of the same
+            size), and the core then runs only the first ``heads`` — in training and at inference alike, so
+            every method built on such a folder is physically narrow. Widths are fractions of these heads.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, heads: int | None = None) -> None:
         super().__init__()
         self.model = model
         self.family: Family = family_of(model)
         cfg = model.config
         self.num_layers: int = cfg.num_hidden_layers
-        self.num_heads: int = cfg.num_attention_heads
+        self.stored_heads: int = cfg.num_attention_heads  # heads in the weight matrices (zeroed ones included)
+        self.num_heads: int = heads or cfg.num_attention_heads  # heads that run at full width
         self.head_dim: int = cfg.hidden_size // cfg.num_attention_heads
         self.ffn_size: int = cfg.intermediate_size
         self.num_labels: int = cfg.num_labels
@@ -185,7 +208,7 @@ class CoreEncoder(nn.Module):
         if pack is not None:
             x = x.reshape(b * t, d).index_select(0, pack)  # (N, d) the real tokens only
 
-        if h == self.num_heads:
+        if h == self.stored_heads:
             q, k, v = p.query(x), p.key(x), p.value(x)  # (b, t, n) or (N, n) each
         else:
             q = F.linear(x, p.query.weight[:n], p.query.bias[:n])
@@ -212,7 +235,7 @@ class CoreEncoder(nn.Module):
         if pack is not None:
             ctx = ctx.reshape(b * t, n).index_select(0, pack)  # (N, n)
 
-        if h == self.num_heads:
+        if h == self.stored_heads:
             a = p.attn_out(ctx)
         else:
             a = F.linear(ctx, p.attn_out.weight[:, :n], p.attn_out.bias)
@@ -251,6 +274,10 @@ class CoreEncoder(nn.Module):
         scores_out: list[torch.Tensor] | None = [] if output_scores else None
         steps: list[Step] = []
         parts = self.parts
+        for hook in hooks:  # hooks that keep per-row or per-token state register it before rows or tokens move
+            start = getattr(hook, "start", None)
+            if start is not None:
+                start(state)
         if plan.ops is not None:  # a chain of heterogeneous ops: the same state, steps and hooks (core/ops.py)
             if self.op_modules is None:
                 raise ValueError("the plan names ops, but this encoder has no op_modules")
@@ -270,6 +297,8 @@ class CoreEncoder(nn.Module):
                 scores_out.append(scores)
             for hook in hooks:
                 hook(state)
+                if state.empty:  # every row has left: the later hooks have nothing to work on
+                    break
             if state.empty:
                 break
 

@@ -51,6 +51,26 @@ class Plan:
         return (self.layers in (None, tuple(range(num_layers))) and self.heads is None and self.ffn is None
                 and self.ops is None)
 
+    def merged(self, other: Plan | None) -> Plan:
+        """Both plans at once (two components of a stack each restricting the structure): the layers both
+        run, in this plan's order, and per layer the smaller head and FFN counts."""
+        if other is None or other == FULL:
+            return self
+        if self == FULL:
+            return other
+        layers = self.layers if other.layers is None else (
+            other.layers if self.layers is None else tuple(i for i in self.layers if i in set(other.layers)))
+        if self.ops is not None and other.ops is not None and self.ops != other.ops:
+            raise ValueError("two components of a stack name different op chains (NAS-BERT): only one can")
+        return Plan(layers=layers, heads=_smaller(self.heads, other.heads), ffn=_smaller(self.ffn, other.ffn),
+                    ops=self.ops if self.ops is not None else other.ops)
+
+
+def _smaller(a: tuple[int, ...] | None, b: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return tuple(min(x, y) for x, y in zip(a, b, strict=True))
+
 
 FULL = Plan()
 

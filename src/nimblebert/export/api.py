@@ -34,7 +34,7 @@ def export_model(
     if out.exists() and Path(source).exists() and out.resolve() == Path(source).resolve():
         raise UserError(f"--out {out} is the model folder itself; give a new folder")
     model = load(source)
-    static = to_static(model, knobs, teacher_only)
+    static = to_static(model, knobs, teacher_only, keep_modules=exporter.keep_modules)
     out.mkdir(parents=True, exist_ok=True)
     (out / FINISHED_MARKER).unlink(missing_ok=True)
     for stale in [*out.glob("*.onnx"), out / "export.json"]:  # left by an earlier export, e.g. with --int8
@@ -49,4 +49,5 @@ def export_model(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {"format": fmt, "source": str(source), "out": str(out), "method": model.method,
-            "exported_method": static.method, "teacher_only": teacher_only, **report}
+            "exported_method": static.method, "exported_stack": static.describe(), "teacher_only": teacher_only,
+            **report}

@@ -1,9 +1,11 @@
-"""The ``hf`` format: a plain transformers model folder (``AutoModelForSequenceClassification`` loads it).
+"""The ``hf`` format: a transformers model folder (``AutoModelForSequenceClassification`` loads it).
 
-For a static model this is a copy; with ``--teacher-only`` it is the teacher inside a dynamic model; for
-a dynamic method that registers a materializer (``Method.extra["materialize"]``, e.g. DynaBERT at
-``--width 0.5 --depth 0.5``) it is the chosen sub-network as real smaller weights. The written folder is
-reloaded with transformers and compared with the model it came from.
+For a static model this is a copy; with ``--teacher-only`` it is the teacher inside a dynamic model; a component
+whose structure is a knob and that registers a materializer (``Method.materialize``, e.g. DynaBERT at
+``--width 0.5 --depth 0.5``) is written as the chosen sub-network, real smaller weights. Components that decide
+per sample (FastBERT's exits, TR-BERT's token cuts) stay live beside it in ``nimblebert.safetensors``:
+``nimblebert.load`` runs them with their knobs, plain transformers loads the sub-network (what they sit on).
+The written folder is reloaded with transformers and compared with the model it came from.
 """
 
 from __future__ import annotations
@@ -46,4 +48,5 @@ HF = register_exporter(Exporter(
     name="hf",
     help="a plain transformers model folder (safetensors + config + tokenizer)",
     write=write,
+    keep_modules=True,
 ))

@@ -45,12 +45,15 @@ class Exporter:
             ``folder`` (a staging folder: the caller moves it into place, ``config.json`` last) and
             returns a JSON-serializable report. Raises :class:`UserError` when a check fails.
         supports_int8: whether ``--int8`` means something for this format.
+        keep_modules: the format keeps nimblebert's modules and stack beside the transformers model (``hf``: a model
+            folder that ``nimblebert.load`` runs with its exits and token cuts live), so those need not be static.
     """
 
     name: str
     help: str
     write: Callable[[NimbleModel, Path, ExportOptions], dict[str, Any]]
     supports_int8: bool = False
+    keep_modules: bool = False
     extra: dict = field(default_factory=dict)
 
 

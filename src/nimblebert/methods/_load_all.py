@@ -1,11 +1,4 @@
-"""Imports every built-in method so that its ``register_method`` call runs. One line per method."""
+"""The built-in methods, one name per folder of ``nimblebert.methods``. The registry imports a folder (which runs its
+``register_method`` call) the first time its method is asked for; ``list_methods`` imports them all."""
 
-from . import (
-    dynabert,  # noqa: F401
-    fastbert,  # noqa: F401
-    finetune,  # noqa: F401
-    nasbert,  # noqa: F401
-    ssa,  # noqa: F401
-    tinybert,  # noqa: F401
-    trbert,  # noqa: F401
-)
+BUILTIN = ("dynabert", "fastbert", "finetune", "nasbert", "ssa", "tinybert", "trbert")

@@ -22,25 +22,24 @@ from __future__ import annotations
 
 import dataclasses
 
+from ...distill.teacher import SnapshotTeacher, Teacher
 from ...errors import UserError
 from ...model import NimbleModel
 from ..registry import Knob, Method, register_method
 from .config import DynaBertConfig
 from .materialize import materialize
 from .objective import (
-    SnapshotTeacher,
     SubNetworkObjective,
-    Teacher,
     config_of,
     evaluate_grid,
     hidden_targets,
     stages,
 )
-from .policy import infer, plan_of
+from .policy import contribute, plan_of, train_settings
 
 __all__ = [
     "DYNABERT", "DynaBertConfig", "SnapshotTeacher", "SubNetworkObjective", "Teacher", "attach", "evaluate_grid",
-    "hidden_targets", "infer", "materialize", "plan_of", "stages",
+    "contribute", "hidden_targets", "materialize", "plan_of", "stages",
 ]
 
 
@@ -59,17 +58,19 @@ DYNABERT = register_method(
         config_cls=DynaBertConfig,
         attach=attach,
         stages=stages,
-        infer=infer,
+        contribute=contribute,
         knobs=(
             Knob("width", 1.0, "DynaBERT: fraction of attention heads and FFN neurons kept per layer, in (0, 1]; "
-                               "1 = full width", low=0.0, high=1.0),
+                               "1 = full width", low=0.0, high=1.0, sweep=(1.0, 0.75, 0.5, 0.25), full=1.0),
             Knob("depth", 1.0, "DynaBERT: fraction of layers kept, in (0, 1] (the layers of the model's "
                                "--depth-rule; official: floor(i/depth)); "
-                               "1 = all layers", low=0.0, high=1.0),
+                               "1 = all layers", low=0.0, high=1.0, sweep=(1.0, 0.75, 0.5), full=1.0),
         ),
         static=False,
+        continues=True,
+        train_settings=train_settings,
+        materialize=materialize,
         help="DynaBERT (Hou et al. 2020): one model at several widths and depths, distilled from a fine-tuned "
              "teacher; --width and --depth pick the sub-network; export writes it as a plain transformers model",
-        extra={"materialize": materialize},
     )
 )

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ...core.plan import DEPTH_RULES
+from ...distill.config import AugmentOptions, check_augment_options
 from ...errors import UserError
-from ..tinybert.config import AugmentOptions, check_augment_options
 
 PHASES = ("width", "depth", "final")
 SPLITS = ("validation", "train")  # never "test": importance on it would leak into the reported numbers

@@ -42,13 +42,14 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from ...core.encoder import CoreEncoder, EncoderOutput
 from ...core.plan import depth_layers
 from ...core.slicing import compute_importance, encoder_plan, rewire
+from ...distill.augment import augment_cache, encoded_training_set
+from ...distill.teacher import SnapshotTeacher, Teacher
 from ...errors import UserError
-from ...io import load_tensors, save_tensors
 from ...train.stages import Stage, TrainData, TrainOptions
 from ..losses import hidden_mse, soft_cross_entropy
+from ..options import options_from
 from .config import DynaBertConfig
 
 if TYPE_CHECKING:
@@ -58,8 +59,8 @@ if TYPE_CHECKING:
 
 
 def config_of(model: NimbleModel) -> DynaBertConfig:
-    fields = DynaBertConfig.__dataclass_fields__
-    return DynaBertConfig(**{k: v for k, v in model.method_config.items() if k in fields})
+    """The DynaBERT options of ``model`` (its component's saved options)."""
+    return options_from(DynaBertConfig, model.method_config)
 
 
 def hidden_targets(num_layers: int, depth: float, rule: str = "official") -> list[int]:
@@ -81,60 +82,6 @@ def depth_rule_of(model: NimbleModel) -> str:
     return str(model.method_config.get("depth_rule", "official"))
 
 
-# ---- teachers -----------------------------------------------------------------------------------------
-
-
-class Teacher:
-    """A frozen copy of a transformers classifier, run by the core under ``no_grad`` in eval mode (as the
-    official teacher, which ``from_pretrained`` leaves in eval mode: no dropout).
-
-    Deliberately not a submodule of the student: it is not saved, not trained, and not switched to train
-    mode by the trainer. It follows the batch to its device on first use.
-    """
-
-    def __init__(self, hf_model: torch.nn.Module) -> None:
-        for p in hf_model.parameters():
-            p.requires_grad_(False)
-        self.encoder = CoreEncoder(hf_model.eval())
-
-    @torch.no_grad()
-    def __call__(self, model: NimbleModel, batch: dict[str, torch.Tensor]) -> EncoderOutput:
-        ids = batch["input_ids"]
-        if self.encoder.model.device != ids.device:
-            self.encoder.model.to(ids.device)
-        return self.encoder(ids, batch.get("attention_mask"), batch.get("token_type_ids"), output_hidden_states=True)
-
-
-class SnapshotTeacher:
-    """The student *as it is when the stage starts*, frozen: DynaBERT's width × depth stage distils from the
-    DynaBERT_W model that the width stage produced.
-
-    The snapshot is taken at the stage's first step and written to ``path`` (inside the trainer's
-    checkpoint folder, which the trainer empties when a run starts and removes when it ends), so that a
-    run killed during the stage and continued with ``--resume`` distils from the same teacher.
-    """
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self.teacher: Teacher | None = None
-
-    def __call__(self, model: NimbleModel, batch: dict[str, torch.Tensor]) -> EncoderOutput:
-        if self.teacher is None:
-            hf = copy.deepcopy(model.hf)
-            if self.path is not None and self.path.exists():  # a resumed run: the stage's original teacher
-                hf.load_state_dict(load_tensors(self.path, batch["input_ids"].device))
-            elif self.path is not None and _is_main_process():
-                save_tensors(self.path, hf.state_dict())
-            self.teacher = Teacher(hf)
-        return self.teacher(model, batch)
-
-
-def _is_main_process() -> bool:
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
-
-
 # ---- objectives ---------------------------------------------------------------------------------------
 
 
@@ -146,7 +93,8 @@ class SubNetworkObjective:
     """
 
     def __init__(self, widths: Sequence[float], depths: Sequence[float], lambda1: float = 1.0,
-                 lambda2: float = 1.0, teacher: Any = None, depth_rule: str = "official") -> None:
+                 lambda2: float = 1.0, teacher: Teacher | SnapshotTeacher | None = None,
+                 depth_rule: str = "official") -> None:
         self.widths = sorted(widths, reverse=True)
         self.depth_rule = depth_rule
         self.depths = sorted(depths, reverse=True)
@@ -167,10 +115,10 @@ class SubNetworkObjective:
                 if target is None:
                     loss = F.cross_entropy(out.logits.float(), batch["labels"])
                 else:
-                    assert out.hidden_states is not None and target.hidden_states is not None
+                    assert out.hidden_states is not None
                     kd = soft_cross_entropy(out.logits.float(), target.logits.float(), reduction="sum")
                     hidden = hidden_mse([h.float() for h in out.hidden_states],
-                                        [target.hidden_states[i].float() for i in targets])
+                                        [target.hidden[i].float() for i in targets])
                     loss = self.lambda1 * kd + self.lambda2 * hidden
                     kd_sum = kd_sum + kd.detach()
                     hidden_sum = hidden_sum + hidden.detach()
@@ -230,19 +178,6 @@ def importance_loader(model: NimbleModel, opts: TrainOptions, cfg: DynaBertConfi
     if cfg.importance_examples and cfg.importance_examples < len(encoded):
         encoded = encoded.select(range(cfg.importance_examples))
     return make_loader(encoded, model.tokenizer, opts.eval_batch_size, shuffle=False, bucket_by_length=True)
-
-
-def augmented_train_set(model: NimbleModel, opts: TrainOptions, cfg: DynaBertConfig, data: TrainData | None,
-                        teacher: torch.nn.Module) -> Any:
-    """The encoded training set with TinyBERT's augmentation (§3.3; shared cache, so TinyBERT's set for the same
-    texts and options is reused); candidates from the teacher's masked-LM head, else its input embeddings."""
-    from ...data import encode
-    from ..tinybert.augment import augment_cache, augment_training_set
-    from ..tinybert.texts import training_task
-
-    task = training_task(data, opts, list(model.label_names))
-    rows = augment_training_set(task.train, task.has_pair, cfg, opts, teacher, model.tokenizer, augment_cache())
-    return encode(rows, model.tokenizer, opts.max_length, task.has_pair)
 
 
 def continued_from(spec: str | None, cfg: DynaBertConfig) -> dict[str, Any] | None:
@@ -336,7 +271,10 @@ def stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None = None
     # relabelling each (their labels are not read); the final fine-tuning uses the gold-labelled set alone.
     augmented = None
     if cfg.augment and ("width" in cfg.phases or "depth" in cfg.phases):
-        augmented = augmented_train_set(model, opts, cfg, data, teacher_hf if teacher_hf is not None else model.hf)
+        # TinyBERT's augmentation (§3.3) and its cache, so that TinyBERT's set for the same texts and options is
+        # reused; candidates from the teacher's masked-LM head, else its input embeddings.
+        augmented = encoded_training_set(data, cfg, opts, teacher_hf if teacher_hf is not None else model.hf,
+                                         model.tokenizer, model.label_names, augment_cache())
 
     ckpt = None
     if opts.out:
@@ -352,8 +290,9 @@ def stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None = None
         result.append(Stage("dynabert-width", objective, epochs=cfg.width_epochs or opts.epochs, **common,
                             train_data=augmented, **_selection(cfg.widths, [1.0])))
     if "depth" in cfg.phases:
+        teacher: Teacher | SnapshotTeacher
         if "width" in cfg.phases or teacher_hf is None:  # distil the model as the stage starts (DynaBERT_W)
-            teacher: Any = SnapshotTeacher(ckpt / "dynabert-depth-teacher.safetensors" if ckpt else None)
+            teacher = SnapshotTeacher(ckpt / "dynabert-depth-teacher.safetensors" if ckpt else None)
         else:
             teacher = Teacher(teacher_hf)
         objective = SubNetworkObjective(cfg.widths, cfg.depths, cfg.depth_lambda1, cfg.depth_lambda2, teacher,

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ...core.encoder import EncoderOutput
 from ...core.plan import Plan
 from ...core.slicing import encoder_plan
+from ..registry import Contribution
 from .objective import depth_rule_of
 
 if TYPE_CHECKING:
@@ -28,11 +28,16 @@ def plan_of(model: NimbleModel, width: float = 1.0, depth: float = 1.0) -> Plan:
     return encoder_plan(model.encoder, width, depth, depth_rule_of(model))
 
 
-def infer(model: NimbleModel, batch: dict[str, torch.Tensor], width: float = 1.0, depth: float = 1.0) -> EncoderOutput:
-    """One inference pass of the sub-network at (``width``, ``depth``) ∈ (0, 1]².
+def contribute(model: NimbleModel, batch: dict[str, torch.Tensor], knobs: dict) -> Contribution:
+    """DynaBERT's part of one inference pass: the Plan of the sub-network at (``width``, ``depth``) ∈ (0, 1]²
+    (width 1 and depth 1: none, the plain model). ``layers_run`` is then the number of layers the sub-network
+    has; the FLOPs the core records are those of the sliced widths."""
+    plan = plan_of(model, float(knobs.get("width", 1.0)), float(knobs.get("depth", 1.0)))
+    return Contribution(plan=plan)
 
-    ``layers_run`` is the number of layers the sub-network has; the FLOPs the core records are those of
-    the sliced widths.
-    """
-    plan = plan_of(model, width, depth)
-    return model.encoder(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"), plan=plan)
+
+def train_settings(model: NimbleModel) -> list[dict]:
+    """What a component stacked on DynaBERT (exits) is trained at: every width this model was trained at, at full
+    depth (exits distilled on each sub-network's own states and predictions, so they hold at every width)."""
+    widths = model.method_config.get("widths") or [1.0]
+    return [{"width": float(w)} for w in sorted({float(w) for w in widths}, reverse=True)]

@@ -21,15 +21,15 @@ import dataclasses
 
 from ...errors import UserError
 from ...model import NimbleModel
-from ..registry import Knob, Method, register_method
+from ..registry import EXITS, Knob, Method, register_method
 from .config import FastBertConfig
 from .modules import AttentionBranch, PooledBranch, build_branches, normalized_entropy
 from .objective import config_of, distill_objective, finetune_objective, stages
-from .policy import ExitHook, branch_flops, infer
+from .policy import ExitHook, branch_flops, check_together, contribute
 
 __all__ = [
     "FASTBERT", "AttentionBranch", "ExitHook", "FastBertConfig", "PooledBranch", "attach", "branch_flops",
-    "build_branches", "distill_objective", "finetune_objective", "infer", "normalized_entropy", "stages",
+    "build_branches", "contribute", "distill_objective", "finetune_objective", "normalized_entropy", "stages",
 ]
 
 
@@ -53,14 +53,19 @@ FASTBERT = register_method(
         config_cls=FastBertConfig,
         attach=attach,
         stages=stages,
-        infer=infer,
+        contribute=contribute,
         knobs=(
             Knob("speed", 0.0, "FastBERT: a sample leaves at the first layer whose normalized entropy is "
-                               "≤ speed; 0 = the teacher (full model), higher = faster", low=0.0, high=1.0),
+                               "≤ speed; 0 = the teacher (full model), higher = faster", low=0.0, high=1.0,
+                 sweep=(0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), full=0.0),
             Knob("patience", 0, "FastBERT branches with PABEE's rule: a sample leaves once its prediction "
-                                "has stayed the same for this many more layers; 0 = off", low=0, type=int),
+                                "has stayed the same for this many more layers; 0 = off", low=0, type=int, full=0),
         ),
         static=False,
+        role=EXITS,
+        trains_at_settings=True,
+        hook_order=0,
+        check_together=check_together,
         help="FastBERT (Liu et al. 2020): a branch classifier after every layer, self-distilled from the "
              "model's head; --speed picks how early samples leave",
     )

@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from ...core.tokens import attention_mask4d
+from ...core.encoder import LoopState
 from ...errors import UserError
 from ...model import finetune_first
 from ...train.stages import Stage, TrainData, TrainOptions
 from ..losses import kl_batchmean
+from ..options import options_from
 from .config import FastBertConfig
 
 if TYPE_CHECKING:
@@ -40,35 +41,65 @@ def finetune_objective(model: NimbleModel, batch: dict[str, torch.Tensor]) -> di
     return {"loss": loss, "ce": loss.detach()}
 
 
+def parent_settings(model: NimbleModel) -> list[dict[str, Any]]:
+    """The knob settings of the components below FastBERT that its branches are distilled at: the product of each
+    one's ``Method.train_settings`` (DynaBERT: every width it was trained at; TR-BERT: its default threshold), so
+    that the exits hold at the settings they will run at. A plain model below: one setting, ``{}``."""
+    settings: list[dict[str, Any]] = [{}]
+    for i, component in enumerate(model.stack[:-1]):
+        spec = component.spec
+        if component.fixed or spec.train_settings is None:
+            continue
+        with model.focus(i):
+            options = spec.train_settings(model)
+        settings = [{**a, **b} for a in settings for b in options]
+    return settings
+
+
 def distill_objective(model: NimbleModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Stage 2: Σ over student branches of KL(p_teacher ‖ p_student), batch-mean, T = 1.
 
     The teacher is the model's own classification head — the one stage 1 trained (or the fine-tuned
     model's classifier) — never a fresh module (the BitVoyage/FastBERT#12 bug). As in the official code
     the backbone keeps its training-mode dropout while it runs under ``no_grad``.
+
+    On a stack (FastBERT on DynaBERT, on TR-BERT), the pass runs once per :func:`parent_settings` through the
+    one runner, exits off: each branch learns from the states its layer produces at that setting (a narrower
+    sub-network, fewer tokens) and from the prediction of that setting's own head; the loss is the mean over
+    the settings of the official sum over branches.
     """
+    from ...inference import contributions
+
     ids = batch["input_ids"]
     mask = batch.get("attention_mask")
     if mask is None:
         mask = torch.ones_like(ids)
-    with torch.no_grad():
-        out = model.encoder(ids, mask, batch.get("token_type_ids"), output_hidden_states=True)
-        teacher = out.logits.float()  # (b, C) the teacher head's logits
-    hiddens = out.hidden_states  # [embeddings, layer 1, ..., layer L], each (b, t, d)
-    assert hiddens is not None
-    mask4d = attention_mask4d(mask)
+    branches = model.extras["branches"]
+    settings = parent_settings(model)
     parts: dict[str, torch.Tensor] = {}
     total = torch.zeros((), device=ids.device)
-    for i, branch in enumerate(model.extras["branches"]):
-        kl = kl_batchmean(branch(hiddens[i + 1], mask, mask4d).float(), teacher)
-        total = total + kl
-        parts[f"kl_{i + 1}"] = kl.detach()
+    for setting in settings:
+        seen: dict[int, tuple[torch.Tensor, torch.Tensor, Any]] = {}
+
+        def record(state: LoopState, seen: dict = seen) -> None:
+            seen[state.layer] = (state.hidden, state.mask, state.attn_mask)
+
+        with torch.no_grad():
+            run = contributions(model, batch, model.check_knobs(setting))  # exits off: speed 0 is the default
+            out = model.encoder(ids, mask, batch.get("token_type_ids"), plan=run.plan, hooks=[*run.hooks, record])
+            teacher = out.logits.float()  # (b, C) the head's logits at this setting
+        for layer, (hidden, live_mask, mask4d) in sorted(seen.items()):
+            if layer >= len(branches):
+                continue  # after the last layer the model's own head answers
+            kl = kl_batchmean(branches[layer](hidden, live_mask, mask4d).float(), teacher) / len(settings)
+            total = total + kl
+            parts[f"kl_{layer + 1}"] = parts.get(f"kl_{layer + 1}", torch.zeros((), device=ids.device)) + kl.detach()
     return {"loss": total, **parts}
 
 
 def config_of(model: NimbleModel) -> FastBertConfig:
-    fields = FastBertConfig.__dataclass_fields__
-    return FastBertConfig(**{k: v for k, v in model.method_config.items() if k in fields})
+    """The FastBERT options of ``model`` (its component's saved options)."""
+    return options_from(FastBertConfig, model.method_config)
 
 
 def distill_texts(path: str, tokenizer: Any, max_length: int) -> Any:

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from ...core.encoder import EncoderOutput, LoopState
+from ...errors import UserError
+from ..registry import Contribution
 from .modules import normalized_entropy
 
 if TYPE_CHECKING:
@@ -85,19 +87,22 @@ def branch_flops(model: NimbleModel, out: EncoderOutput) -> torch.Tensor:
     return total
 
 
-def infer(
-    model: NimbleModel, batch: dict[str, torch.Tensor], speed: float = 0.0, patience: int = 0
-) -> EncoderOutput:
-    """One inference pass at ``speed`` ∈ [0, 1] (and/or ``patience`` ≥ 1 for the PABEE rule).
-
-    Returns the core's :class:`EncoderOutput`: ``logits`` of the layer each sample left at,
-    ``layers_run`` = its exit layer (1-based), ``steps`` = which rows ran each layer, and the branch
-    FLOPs in ``extras["extra_flops"]``.
+def contribute(model: NimbleModel, batch: dict[str, torch.Tensor], knobs: dict) -> Contribution:
+    """FastBERT's part of one inference pass at ``speed`` ∈ [0, 1] (and/or ``patience`` ≥ 1, PABEE's rule): the
+    exit hook, and the branches' FLOPs afterwards. ``layers_run`` of the pass is then each sample's exit layer.
+    ``speed = 0`` and no patience contributes nothing: exactly the model below (normal mode, no branch computed).
     """
-    ids, mask, types = batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids")
+    speed, patience = float(knobs.get("speed", 0.0)), int(knobs.get("patience", 0))
     if speed <= 0 and patience <= 0:
-        return model.encoder(ids, mask, types)  # normal mode: exactly the teacher, no branch computed
-    branches = model.extras["branches"]
-    out = model.encoder(ids, mask, types, hooks=[ExitHook(branches, speed, patience)])
-    out.extras["extra_flops"] = branch_flops(model, out)
-    return out
+        return Contribution()
+    hook = ExitHook(model.extras["branches"], speed, patience)
+    return Contribution(hooks=[hook], after=[lambda out: out.add_flops(branch_flops(model, out))])
+
+
+def check_together(model: NimbleModel, knobs: dict) -> None:
+    """Exits are distilled at full depth (see :func:`~.objective.parent_settings`): a smaller depth below them
+    would hand each branch the states of other layers than those it learnt from."""
+    exits = float(knobs.get("speed", 0.0)) > 0 or int(knobs.get("patience", 0)) > 0
+    if exits and float(knobs.get("depth", 1.0)) < 1.0:
+        raise UserError("--depth below 1 together with early exits: the exits were distilled at full depth; use "
+                        "--speed (exits) or --depth (fewer layers), not both")

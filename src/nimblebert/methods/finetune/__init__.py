@@ -1,7 +1,8 @@
 """Plain fine-tuning: the baseline every other method starts from (Devlin et al. 2019, §4).
 
 Cross-entropy on the gold labels through the model's own classification head; the result is a plain
-transformers model.
+transformers model. It adds nothing at inference (a sub-network exported narrower than its config says runs only
+its kept heads: the core reads that from the folder's stack, see ``nimblebert.model.kept_heads``).
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ...core.encoder import EncoderOutput
-from ...core.plan import FULL, Plan
 from ...model import NimbleModel
 from ...train.stages import Stage, TrainData, TrainOptions
 from ..registry import Method, register_method
@@ -29,14 +28,6 @@ def cross_entropy_objective(model: NimbleModel, batch: dict[str, torch.Tensor]) 
     return {"loss": loss, "ce": loss.detach()}
 
 
-def infer(model: NimbleModel, batch: dict[str, torch.Tensor]) -> EncoderOutput:
-    """The full model — or, for a sub-network exported with fewer heads (which transformers can only
-    store as zeroed heads), only the heads it kept, as really smaller products with FLOPs to match."""
-    heads = model.method_config.get("heads_per_layer")
-    plan = Plan(heads=tuple(heads)) if heads else FULL
-    return model.encoder(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), plan=plan)
-
-
 def stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None = None) -> list[Stage]:
     return [Stage("finetune", cross_entropy_objective, lr=opts.lr, epochs=opts.epochs, warmup=opts.warmup)]
 
@@ -51,7 +42,7 @@ FINETUNE = register_method(
         config_cls=FinetuneConfig,
         attach=attach,
         stages=stages,
-        infer=infer,
+        continues=True,
         help="plain fine-tuning with cross-entropy (the baseline and the usual teacher)",
     )
 )

@@ -23,10 +23,10 @@ from ..registry import Knob, Method, register_method
 from .config import NasBertConfig
 from .modules import ShrinkState, build_net, build_supernet
 from .objective import config_of, resolve_space, space_of, stages
-from .policy import infer
+from .policy import contribute
 from .space import Space, default_space, format_arch, parse_arch
 
-__all__ = ["NASBERT", "NasBertConfig", "Space", "attach", "default_space", "format_arch", "infer", "parse_arch"]
+__all__ = ["NASBERT", "NasBertConfig", "Space", "attach", "default_space", "contribute", "format_arch", "parse_arch"]
 
 
 def attach(model: NimbleModel) -> None:
@@ -66,11 +66,12 @@ NASBERT = register_method(
         config_cls=NasBertConfig,
         attach=attach,
         stages=stages,
-        infer=infer,
+        contribute=contribute,
         knobs=(Knob("arch", "", "NAS-BERT supernet: the architecture to run, e.g. 128:mha,ffn/96:conv3/64:ffn "
                                 "(default: each block's largest live one); a searched network has its own", type=str),),
         static=False,
-        extra={"materialize": lambda model, arch="": materialize(model, arch)},
+        materialize=materialize,
+        export_refusal="only a BERT-shaped searched network has a plain transformers form",
         help="NAS-BERT (Xu et al. 2021): a supernet of MHA/FFN/convolution ops at several sizes, trained block-wise "
              "from --teacher with progressive shrinking; `nimblebert search` then picks a network under a budget",
     )

@@ -4,13 +4,13 @@ BERT layers. A searched network runs its chain; a supernet runs one architecture
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ...core.encoder import EncoderOutput
 from ...core.plan import Plan
 from ...errors import UserError
+from ..registry import Contribution
 from .modules import supernet_path
 from .space import Arch, parse_arch
 
@@ -32,16 +32,15 @@ def supernet_plan(model: NimbleModel, arch: Arch) -> Plan:
     return Plan(ops=supernet_path(arch))
 
 
-def infer(model: NimbleModel, batch: dict[str, torch.Tensor], arch: str = "") -> EncoderOutput:
-    """One forward pass: the searched chain, or a supernet architecture (``arch``, see
-    :func:`~.space.format_arch`)."""
+def contribute(model: NimbleModel, batch: dict[str, torch.Tensor], knobs: dict[str, Any]) -> Contribution:
+    """The plan of one pass: the searched chain, or a supernet architecture (the ``arch`` knob, see
+    :func:`~.space.format_arch`; default: each block's largest live one)."""
     from .objective import space_of
 
+    arch = knobs.get("arch") or ""
     if model.method_config.get("role") == "net":
         if arch and arch != model.method_config["arch"]:
             raise UserError("--arch applies to a NAS-BERT supernet; this is a searched network with a fixed "
                             f"architecture ({model.method_config['arch']})")
-        plan = net_plan(model)
-    else:
-        plan = supernet_plan(model, parse_arch(arch, space_of(model)) if arch else largest_arch(model))
-    return model.encoder(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"), plan=plan)
+        return Contribution(plan=net_plan(model))
+    return Contribution(plan=supernet_plan(model, parse_arch(arch, space_of(model)) if arch else largest_arch(model)))

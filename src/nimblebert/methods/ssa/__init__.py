@@ -32,18 +32,19 @@ from torch import nn
 
 from ...model import NimbleModel
 from ...train.stages import Stage, TrainData, TrainOptions
+from ..options import options_from
 from ..registry import Method, register_method
 from .config import SsaConfig
-from .heads import TokenHead, forward, importance_pooling, infer, special_mask
+from .heads import TokenHead, contribute, forward, importance_pooling, special_mask
 from .probe import aug_ratio, mask_positions, probe_epoch, token_labels
 
-__all__ = ["SSA", "SsaConfig", "TokenHead", "aug_ratio", "attach", "importance_pooling", "infer",
+__all__ = ["SSA", "SsaConfig", "TokenHead", "aug_ratio", "attach", "contribute", "importance_pooling",
            "mask_positions", "objective", "probe_epoch", "special_mask", "stages", "token_labels"]
 
 
 def config_of(model: NimbleModel) -> SsaConfig:
-    fields = SsaConfig.__dataclass_fields__
-    return SsaConfig(**{k: v for k, v in model.method_config.items() if k in fields})
+    """The SSA options of ``model`` (its component's saved options)."""
+    return options_from(SsaConfig, model.method_config)
 
 
 def attach(model: NimbleModel) -> None:
@@ -99,12 +100,12 @@ SSA = register_method(
         config_cls=SsaConfig,
         attach=attach,
         stages=stages,
-        infer=infer,
+        contribute=contribute,
         static=False,
         help="SSA (Chen/Kou et al. 2020): fine-tuning with self-supervised token-importance labels probed from "
              "the model each epoch (--variant hybrid: importance pooling; reg: token loss only, a plain model)",
         # Whether the saved transformers head is the model's classifier (what another method's teacher reads).
-        extra={"head_is_classifier": lambda cfg: cfg.get("variant", "hybrid") == "reg",
-               "teacher_hint": " (train it with --variant reg for a teacher)"},
+        head_is_classifier=lambda cfg: cfg.get("variant", "hybrid") == "reg",
+        teacher_hint=" (train it with --variant reg for a teacher)",
     )
 )

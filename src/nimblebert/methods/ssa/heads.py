@@ -17,6 +17,7 @@ from torch import nn
 
 from ...core.encoder import EncoderOutput
 from ...model import NimbleModel
+from ..registry import Contribution
 from .config import SsaConfig
 
 
@@ -87,14 +88,22 @@ def pooled_cls(model: NimbleModel, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def forward(model: NimbleModel, batch: dict[str, torch.Tensor]) -> tuple[EncoderOutput, torch.Tensor]:
-    """Logits of the SSA model and its token logits (b, t, 2)."""
-    cfg = SsaConfig(**model.method_config)
+    """Logits of the SSA model and its token logits (b, t, 2) (training and probing)."""
+    out = model.encoder(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"), classify=False)
+    out.logits, token_logits = heads(model, SsaConfig(**model.method_config), batch, out)
+    return out, token_logits
+
+
+def heads(model: NimbleModel, cfg: SsaConfig, batch: dict[str, torch.Tensor], out: EncoderOutput
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The token head and the prediction on the last hidden states of a pass run with ``classify=False``: the
+    hybrid's importance pooling mixed with the pooled [CLS], or (SSA-Reg) the model's own head. Adds their FLOPs
+    to the pass's. Returns the logits (b, C) and the token logits (b, t, 2)."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    out = model.encoder(ids, mask, batch.get("token_type_ids"), classify=False)
     hidden = out.extras["last_hidden"]
     token_logits = model.extras["token_head"](hidden)
     text = special_mask(model, ids, mask)
-    d, b = hidden.size(-1), hidden.size(0)
+    d = hidden.size(-1)
     n_tokens = mask.sum(dim=1).double().cpu()
     extra = 2.0 * (d * d + 2 * d) * n_tokens  # the token head on every real token
     if cfg.variant == "hybrid":
@@ -105,15 +114,15 @@ def forward(model: NimbleModel, batch: dict[str, torch.Tensor]) -> tuple[Encoder
     else:
         logits = model.encoder.classify(hidden)
         extra += 2.0 * d * d + 2.0 * d * model.num_labels
-    out.logits = logits
-    out.extras.setdefault("extra_flops", torch.zeros(b, dtype=torch.float64))
-    out.extras["extra_flops"] = out.extras["extra_flops"] + extra
-    return out, token_logits
+    out.add_flops(extra)
+    return logits, token_logits
 
 
-def infer(model: NimbleModel, batch: dict[str, torch.Tensor]) -> EncoderOutput:
-    """Inference with the SSA model (no knobs: SSA changes accuracy, not speed). SSA-Reg predicts with the
-    model's own head, so it runs exactly the plain model (the token head only matters in training)."""
+def contribute(model: NimbleModel, batch: dict[str, torch.Tensor], knobs: dict) -> Contribution:
+    """SSA's part of one inference pass (no knobs: SSA changes accuracy, not speed). SSA-Reg predicts with the
+    model's own head, so it adds nothing (the token head only matters in training); the hybrid replaces the head
+    with its importance pooling."""
     if model.method_config.get("variant") == "reg":
-        return model.encoder(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-    return forward(model, batch)[0]
+        return Contribution()
+    cfg = SsaConfig(**model.method_config)
+    return Contribution(head=lambda out: heads(model, cfg, batch, out)[0])

@@ -34,13 +34,15 @@ import torch
 from torch import nn
 
 from ...core.encoder import CoreEncoder
-from ...data import data_home, encode
+from ...distill.augment import augment_cache, encoded_training_set
+from ...distill.cache import TeacherCache, build_cache, cache_root, inner_bytes
+from ...distill.teacher import Targets, Teacher, zero_padding
+from ...distill.texts import base_of_teacher, general_dataset
 from ...errors import UserError
 from ...io import load_tensors
 from ...train.stages import Stage, TrainOptions
 from ..losses import attention_mse, hidden_mse, soft_cross_entropy
-from .augment import augment_cache, augment_training_set
-from .cache import Targets, Teacher, TeacherCache, build_cache, inner_bytes, zero_padding
+from ..options import options_from
 from .config import TinyBertConfig
 from .student import (
     build_student,
@@ -49,7 +51,6 @@ from .student import (
     hidden_map,
     student_shape,
 )
-from .texts import base_of_teacher, general_dataset, training_task
 
 if TYPE_CHECKING:
     from ...model import NimbleModel
@@ -59,8 +60,8 @@ PROJECTION = "fit_dense"  # the key of the projection in model.extras, the offic
 
 
 def config_of(model: NimbleModel) -> TinyBertConfig:
-    fields = TinyBertConfig.__dataclass_fields__
-    return TinyBertConfig(**{k: v for k, v in model.method_config.items() if k in fields})
+    """The TinyBERT options of ``model`` (its component's saved options)."""
+    return options_from(TinyBertConfig, model.method_config)
 
 
 class TargetSource:
@@ -226,7 +227,7 @@ def _projection(model: NimbleModel, opts: TrainOptions, teacher_hidden: int) -> 
 
 def cache_home(cfg: TinyBertConfig) -> Path:
     """Folder of the cached teacher outputs (``teacher/``) and augmented sets (``augment/``, :func:`augment_cache`)."""
-    return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else data_home() / "cache" / "tinybert"
+    return cache_root(cfg.cache_dir, "tinybert")
 
 
 def _teacher_cache(teacher: Teacher, encoded: Any, model: NimbleModel, hidden_idx: list[int], score_idx: list[int],
@@ -299,12 +300,8 @@ def stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None = None
             train_data=g_data))
 
     if task_stages:
-        task = training_task(data, opts, model.label_names)
-        train_ds = task.train
-        if cfg.augment:
-            train_ds = augment_training_set(train_ds, task.has_pair, cfg, opts, teacher_hf, model.tokenizer,
-                                            augment_cache(cfg.cache_dir))
-        encoded = encode(train_ds, model.tokenizer, opts.max_length, task.has_pair)
+        encoded = encoded_training_set(data, cfg, opts, teacher_hf, model.tokenizer, model.label_names,
+                                       augment_cache(cfg.cache_dir))
         hidden_idx, score_idx = hidden_map(mapping), [g - 1 for g in mapping]
         cache = _teacher_cache(teacher, encoded, model, hidden_idx, score_idx, "prediction" in names,
                                "intermediate" in names, cfg, opts, "training set")

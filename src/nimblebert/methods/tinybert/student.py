@@ -160,17 +160,3 @@ def has_trained_classifier(folder: str) -> bool | None:
             if any(k.startswith("classifier.") for k in handle.keys()):
                 return True
     return False
-
-
-def has_mlm_head(folder: str) -> bool:
-    """Whether a local model folder's weights hold a masked-LM head (BERT ``cls.predictions``, RoBERTa ``lm_head``)."""
-    path = Path(folder)
-    if not path.is_dir():
-        return False
-    from safetensors import safe_open
-
-    for f in sorted(path.glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as handle:
-            if any(k.startswith(("cls.predictions.", "lm_head.")) for k in handle.keys()):
-                return True
-    return False

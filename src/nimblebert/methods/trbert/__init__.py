@@ -19,15 +19,15 @@ import dataclasses
 
 from ...errors import UserError
 from ...model import NimbleModel
-from ..registry import Knob, Method, register_method
+from ..registry import TOKENS, Knob, Method, register_method
 from .config import TrBertConfig, default_cuts, guide_target
 from .modules import CutHook, TokenPolicy, build_policies, forced_tokens, selection_nll, top_n_mask
 from .objective import RLObjective, config_of, finetune_objective, residual_scores, stages
-from .policy import DROP_MODES, infer
+from .policy import DROP_MODES, contribute, train_settings
 
 __all__ = [
     "DROP_MODES", "TRBERT", "CutHook", "RLObjective", "TokenPolicy", "TrBertConfig", "attach", "build_policies",
-    "default_cuts", "finetune_objective", "forced_tokens", "guide_target", "infer", "residual_scores",
+    "contribute", "default_cuts", "finetune_objective", "forced_tokens", "guide_target", "residual_scores",
     "selection_nll", "stages", "top_n_mask",
 ]
 
@@ -53,15 +53,23 @@ TRBERT = register_method(
         config_cls=TrBertConfig,
         attach=attach,
         stages=stages,
-        infer=infer,
+        contribute=contribute,
         knobs=(
             Knob("keep_threshold", 0.5, "TR-BERT: a token is kept at a cut when its keep probability is ≥ this; "
-                                        "0 = off (the full model), higher = fewer tokens", low=0.0, high=1.0),
+                                        "0 = off (the full model), higher = fewer tokens", low=0.0, high=1.0,
+                 sweep=(0.0, 0.3, 0.4, 0.5, 0.6, 0.7), full=0.0),
+            Knob("keep_fraction", 0.0, "TR-BERT: instead of the threshold, keep this share of each row's tokens at "
+                                       "each cut, the policy's top-ranked (cuts compound: 0.5 twice leaves a quarter); "
+                                       "0 = off (the threshold decides), 1 = the full model", low=0.0, high=1.0,
+                 sweep=(1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2), full=0.0),
             Knob("drop_mode", "policy", "TR-BERT: which tokens go at the policy's kept count per row and cut: "
                                         "'policy', 'random' or 'first' (truncation) — the last two are baselines",
                  type=str),
         ),
         static=False,
+        role=TOKENS,
+        hook_order=1,
+        train_settings=train_settings,
         help="TR-BERT (Ye et al. 2021): learned policies drop tokens between layers (RL-trained); "
              "--keep-threshold picks how many stay",
     )

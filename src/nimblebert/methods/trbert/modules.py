@@ -78,66 +78,86 @@ def selection_nll(p: torch.Tensor, action: torch.Tensor, selectable: torch.Tenso
     return (nll * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
 
 
+FORCED = "trbert.forced"  # the key of the forced-token mask in the core's per-token state
+
+
 class CutHook:
     """Runs the policies after their layers and drops tokens, for inference or for a training rollout.
 
     Modes: ``sample`` (training: a ~ Bernoulli(p), or the heuristic's top-n action for ``guide_rows``, and ℓ_sel
-    is accumulated in ``self.nll``), else a deterministic threshold (p ≥ ``threshold``) with ``drop_mode``
+    is accumulated in ``self.nll``), else a deterministic threshold (p ≥ ``threshold``) or, with ``fraction`` > 0,
+    the policy's top ⌈fraction · n⌉ of a row's n selectable tokens at each cut, with ``drop_mode``
     "policy"; "random" / "first" keep the same number of tokens per row and cut as the policy would, chosen at
     random / the first ones (the baselines that show whether the policy learnt which tokens matter).
 
-    After the pass: ``kept`` (B, cuts) tokens each row kept at each cut (forced ones included), ``flops`` (B,)
-    the policies' FLOPs (every real token entering a policy), ``nll`` (B,) Σ over cuts of ℓ_sel.
+    Its per-token state (which tokens are forced, the heuristic's scores) lives in the core's
+    ``LoopState.token_state`` and its results are indexed by original row, so rows may leave the batch between
+    cuts (early exits stacked on token reduction): each row's figures are those of the cuts it reached.
+
+    After the pass: ``kept`` (B, cuts) tokens each row kept at each cut (forced ones included; a row that left
+    before a cut keeps the count it had), ``flops`` (B,) the policies' FLOPs (every real token entering a policy),
+    ``nll`` (B,) Σ over cuts of ℓ_sel.
     """
 
     def __init__(self, policies: nn.ModuleList, cuts: list[int], forced: torch.Tensor, *, threshold: float = 0.5,
-                 drop_mode: str = "policy", sample: bool = False, detach_input: bool = False,
+                 fraction: float = 0.0, drop_mode: str = "policy", sample: bool = False, detach_input: bool = False,
                  guide_rows: torch.Tensor | None = None, guide_scores: list[torch.Tensor] | None = None,
                  generator: torch.Generator | None = None, counts: torch.Tensor | None = None) -> None:
         self.policies = policies
         self.counts = counts  # (B, cuts) selectable tokens to keep per cut ("random" / "first"), from a policy pass
         self.at = {c - 1: i for i, c in enumerate(cuts)}  # model index of the layer -> cut number
-        self.forced = forced  # (b, t) of the live tokens, gathered along at every cut
+        self.forced = forced  # (B, T) at the start; then in the loop's token state
         self.threshold, self.drop_mode, self.sample, self.detach_input = threshold, drop_mode, sample, detach_input
-        self.guide_rows = guide_rows
+        self.fraction = fraction  # > 0: keep this share of each row's selectable tokens, the policy's top ones
+        self.guide_rows = guide_rows  # (B,) by original row
         self.guide_scores = list(guide_scores) if guide_scores is not None else None
         self.generator = generator
         batch = forced.size(0)
-        self.kept = torch.zeros(batch, len(cuts), dtype=torch.long, device=forced.device)
+        self.kept = forced.new_zeros(batch, len(cuts), dtype=torch.long)
         self.selected = torch.zeros(batch, len(cuts), dtype=torch.long, device=forced.device)  # kept, not forced
         self.flops = torch.zeros(batch, dtype=torch.float64, device=forced.device)
         self.nll = torch.zeros(batch, device=forced.device)
         self.probs: list[torch.Tensor] = []  # (b, t) per cut, for tests and logging
+
+    def start(self, state: LoopState) -> None:
+        """Hand the per-token state to the loop (it follows rows that leave and tokens that drop)."""
+        self.kept[:] = state.lengths[:, None]  # until a cut: every real token
+        state.token_state[FORCED] = self.forced
+        for i, scores in enumerate(self.guide_scores or []):
+            state.token_state[f"trbert.guide{i}"] = scores
 
     def __call__(self, state: LoopState) -> None:
         cut = self.at.get(state.layer)
         if cut is None:
             return
         policy = self.policies[cut]
+        rows = state.rows  # (b,) original row of each live row
         hidden = state.hidden.detach() if self.detach_input else state.hidden
         with torch.enable_grad() if self.sample else torch.no_grad():
             p = policy(hidden) * state.mask  # (b, t) keep probability, 0 at padding (official: × mask)
         real = state.mask.bool()
-        forced = self.forced & real
+        forced = state.token_state[FORCED] & real
         selectable = real & ~forced
-        # No row ever leaves a TR-BERT batch (no early exit), so live row i is original row i throughout.
-        assert state.rows.numel() == self.kept.size(0), "TR-BERT cuts do not combine with early exit"
         if self.sample:
             action = torch.bernoulli(p.detach(), generator=self.generator).bool() & selectable
-            if self.guide_rows is not None and self.guide_scores is not None and bool(self.guide_rows.any()):
+            if self.guide_rows is not None and self.guide_scores is not None and bool(self.guide_rows[rows].any()):
                 # Imitation guidance: the heuristic keeps its top-n tokens, n = round(Σ p) the policy's own
                 # expected count, so guidance teaches which tokens, not how many.
                 n = torch.round((p.detach() * selectable).sum(dim=1)).long()
-                heuristic = top_n_mask(self.guide_scores[cut], n, selectable)
-                action = torch.where(self.guide_rows[:, None], heuristic, action)
+                heuristic = top_n_mask(state.token_state[f"trbert.guide{cut}"], n, selectable)
+                action = torch.where(self.guide_rows[rows][:, None], heuristic, action)
             with torch.enable_grad():  # the RL stage runs the frozen encoder under no_grad
-                self.nll = self.nll + selection_nll(p, action, selectable)
+                self.nll = self.nll.index_add(0, rows, selection_nll(p, action, selectable))
         else:
-            action = (p >= self.threshold) & selectable
+            if self.fraction > 0:  # the top of the policy's ranking: every saving reachable, whatever p's scale
+                n = torch.ceil(self.fraction * selectable.sum(dim=1).float()).long()
+                action = top_n_mask(p, n, selectable)
+            else:
+                action = (p >= self.threshold) & selectable
             if self.drop_mode != "policy":
                 # The counts of the policy's own pass, cut by cut: the policy's probabilities on the baseline's
                 # survivors would give other (smaller) counts at later cuts, an unfair comparison.
-                n = self.counts[:, cut] if self.counts is not None else action.sum(dim=1)
+                n = self.counts[rows, cut] if self.counts is not None else action.sum(dim=1)
                 if self.drop_mode == "random":
                     rand = torch.rand(p.shape, generator=self.generator, device="cpu").to(p.device)
                     action = top_n_mask(rand, n, selectable)
@@ -146,10 +166,7 @@ class CutHook:
                     action = top_n_mask(position, n, selectable)
         self.probs.append(p.detach())
         keep = action | forced
-        self.flops += state.lengths.double() * policy.flops_per_token()
-        self.kept[:, cut] = keep.sum(dim=1)
-        self.selected[:, cut] = action.sum(dim=1)
-        index = state.keep_tokens(keep)
-        self.forced = torch.gather(self.forced, 1, index)
-        if self.guide_scores is not None:
-            self.guide_scores = [torch.gather(s, 1, index) for s in self.guide_scores]
+        self.flops.index_add_(0, rows, state.lengths.double() * policy.flops_per_token())
+        self.kept[rows, cut:] = keep.sum(dim=1, keepdim=True)
+        self.selected[rows, cut] = action.sum(dim=1)
+        state.keep_tokens(keep)

@@ -41,6 +41,7 @@ from ...errors import UserError
 from ...model import finetune_first
 from ...train.stages import Stage, TrainData, TrainOptions
 from ..losses import soft_cross_entropy
+from ..options import options_from
 from .config import TrBertConfig, guide_target
 from .modules import CutHook, forced_tokens
 from .policy import cuts_of, special_ids
@@ -51,8 +52,8 @@ if TYPE_CHECKING:
 
 
 def config_of(model: NimbleModel) -> TrBertConfig:
-    fields = TrBertConfig.__dataclass_fields__
-    return TrBertConfig(**{k: v for k, v in model.method_config.items() if k in fields})
+    """The TR-BERT options of ``model`` (its component's saved options)."""
+    return options_from(TrBertConfig, model.method_config)
 
 
 def finetune_objective(model: NimbleModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -120,7 +121,7 @@ def cached_scores(model: NimbleModel, encoded: Any, cuts: list[int], target: int
     import json
     import os
 
-    from ..tinybert.fingerprint import rows_fingerprint, tensors_fingerprint
+    from ...distill.fingerprint import rows_fingerprint, tensors_fingerprint
 
     rows = rows_fingerprint([encoded["input_ids"], encoded["token_type_ids"]])
     key = hashlib.sha256(json.dumps({"weights": tensors_fingerprint(model.hf.state_dict()), "rows": rows,
@@ -154,7 +155,8 @@ def full_model_logits(model: NimbleModel, encoded: Any, cache_dir: Path, batch_s
                       ) -> torch.Tensor:
     """The full model's logits on every example (official ``--do_eval_logits``), through TinyBERT's teacher
     cache: computed once per (weights, data), on a frozen copy (the joint stage goes on training the original)."""
-    from ..tinybert.cache import Teacher, build_cache
+    from ...distill.cache import build_cache
+    from ...distill.teacher import Teacher
 
     teacher = Teacher(copy.deepcopy(model.hf))
     cache = build_cache(teacher, encoded, model.tokenizer, [], [], logits=True, inner=False, cache_dir=cache_dir,
@@ -164,9 +166,9 @@ def full_model_logits(model: NimbleModel, encoded: Any, cache_dir: Path, batch_s
 
 
 def cache_dir_of(cfg: TrBertConfig) -> Path:
-    from ...data.builtin import data_home
+    from ...distill.cache import cache_root
 
-    return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else data_home() / "cache" / "trbert"
+    return cache_root(cfg.cache_dir, "trbert")
 
 
 # ---- the RL and joint stages --------------------------------------------------------------------------------

@@ -1,7 +1,11 @@
 """TR-BERT's inference (Ye et al., NAACL 2021; official ``modeling_autobert.py``, METHODS.md §4 "Inference").
 
 A token is kept at a cut when its keep probability is ≥ ``keep_threshold`` (official 0.5), forced tokens
-always. Deviation, on purpose: **every row keeps its own tokens in a batch too**. The official batched
+always. ``keep_fraction`` (ours) keeps instead the policy's top share of each row's selectable tokens at each cut:
+a threshold can be a cliff on a policy whose probabilities bunch together (all tokens above it, or nearly none),
+while a fraction reaches every saving (two cuts at 0.5 leave a quarter of the selectable tokens).
+
+Deviation, on purpose: **every row keeps its own tokens in a batch too**. The official batched
 evaluation makes every row keep the batch's largest count (top-k by p), so a row's prediction depended on its
 batch-mates; here each row keeps exactly its own set and rows are padded to the batch's largest kept count
 with masked positions, so batched logits equal per-row logits (tests check it). Padding is masked as keys,
@@ -21,6 +25,7 @@ import torch
 
 from ...core.encoder import EncoderOutput
 from ...errors import UserError
+from ..registry import Contribution
 from .modules import CutHook, forced_tokens
 
 if TYPE_CHECKING:
@@ -39,31 +44,50 @@ def cuts_of(model: NimbleModel) -> list[int]:
     return [int(c) for c in model.method_config["cuts"]]
 
 
-def infer(model: NimbleModel, batch: dict[str, torch.Tensor], keep_threshold: float = 0.5,
-          drop_mode: str = "policy", seed: int = 0) -> EncoderOutput:
-    """One inference pass. ``extras["tokens_kept"]`` (B, cuts): tokens each row kept at each cut;
-    ``extras["extra_flops"]`` (B,): the policies' FLOPs (counted in ``flops_per_sample``)."""
+def contribute(model: NimbleModel, batch: dict[str, torch.Tensor], knobs: dict) -> Contribution:
+    """TR-BERT's part of one inference pass: a :class:`CutHook` at the cuts (none at ``keep_threshold`` 0, the
+    full model). Afterwards ``extras["tokens_kept"]`` (B, cuts): tokens each row kept at each cut,
+    ``extras["tokens_selected"]`` (B, cuts): of those, the ones the policy chose (not forced), and the policies'
+    FLOPs are added to the pass's.
+
+    ``drop_mode`` "random" / "first" take the policy's own kept counts from a policy pass of the whole stack over
+    the same batch first (at the same knobs otherwise: the baselines are for accuracy at equal FLOPs, not speed).
+    """
+    keep_threshold = float(knobs.get("keep_threshold", 0.5))
+    keep_fraction = float(knobs.get("keep_fraction", 0.0))
+    drop_mode = str(knobs.get("drop_mode", "policy"))
     if drop_mode not in DROP_MODES:
         raise UserError(f"--drop-mode {drop_mode!r} is unknown; choose from {', '.join(DROP_MODES)}")
-    ids, mask, types = batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids")
+    ids, mask = batch["input_ids"], batch.get("attention_mask")
     if mask is None:
         mask = torch.ones_like(ids)
     cuts = cuts_of(model)
-    if keep_threshold <= 0:  # "off": the full model, no policy computed
-        out = model.encoder(ids, mask, types)
-        out.extras["tokens_kept"] = mask.sum(dim=1, keepdim=True).expand(-1, len(cuts)).clone()
-        return out
+    if keep_fraction >= 1 or (keep_threshold <= 0 and keep_fraction <= 0):  # "off": the full model, no policy run
+
+        def full(out: EncoderOutput) -> None:
+            out.extras["tokens_kept"] = mask.sum(dim=1, keepdim=True).expand(-1, len(cuts)).clone()
+
+        return Contribution(after=[full])
     forced = forced_tokens(batch, special_ids(model), bool(model.method_config.get("keep_first_segment")))
     counts = None
     if drop_mode != "policy":
-        # The baselines keep exactly what the policy keeps per row and cut: its own pass first (not timed as
-        # part of a baseline's tokens; baselines are for accuracy at equal FLOPs, not for speed).
-        counts = infer(model, batch, keep_threshold, "policy").extras["tokens_selected"]
-    generator = torch.Generator().manual_seed(seed) if drop_mode == "random" else None
-    hook = CutHook(model.extras["policies"], cuts, forced, threshold=keep_threshold, drop_mode=drop_mode,
-                   generator=generator, counts=counts)
-    out = model.encoder(ids, mask, types, hooks=[hook])
-    out.extras["tokens_kept"] = hook.kept
-    out.extras["tokens_selected"] = hook.selected
-    out.extras["extra_flops"] = hook.flops
-    return out
+        from ...inference import run
+
+        counts = run(model, batch, model.check_knobs({"keep_threshold": keep_threshold, "keep_fraction": keep_fraction})
+                     ).extras["tokens_selected"]
+    generator = torch.Generator().manual_seed(0) if drop_mode == "random" else None
+    hook = CutHook(model.extras["policies"], cuts, forced, threshold=keep_threshold, fraction=keep_fraction,
+                   drop_mode=drop_mode, generator=generator, counts=counts)
+
+    def report(out: EncoderOutput) -> None:
+        out.extras["tokens_kept"] = hook.kept
+        out.extras["tokens_selected"] = hook.selected
+        out.add_flops(hook.flops)
+
+    return Contribution(hooks=[hook], after=[report])
+
+
+def train_settings(model: NimbleModel) -> list[dict]:
+    """What a component stacked on TR-BERT (exits) trains at: the default keep threshold, the setting it runs at
+    unless the user turns the knob."""
+    return [{"keep_threshold": 0.5}]

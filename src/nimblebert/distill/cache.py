@@ -1,4 +1,5 @@
-"""The teacher, run once per example: its logits, hidden states and attention scores cached on disk.
+"""The teacher (:class:`~.teacher.Teacher`) run once per example: its logits, hidden states and attention scores
+cached on disk (TinyBERT reads all three, TR-BERT's joint stage the logits).
 
 Distillation reads the same teacher outputs every epoch (and the intermediate and prediction stages read the
 same augmented set), so the teacher runs once over each training set, in eval mode, in batches bucketed by
@@ -21,96 +22,18 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
-from ...core.encoder import CoreEncoder
-from ...core.families import family_of
-from ...data import make_loader
-from .fingerprint import rows_fingerprint, tensors_fingerprint
+from ..data import data_home, make_loader
+from .fingerprint import rows_fingerprint
+from .teacher import Targets, Teacher
 
 VERSION = 1  # bump when the cached files change meaning
-
-
-@dataclass
-class Targets:
-    """The teacher's outputs for one batch, padded to the batch: zeros at padding.
-
-    hidden: the mapped hidden states, each (b, T, d_T); scores: the mapped pre-softmax attention scores,
-    each (b, h, T, T), zero on padded query rows and key columns.
-    """
-
-    logits: torch.Tensor | None
-    hidden: list[torch.Tensor]
-    scores: list[torch.Tensor]
-
-
-def zero_padding(hidden: list[torch.Tensor], scores: list[torch.Tensor], mask: torch.Tensor
-                 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Hidden states (b, T, d) and scores (b, h, T, T) with every padded position set to 0.
-
-    TinyBERT's official loss zeroes masked attention entries (≤ −100) in student and teacher alike; we do the
-    same for every position that involves padding — also the padded query rows and padded hidden states,
-    which the official code (padding every batch to 128) left in. They carry nothing to learn, and zeroing
-    them makes the loss of a row independent of the batch it is in, which is what lets cached targets stand
-    in exactly for the teacher's.
-    """
-    m = mask.to(hidden[0].dtype if hidden else scores[0].dtype)
-    token = m[:, :, None]  # (b, T, 1)
-    pair = (m[:, None, :, None] * m[:, None, None, :]).bool()  # (b, 1, T, T) both positions real
-    return ([h * token for h in hidden],
-            [torch.where(pair, s, torch.zeros((), dtype=s.dtype, device=s.device)) for s in scores])
-
-
-class Teacher:
-    """A frozen teacher run by the core: eval mode (no dropout: deterministic targets), no gradients.
-
-    ``examples_run`` counts the rows it has processed (tests check that it runs once per example).
-    """
-
-    def __init__(self, hf: nn.Module) -> None:
-        self.hf = hf.eval()
-        for p in self.hf.parameters():
-            p.requires_grad_(False)
-        self.encoder = CoreEncoder(self.hf)
-        self.examples_run = 0
-        self._fingerprints: dict[bool, str] = {}
-
-    def fingerprint(self, head: bool = True) -> str:
-        """Hash of the weights the outputs depend on: all of them for logits; for hidden states and scores only
-        the embeddings and layers (a pre-trained teacher gets a fresh random classifier at every load)."""
-        if head not in self._fingerprints:
-            backbone = f"{family_of(self.hf).backbone}."
-            state = {k: v for k, v in self.hf.state_dict().items()
-                     if head or (k.startswith(backbone) and ".pooler." not in k)}
-            self._fingerprints[head] = tensors_fingerprint(state)
-        return self._fingerprints[head]
-
-    @torch.no_grad()  # not inference_mode: the online targets enter the student's loss, which autograd tracks
-    def run(self, batch: dict[str, torch.Tensor], hidden_idx: list[int], score_idx: list[int],
-            logits: bool) -> Targets:
-        """The teacher's targets for a batch (on the batch's device), padding zeroed."""
-        ids = batch["input_ids"]
-        device = ids.device
-        if next(self.hf.parameters()).device != device:
-            self.hf.to(device)  # the trainer moved the student; the teacher follows on first use
-        mask = batch.get("attention_mask")
-        mask = torch.ones_like(ids) if mask is None else mask
-        inner = bool(hidden_idx or score_idx)
-        out = self.encoder(ids, mask, batch.get("token_type_ids"), output_hidden_states=inner,
-                           output_scores=inner, classify=logits)
-        self.examples_run += ids.size(0)
-        hidden = [out.hidden_states[j] for j in hidden_idx] if inner else []  # type: ignore[index]
-        scores = [out.scores[a] for a in score_idx] if inner else []  # type: ignore[index]
-        if inner:
-            hidden, scores = zero_padding(hidden, scores, mask)
-        return Targets(out.logits.float() if logits else None, hidden, scores)
 
 
 class TeacherCache:
@@ -165,6 +88,11 @@ class TeacherCache:
             hidden = [t.to(device) for t in hid.unbind(0)]
             scores = [t.to(device) for t in sco.unbind(0)]
         return Targets(out_logits, hidden, scores)
+
+
+def cache_root(cache_dir: str, method: str) -> Path:
+    """A method's cache folder: ``--cache-dir`` when given, else ``$NIMBLEBERT_HOME/cache/<method>``."""
+    return Path(cache_dir).expanduser() if cache_dir else data_home() / "cache" / method
 
 
 def inner_bytes(lengths: np.ndarray, n_hidden: int, n_scores: int, hidden_size: int, heads: int) -> int:
@@ -247,5 +175,5 @@ def build_cache(
                     shutil.rmtree(tmp, ignore_errors=True)
         what = " and ".join(w for w, need in (("logits", need_logits), ("hidden states and scores", need_inner))
                             if need)
-        sys.stderr.write(f"tinybert: teacher {what} of {len(lengths)} rows cached in {cache_dir}\n")
+        sys.stderr.write(f"distill: teacher {what} of {len(lengths)} rows cached in {cache_dir}\n")
     return TeacherCache(lengths, logits_folder if logits else None, inner_folder if inner else None)

@@ -6,24 +6,24 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ...data import TaskData, encode, load_task, read_texts_jsonl
-from ...errors import UserError
+from ..data import TaskData, encode, load_task, read_texts_jsonl
+from ..errors import UserError
 
 
 def training_task(data: Any, opts: Any, label_names: list[str]) -> TaskData:
     """The run's task: ``data.task`` (the :class:`~nimblebert.train.stages.TrainData` that ``nimblebert train``
     hands the method), else ``opts.data`` (and its column names) loaded here.
 
-    TinyBERT builds its own training sets (augmented, with cached teacher outputs), so it needs the raw
-    training texts, not only the encoded split the trainer receives.
+    TinyBERT and DynaBERT (``--augment``) build their own training sets (augmented, TinyBERT's with cached teacher
+    outputs), so they need the raw training texts, not only the encoded split the trainer receives.
     """
     task = getattr(data, "task", None)
     if task is not None:
         return task
     spec = getattr(opts, "data", None)
     if not spec:
-        raise UserError("TinyBERT's task stages need the training texts: pass the TrainData to stages() (as "
-                        "nimblebert train does), or set opts.data")
+        raise UserError("the distillation stages need the training texts (to augment them): pass the TrainData "
+                        "to stages() (as nimblebert train does), or set opts.data")
     return load_task(spec, text_column=getattr(opts, "text_column", "text"),
                      text_pair_column=getattr(opts, "text_pair_column", "text_pair"),
                      label_column=getattr(opts, "label_column", "label"), label_names=label_names,

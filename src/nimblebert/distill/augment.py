@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ...errors import UserError
-from ...io import atomic_write
+from ..errors import UserError
+from ..io import atomic_write
 from .config import AugmentOptions
 from .fingerprint import tensors_fingerprint
 
@@ -323,6 +323,20 @@ def augment_dataset(
     return datasets.Dataset.from_list(out)
 
 
+def has_mlm_head(folder: str) -> bool:
+    """Whether a local model folder's weights hold a masked-LM head (BERT ``cls.predictions``, RoBERTa ``lm_head``)."""
+    path = Path(folder)
+    if not path.is_dir():
+        return False
+    from safetensors import safe_open
+
+    for f in sorted(path.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as handle:
+            if any(k.startswith(("cls.predictions.", "lm_head.")) for k in handle.keys()):
+                return True
+    return False
+
+
 def augmentation_source(opts: AugmentOptions, spec: str | None, fallback: nn.Module, tokenizer: Any
                         ) -> tuple[nn.Module, str]:
     """The model that proposes replacement words, and 'mlm' or 'embeddings'.
@@ -332,8 +346,7 @@ def augmentation_source(opts: AugmentOptions, spec: str | None, fallback: nn.Mod
     """
     from transformers import AutoModel, AutoModelForMaskedLM
 
-    from ...model import load_tokenizer, resolve_model
-    from .student import has_mlm_head
+    from ..model import load_tokenizer, resolve_model
 
     spec = opts.aug_model or spec
     folder = resolve_model(spec) if spec else None
@@ -354,9 +367,9 @@ def augmentation_source(opts: AugmentOptions, spec: str | None, fallback: nn.Mod
 def augment_cache(cache_dir: str = "") -> Path:
     """Where augmented sets are cached: ``--cache-dir``/augment, by default TinyBERT's
     (``$NIMBLEBERT_HOME/cache/tinybert/augment``), which DynaBERT shares: the same inputs give the same set."""
-    from ...data import data_home
+    from .cache import cache_root
 
-    return (Path(cache_dir).expanduser() if cache_dir else data_home() / "cache" / "tinybert") / "augment"
+    return cache_root(cache_dir, "tinybert") / "augment"
 
 
 def augment_training_set(ds: Any, has_pair: bool, opts: AugmentOptions, train: Any, teacher: nn.Module,
@@ -366,3 +379,18 @@ def augment_training_set(ds: Any, has_pair: bool, opts: AugmentOptions, train: A
     source, kind = augmentation_source(opts, train.teacher or train.model, teacher, tokenizer)
     return augment_dataset(ds, has_pair, tokenizer, source, kind, opts.aug_copies, opts.aug_p, opts.aug_candidates,
                            train.seed, cache_dir, progress=train.progress)
+
+
+def encoded_training_set(data: Any, opts: AugmentOptions, train: Any, teacher: nn.Module, tokenizer: Any,
+                         label_names: Sequence[str], cache_dir: Path) -> Any:
+    """The run's training texts (:func:`~.texts.training_task`), augmented when ``opts.augment``
+    (:func:`augment_training_set`, cached in ``cache_dir``), encoded at ``train.max_length``: what TinyBERT's task
+    stages and DynaBERT's distillation stages (``--augment``) train on, the teacher relabelling every row."""
+    from ..data import encode
+    from .texts import training_task
+
+    task = training_task(data, train, list(label_names))
+    rows = task.train
+    if opts.augment:
+        rows = augment_training_set(rows, task.has_pair, opts, train, teacher, tokenizer, cache_dir)
+    return encode(rows, tokenizer, train.max_length, task.has_pair)
