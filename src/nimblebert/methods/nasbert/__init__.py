@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ...errors import UserError
 from ...model import NimbleModel
 from ..registry import Knob, Method, register_method
 from .config import NasBertConfig
@@ -54,9 +55,12 @@ def materialize(model: NimbleModel, arch: str = "") -> NimbleModel:
     from .search import build_searched
 
     if model.method_config.get("role") == "supernet":
-        from .policy import largest_arch
+        from .policy import LARGEST, largest_arch
 
-        model = build_searched(model, parse_arch(arch, space_of(model)) if arch else largest_arch(model))
+        if not arch:
+            raise UserError("export of a NAS-BERT supernet needs --arch (an architecture or 'largest'); its teacher "
+                            "is exported with --teacher-only")
+        model = build_searched(model, largest_arch(model) if arch == LARGEST else parse_arch(arch, space_of(model)))
     return to_plain(model)
 
 
@@ -67,8 +71,9 @@ NASBERT = register_method(
         attach=attach,
         stages=stages,
         contribute=contribute,
-        knobs=(Knob("arch", "", "NAS-BERT supernet: the architecture to run, e.g. 128:mha,ffn/96:conv3/64:ffn "
-                                "(default: each block's largest live one); a searched network has its own", type=str),),
+        knobs=(Knob("arch", "", "NAS-BERT supernet: the architecture to run through the supernet, e.g. "
+                                "128:mha,ffn/96:conv3/64:ffn, or 'largest' (each block's largest live one); empty: "
+                                "the teacher. A searched network has its own", type=str, full=""),),
         static=False,
         materialize=materialize,
         export_refusal="only a BERT-shaped searched network has a plain transformers form",

@@ -194,7 +194,8 @@ def supernet_stages(model: NimbleModel, opts: TrainOptions, data: TrainData | No
     held = held_out_batches(data.validation, model.tokenizer, opts.batch_size, cfg.shrink_batches)
     objective = SupernetObjective(space, cfg, held, every)
     return [Stage("nasbert-supernet", objective, lr=cfg.supernet_lr, epochs=opts.epochs,
-                  trainable=lambda m: m.extras.parameters(), select="last", train_data=train_data)]
+                  trainable=lambda m: m.extras.parameters(), select="last", train_data=train_data,
+                  eval_knobs={"arch": "largest"})]  # validation: the largest path (the default runs the teacher)
 
 
 # ---- the searched network ------------------------------------------------------------------------------------

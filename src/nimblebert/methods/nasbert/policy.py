@@ -1,6 +1,8 @@
 """What NAS-BERT adds at inference: a Plan of heterogeneous ops (``Plan.ops``) that the core runs instead of the
-BERT layers. A searched network runs its chain; a supernet runs one architecture through its shared weights (the
-``arch`` knob; default: each block's largest live architecture), which is how search evaluates candidates."""
+BERT layers. A searched network runs its chain; a supernet folder runs its teacher by default (so that other methods
+stacked on it, and its own contract "the knob at its full value is the whole model", see a plain teacher) and one
+architecture through its shared weights with the ``arch`` knob (``largest``: each block's largest live one), which
+is how search evaluates candidates."""
 
 from __future__ import annotations
 
@@ -16,6 +18,9 @@ from .space import Arch, parse_arch
 
 if TYPE_CHECKING:
     from ...model import NimbleModel
+
+
+LARGEST = "largest"
 
 
 def largest_arch(model: NimbleModel) -> Arch:
@@ -34,7 +39,7 @@ def supernet_plan(model: NimbleModel, arch: Arch) -> Plan:
 
 def contribute(model: NimbleModel, batch: dict[str, torch.Tensor], knobs: dict[str, Any]) -> Contribution:
     """The plan of one pass: the searched chain, or a supernet architecture (the ``arch`` knob, see
-    :func:`~.space.format_arch`; default: each block's largest live one)."""
+    :func:`~.space.format_arch`; ``largest``: each block's largest live one; empty: the teacher, no ops)."""
     from .objective import space_of
 
     arch = knobs.get("arch") or ""
@@ -43,4 +48,7 @@ def contribute(model: NimbleModel, batch: dict[str, torch.Tensor], knobs: dict[s
             raise UserError("--arch applies to a NAS-BERT supernet; this is a searched network with a fixed "
                             f"architecture ({model.method_config['arch']})")
         return Contribution(plan=net_plan(model))
-    return Contribution(plan=supernet_plan(model, parse_arch(arch, space_of(model)) if arch else largest_arch(model)))
+    if not arch:
+        return Contribution()  # the supernet's teacher as it is
+    return Contribution(plan=supernet_plan(model, largest_arch(model) if arch == LARGEST else
+                                           parse_arch(arch, space_of(model))))
