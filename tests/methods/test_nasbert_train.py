@@ -66,14 +66,22 @@ def test_supernet_resume_reaches_the_same_weights_and_space(teacher_dir: Path, t
 def test_cli_supernet_then_search_then_evaluate_and_predict(teacher_dir: Path, toy_data_dir: Path, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     sn = tmp_path / "sn"
+    from conftest import toy_rows
+
+    unlabelled = tmp_path / "unlabelled.txt"  # other text than the task's: one text per line
+    unlabelled.write_text("".join(r["text"] + "\n" for r in toy_rows(40, 9)))
     assert main(["train", "nasbert", "--teacher", str(teacher_dir), "--data", str(toy_data_dir), "--out", str(sn),
-                 "--epochs", "2", "--batch-size", "16", "--max-length", "24", "--no-progress", *SUPERNET_FLAGS]) == 0
+                 "--epochs", "2", "--batch-size", "16", "--max-length", "24", "--no-progress", *SUPERNET_FLAGS,
+                 "--general-data", str(unlabelled)]) == 0
+    summary = json.loads((sn / "train_summary.json").read_text())
+    assert summary["train_rows"]["nasbert-supernet"] == 40
     capsys.readouterr()
     net = tmp_path / "net"
     table = tmp_path / "latency.json"
     rc = main(["search", str(sn), "--data", str(toy_data_dir), "--max-params", "3000", "--out", str(net),
                "--latency-table", str(table), "--lengths", "8", "16", "--repeats", "2", "--top", "3",
-               "--general-epochs", "1", "--epochs", "1", "--batch-size", "16", "--max-length", "24", "--no-progress"])
+               "--general-epochs", "1", "--general-data", str(unlabelled), "--epochs", "1", "--batch-size", "16",
+               "--max-length", "24", "--no-progress"])
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
     assert report["params"] <= 3000 and report["arch"]

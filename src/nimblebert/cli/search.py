@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         general = None
         if args.general_epochs > 0:
             if args.general_data:
-                from ..methods.tinybert.texts import general_dataset
+                from ..distill.texts import general_dataset
 
                 general = general_dataset(args.general_data, model.tokenizer, args.max_length)
             else:  # the task's own texts, unlabelled

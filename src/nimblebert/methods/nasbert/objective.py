@@ -185,7 +185,7 @@ def supernet_stages(model: NimbleModel, opts: TrainOptions, data: TrainData | No
     space = space_of(model)
     train_data = None
     if cfg.general_data:
-        from ..tinybert.texts import general_dataset
+        from ...distill.texts import general_dataset
 
         train_data = general_dataset(cfg.general_data, model.tokenizer, opts.max_length)
     rows = len(train_data if train_data is not None else data.train)
