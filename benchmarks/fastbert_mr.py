@@ -239,8 +239,7 @@ Each student branch on every {split} sentence (no exit), and the teacher:
 
 ![accuracy vs speed-up]({png.name})
 
-Environment: torch {env['torch']}, {env['threads']} threads, {env['cpu_count']} CPUs ({env['processor']}),
-{env['date']}.
+{common.env_line(env)}
 """
     lossless = [r for r in rows if r["policy"] == "entropy" and r["vs_teacher"]["low"] <= 0 <= r["vs_teacher"]["high"]
                 and r["speed"] > 0]

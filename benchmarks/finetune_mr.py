@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from common import cli, cli_json, environment, finished, publish
+from common import cli, cli_json, env_line, environment, finished, publish
 
 TRAIN = ["--epochs", "3", "--batch-size", "32", "--lr", "5e-5", "--max-length", "64", "--seed", "42"]
 
@@ -65,7 +65,7 @@ transformers model. `nimblebert` is the core encoder at full Plan.
 {chr(10).join(rows)}
 
 Core ÷ faster transformers (must be ≤ 1.05): batch 1 {ratio['batch1']:.3f}, batch 32 {ratio['batch32']:.3f}.
-Environment: torch {env['torch']}, {env['threads']} threads, {env['cpu_count']} CPUs ({env['processor']}).
+{env_line(env)}
 """
     b1, b32 = lat["batch1"]["nimblebert"], lat["batch32"]["nimblebert"]
     headline = (f"**Baseline** (`python benchmarks/finetune_mr.py`): MiniLM-L6 fine-tuned on `mr` — test accuracy "
