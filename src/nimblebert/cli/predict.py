@@ -33,12 +33,16 @@ def run(args: argparse.Namespace) -> int:
     knobs = model.check_knobs(knob_values(args))
     if args.input:
         try:
-            with open(args.input, encoding="utf-8") as stream:
+            with open(args.input, "rb") as stream:  # bytes: read_texts_jsonl decodes and names a bad line
                 rows = read_texts_jsonl(stream)
         except FileNotFoundError:
             raise UserError(f"--input {args.input} does not exist") from None
+        except IsADirectoryError:
+            raise UserError(f"--input {args.input} is a folder; give a JSONL file") from None
     else:
-        rows = read_texts_jsonl(sys.stdin)
+        # Read bytes and decode them ourselves: text mode on a pipe may turn bad bytes into surrogates that fail
+        # later with a traceback; read_texts_jsonl names the line instead.
+        rows = read_texts_jsonl(getattr(sys.stdin, "buffer", sys.stdin))
     if not rows:
         raise UserError("no input texts: give JSONL lines like {\"text\": \"...\"} on stdin or with --input")
     has_pair = any("text_pair" in r for r in rows)
