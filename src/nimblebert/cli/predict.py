@@ -13,7 +13,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="label texts: JSONL in (stdin or --input), JSONL out")
     p.add_argument("model", help="a model folder written by nimblebert (or transformers)")
     p.add_argument("--input", help="JSONL file: objects with \"text\" (and \"text_pair\") or plain strings; "
-                                   "default: standard input")
+                                   "default: standard input. Blank lines are skipped; an empty text is refused")
     p.add_argument("--batch-size", type=positive(int, "--batch-size"), default=32)
     p.add_argument("--max-length", type=positive(int, "--max-length"), default=128)
     add_knob_flags(p)
