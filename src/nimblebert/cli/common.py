@@ -18,6 +18,14 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def check_out_folder(path: str, flag: str = "--out") -> None:
+    """Refuse an output path that is an existing file before any work is done (the work would be lost at the end)."""
+    from pathlib import Path
+
+    if Path(path).exists() and not Path(path).is_dir():
+        raise UserError(f"{flag} {path} is a file; give a folder path")
+
+
 def add_data_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--data", required=required,
@@ -26,7 +34,8 @@ def add_data_flags(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--text-column", default="text")
     g.add_argument("--text-pair-column", default="text_pair")
     g.add_argument("--label-column", default="label")
-    g.add_argument("--max-length", type=int, default=128, help="tokens per example; longer texts are truncated")
+    g.add_argument("--max-length", type=positive(int, "--max-length"), default=128,
+                   help="tokens per example; longer texts are truncated")
 
 
 def add_knob_flags(p: argparse.ArgumentParser) -> None:
