@@ -76,11 +76,14 @@ def test_plan_line_and_durations() -> None:
     clock = FakeClock(2.0)
     stage = StageClock("finetune", 96, 12, 24, 0, warmup=3, clock=clock)
     said = []
-    for _ in range(24):
-        clock.tick()
+    for i in range(24):
+        clock.now += 30.0 if i == 0 else 2.0  # a slow first step is left out of the estimate
         said.append(stage.step())
-    assert said[:2] == [None, None] and all(x is None for x in said[3:])
-    assert said[2] == "stage finetune: 96 rows × 2 epochs = 24 steps, about 48 s at 2 s/step"
+    assert said[:3] == [None] * 3 and all(x is None for x in said[4:])
+    assert said[3] == "stage finetune: 96 rows × 2 epochs = 24 steps, about 48 s at 2 s/step"
+    one = StageClock("prediction", 8, 1, 5, 4, clock=clock)  # resumed with one step left: said at once
+    clock.tick()
+    assert one.step() == "stage prediction: 8 rows × 5 epochs = 5 steps (resumed at step 4), about 2 s left at 2 s/step"
 
 
 def test_training_in_a_pipe_says_its_plan_and_progress(tiny_model_dir: Path, toy_data_dir: Path, tmp_path: Path,

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-WARMUP_STEPS = 3  # steps timed before the stage's estimate is printed
+WARMUP_STEPS = 3  # steps timed (after the first) before the stage's estimate is printed
 
 
 def format_duration(seconds: float) -> str:
@@ -109,18 +109,31 @@ def progress_bar(total: int, initial: int, desc: str, enabled: bool, stream: Tex
 
 
 class StageClock:
-    """Times the first steps of a stage, then returns :func:`plan_line` once (None before and after)."""
+    """Times the first steps of a stage, then returns :func:`plan_line` once (None before and after).
+
+    The first step is left out of the rate (it pays for lazy initialisation and a cold cache), unless the stage has
+    only one step left; the next ``warmup`` steps give the estimate.
+    """
 
     def __init__(self, stage: str, rows: int, per_epoch: int, total: int, done: int,
                  warmup: int = WARMUP_STEPS, clock: Any = time.monotonic) -> None:
         self.stage, self.rows, self.per_epoch, self.total, self.done = stage, rows, per_epoch, total, done
-        self.warmup = max(1, min(warmup, total - done))
-        self.clock, self.start, self.steps, self.said = clock, clock(), 0, False
+        self.warmup = max(0, min(warmup, total - done - 1))
+        self.clock, self.start, self.first, self.steps, self.said = clock, clock(), 0.0, 0, False
 
     def step(self) -> str | None:
         self.steps += 1
-        if self.said or self.steps < self.warmup:
+        if self.said:
             return None
+        now = self.clock()
+        if self.steps == 1:
+            self.first = now
+            if self.warmup:
+                return None
+            rate = now - self.start
+        elif self.steps - 1 < self.warmup:
+            return None
+        else:
+            rate = (now - self.first) / (self.steps - 1)
         self.said = True
-        rate = (self.clock() - self.start) / self.steps
         return plan_line(self.stage, self.rows, self.per_epoch, self.total, self.done, rate)
