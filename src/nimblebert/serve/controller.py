@@ -1,0 +1,162 @@
+"""The knob controller: moves the served setting along the ladder to hold a p99 latency target.
+
+Rung 0 is the most accurate setting, the last allowed rung (``floor``) the cheapest one that still meets
+``--accuracy-floor``. Time is cut into windows; at the end of each window the controller looks at the
+window's p99 request latency and at the queue delay it predicts for the requests waiting now, and takes
+at most one step:
+
+- faster (one rung down the ladder) when either nears the target (``step_up_at`` × target);
+- back toward accuracy only after ``slack_windows`` windows in a row well under the target
+  (``step_down_below`` × target) *and* when the more accurate rung, at the measured cost ratio, would keep
+  the model thread below ``max_utilization``: without that check a server near capacity would step back,
+  overload, step forward, and oscillate (hysteresis by a band and by time, as thermostats do);
+- never past the floor. A frozen controller (a knob given on the command line) never moves.
+
+Admission control (:meth:`Controller.admit`): when even the cheapest allowed rung would not clear the work
+already queued plus the new request within the target, the request is refused (HTTP 429) instead of
+joining a queue that can only grow.
+
+The controller takes the time as an argument everywhere (no clock of its own), so tests drive it with a
+simulated clock and a deterministic fake model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass
+class ControllerConfig:
+    """The controller's settings; the defaults are what ``nimblebert serve`` uses."""
+
+    target_s: float | None = None  # p99 latency target; None: no stepping, no shedding by prediction
+    window_s: float = 1.0
+    step_up_at: float = 0.8  # step faster when p99 or the predicted queue delay reaches this × target
+    step_down_below: float = 0.5  # a window is slack when both stay under this × target
+    slack_windows: int = 3  # slack windows in a row before stepping back toward accuracy
+    max_utilization: float = 0.8  # step back only if the model thread would stay below this busy fraction
+    ewma: float = 0.3  # weight of the newest batch in the per-rung cost estimate
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) by the nearest-rank method; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+class Controller:
+    """Picks the rung each batch runs at.
+
+    Args:
+        costs: the relative cost of each rung (FLOPs per sample from the ladder; rung 0 first). Used to
+            estimate a rung's time per token before the server has run it.
+        floor: the last rung allowed (the accuracy floor).
+        config: see :class:`ControllerConfig`.
+        frozen: never move (a knob was fixed by the user).
+        start: the rung to start at (default the most accurate).
+    """
+
+    def __init__(self, costs: Sequence[float], floor: int | None = None, config: ControllerConfig | None = None,
+                 frozen: bool = False, start: int = 0, now: float = 0.0) -> None:
+        if not costs:
+            raise ValueError("a controller needs at least one rung")
+        self.costs = [c if c == c and c > 0 else 1.0 for c in costs]  # NaN (uncalibrated) counts as 1
+        self.floor = len(costs) - 1 if floor is None else max(0, min(floor, len(costs) - 1))
+        self.config = config or ControllerConfig()
+        self.frozen = frozen
+        self.index = min(start, self.floor)
+        self.window_start = now
+        self.latencies: list[float] = []
+        self.busy = 0.0  # seconds the model thread ran batches in this window
+        self.slack = 0
+        self.steps = {"faster": 0, "slower": 0}
+        self.seconds_per_token: list[float | None] = [None] * len(costs)
+        self.last_p99 = math.nan
+        self.last_pressure = 0.0
+
+    # ---- what the server tells it -------------------------------------------------------------
+    def observe_request(self, latency_s: float) -> None:
+        """A request finished (successfully) after ``latency_s`` from arrival."""
+        self.latencies.append(latency_s)
+
+    def observe_batch(self, rung: int, padded_tokens: int, seconds: float) -> None:
+        """A batch of ``padded_tokens`` (rows × longest row) ran at ``rung`` in ``seconds``."""
+        self.busy += seconds
+        if padded_tokens <= 0:
+            return
+        spt = seconds / padded_tokens
+        old = self.seconds_per_token[rung]
+        a = self.config.ewma
+        self.seconds_per_token[rung] = spt if old is None else a * spt + (1 - a) * old
+
+    # ---- estimates ------------------------------------------------------------------------------
+    def cost_per_token(self, rung: int) -> float | None:
+        """Seconds per padded token at ``rung``: measured, else scaled from the nearest measured rung by the
+        ladder's cost ratio; None before any batch ran."""
+        known = self.seconds_per_token[rung]
+        if known is not None:
+            return known
+        measured = [i for i, s in enumerate(self.seconds_per_token) if s is not None]
+        if not measured:
+            return None
+        near = min(measured, key=lambda i: abs(i - rung))
+        return self.seconds_per_token[near] * self.costs[rung] / self.costs[near]  # type: ignore[operator]
+
+    def predicted_delay(self, queued_tokens: int, rung: int | None = None) -> float:
+        """Seconds to clear ``queued_tokens`` padded tokens at ``rung`` (default: the current one)."""
+        spt = self.cost_per_token(self.index if rung is None else rung)
+        return 0.0 if spt is None else queued_tokens * spt
+
+    def admit(self, queued_tokens: int, new_tokens: int) -> bool:
+        """Whether a request of ``new_tokens`` may join a queue holding ``queued_tokens``: refused only when
+        even the cheapest allowed rung (the current one, if frozen) could not finish it within the target."""
+        target = self.config.target_s
+        if target is None:
+            return True
+        rung = self.index if self.frozen else self.floor
+        return self.predicted_delay(queued_tokens + new_tokens, rung) <= target
+
+    # ---- the decision ----------------------------------------------------------------------------
+    def tick(self, now: float, queued_tokens: int = 0) -> int:
+        """Close the window if it is over and take at most one step: +1 (faster), -1 (more accurate) or 0."""
+        cfg = self.config
+        if now - self.window_start < cfg.window_s:
+            return 0
+        elapsed = max(now - self.window_start, 1e-9)
+        p99 = percentile(self.latencies, 99)
+        utilization = self.busy / elapsed
+        self.window_start, self.latencies, self.busy = now, [], 0.0
+        self.last_p99 = p99
+        if self.frozen or cfg.target_s is None:
+            return 0
+        observed = 0.0 if math.isnan(p99) else p99
+        pressure = max(observed, self.predicted_delay(queued_tokens)) / cfg.target_s
+        self.last_pressure = pressure
+        if pressure >= cfg.step_up_at:
+            self.slack = 0
+            if self.index < self.floor:
+                self.index += 1
+                self.steps["faster"] += 1
+                return 1
+            return 0
+        if pressure >= cfg.step_down_below or self.index == 0:
+            self.slack = 0
+            return 0
+        self.slack += 1
+        if self.slack < cfg.slack_windows:
+            return 0
+        # Would the more accurate rung keep up? Its cost relative to this one, from measurements where
+        # there are some, else from the ladder.
+        here, there = self.cost_per_token(self.index), self.cost_per_token(self.index - 1)
+        ratio = there / here if here and there else self.costs[self.index - 1] / self.costs[self.index]
+        if utilization * ratio >= cfg.max_utilization:
+            return 0
+        self.slack = 0
+        self.index -= 1
+        self.steps["slower"] += 1
+        return -1
