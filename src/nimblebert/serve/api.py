@@ -119,6 +119,11 @@ def parse_predict(body: bytes, max_body_bytes: int, max_batch: int) -> PredictRe
     else:
         raise validation(SHAPE)
     for text, pair in sequences:
+        try:  # JSON may spell lone surrogates (\ud800) that no UTF-8 tokenizer accepts
+            text.encode("utf-8")
+            (pair or "").encode("utf-8")
+        except UnicodeEncodeError:
+            raise validation("an input holds invalid Unicode (a lone surrogate)") from None
         if not text.strip() and not (pair or "").strip():
             raise ApiError(400, "Empty", "an input is empty (nothing but white space)")
     floor = obj.get("accuracy_floor")

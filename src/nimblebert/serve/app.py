@@ -67,8 +67,11 @@ class Service:
         limit = self.options.max_input_length
         rows = []
         for text, pair in sequences:
-            enc = self.tokenizer(text, pair, truncation=True if truncate else False,
-                                 max_length=limit if truncate else None)
+            try:
+                enc = self.tokenizer(text, pair, truncation=True if truncate else False,
+                                     max_length=limit if truncate else None)
+            except Exception as e:  # noqa: BLE001  (TEI's "Tokenizer" error: the input, not the server)
+                raise ApiError(422, "Tokenizer", f"the tokenizer refused an input: {str(e)[:200]}") from None
             ids = list(enc["input_ids"])
             if len(ids) > limit:
                 raise ApiError(413, "Validation", f"an input has {len(ids)} tokens; the limit is {limit} "
