@@ -109,6 +109,7 @@ class Batcher:
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="nimblebert-model", daemon=True)
         self.batches = 0
+        self.running: tuple[float, int, int] | None = None  # (start, rung, padded tokens) of the batch in flight
         self.failed: BaseException | None = None
 
     # ---- the event loop's side --------------------------------------------------------------------
@@ -123,7 +124,7 @@ class Batcher:
             if self.queued_rows + len(job.rows) > self.max_queue:
                 raise _overloaded(f"the queue is full ({self.queued_rows} sequences waiting; --max-queue "
                                   f"{self.max_queue}): retry later")
-            if not self.controller.admit(self.queued_tokens, job.padded_tokens):
+            if not self.controller.admit(self.queued_tokens, job.padded_tokens, self._busy_for()):
                 raise _overloaded("the latency target cannot be met even at the fastest allowed setting: "
                                   "retry later")
             self.queue.append(job)
@@ -132,6 +133,13 @@ class Batcher:
             if self.metrics:
                 self.metrics.queue_size.set(self.queued_rows)
             self.cond.notify()
+
+    def _busy_for(self) -> float:
+        """Seconds the batch in flight should still take (0 when idle), from the controller's cost estimate."""
+        if self.running is None:
+            return 0.0
+        started, rung, tokens = self.running
+        return max(0.0, started + self.controller.predicted_delay(tokens, rung) - self.clock())
 
     def stop_accepting(self) -> None:
         with self.cond:
@@ -222,12 +230,15 @@ class Batcher:
         rows = [r for job in live for r in job.rows]
         width = max(job.max_len for job in live)
         start = self.clock()
+        self.running = (start, rung, width * len(rows))
         try:
             logits, exits = self.runner.run(rows, knobs)
         except Exception as e:  # noqa: BLE001  (a model failure answers the batch, it does not kill the thread)
             for job in live:
                 self._finish(job, ApiError(500, "Backend", f"inference failed: {type(e).__name__}: {e}"), "backend")
             return
+        finally:
+            self.running = None
         end = self.clock()
         self.batches += 1
         self.controller.observe_batch(rung, width * len(rows), end - start)

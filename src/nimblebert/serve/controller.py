@@ -38,6 +38,11 @@ class ControllerConfig:
     slack_windows: int = 3  # slack windows in a row before stepping back toward accuracy
     max_utilization: float = 0.8  # step back only if the model thread would stay below this busy fraction
     ewma: float = 0.3  # weight of the newest batch in the per-rung cost estimate
+    # Admit while the predicted work ahead (the batch in flight + the queue + the request) fits in this × target.
+    # A request is answered when its whole batch ends, and that batch also holds what arrives after it until
+    # the batch starts: its latency is about the work ahead plus its batch's time, each bounded by the work
+    # admitted, so admitting up to half the target keeps the worst case near the target.
+    admit_at: float = 0.5
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -112,14 +117,15 @@ class Controller:
         spt = self.cost_per_token(self.index if rung is None else rung)
         return 0.0 if spt is None else queued_tokens * spt
 
-    def admit(self, queued_tokens: int, new_tokens: int) -> bool:
-        """Whether a request of ``new_tokens`` may join a queue holding ``queued_tokens``: refused only when
-        even the cheapest allowed rung (the current one, if frozen) could not finish it within the target."""
+    def admit(self, queued_tokens: int, new_tokens: int, busy_s: float = 0.0) -> bool:
+        """Whether a request of ``new_tokens`` may join a queue holding ``queued_tokens`` while the model thread
+        is busy for ``busy_s`` more seconds (the batch in flight): refused only when even the cheapest allowed
+        rung (the current one, if frozen) could not finish it within the target."""
         target = self.config.target_s
         if target is None:
             return True
         rung = self.index if self.frozen else self.floor
-        return self.predicted_delay(queued_tokens + new_tokens, rung) <= target
+        return busy_s + self.predicted_delay(queued_tokens + new_tokens, rung) <= self.config.admit_at * target
 
     # ---- the decision ----------------------------------------------------------------------------
     def tick(self, now: float, queued_tokens: int = 0) -> int:

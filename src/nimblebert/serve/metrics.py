@@ -43,7 +43,7 @@ class Metrics:
         self.exit_layer = Histogram("nimblebert_exit_layer", "Layer each sequence left at",
                                     buckets=tuple(range(1, num_layers + 1)), registry=r)
         for outcome in ("success", "validation", "empty", "overloaded", "dropped_deadline", "dropped_disconnect",
-                        "unhealthy"):
+                        "unhealthy", "backend"):
             self.requests.labels(outcome)  # present at 0 from the start, so rates work on a fresh server
         for direction in ("faster", "slower"):
             self.steps.labels(direction)
