@@ -11,9 +11,11 @@ import time
 from typing import Any
 
 import torch
-from conftest import make_tokenizer
+from conftest import make_tokenizer, tiny_model
 
 from nimblebert.ladder import Ladder, Rung
+from nimblebert.methods import get_method
+from nimblebert.model import NimbleModel
 from nimblebert.serve.app import GracefulServer, ServeOptions, Service
 from nimblebert.serve.batcher import Batcher
 from nimblebert.serve.controller import Controller, ControllerConfig
@@ -87,6 +89,10 @@ class ServerThread:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.server.started and self.service.batcher.ready.is_set():
+                runner = self.service.batcher.runner
+                if isinstance(runner, FakeRunner):  # forget the warm-up batches
+                    runner.batches.clear()
+                    runner.started.clear()
                 return self
             time.sleep(0.02)
         raise RuntimeError("server did not start")
@@ -113,3 +119,19 @@ class ServerThread:
     def predict(self, payload: Any) -> tuple[int, dict[str, str], Any]:
         status, headers, raw = self.request("POST", "/predict", json.dumps(payload))
         return status, headers, json.loads(raw) if raw else None
+
+
+def tiny_fastbert(confident: bool = True, layers: int = 4) -> NimbleModel:
+    """A tiny random FastBERT with cheap linear branches. Random branches are near-uniform (no row would ever
+    exit); ``confident`` scales each branch's output so that confidences spread over rows and layers, while
+    ``confident=False`` zeroes them: every branch says 50/50 and no speed below 1 lets a row leave."""
+    model = NimbleModel(tiny_model(layers=layers), make_tokenizer(), "fastbert", {"branch": "linear"},
+                        ["negative", "positive"])
+    get_method("fastbert").attach(model)
+    with torch.no_grad():
+        for i, branch in enumerate(model.extras["branches"]):
+            factor = 15.0 * (i + 1) if confident else 0.0
+            branch.out.weight.mul_(factor)
+            branch.out.bias.mul_(factor)
+    return model.eval()
+
