@@ -153,23 +153,23 @@ def pareto(settings: Sequence[Rung]) -> list[Rung]:
 
 
 def stuck_knobs(settings: Sequence[Rung], rel_tol: float = 1e-6) -> list[str]:
-    """Knobs whose value never changed the cost: among settings equal in every other knob, all the values
-    of this one gave the same FLOPs per sample (e.g. FastBERT's ``speed`` when no branch is ever confident
-    on the data). Knobs with a single value are not reported."""
+    """Knobs that never bought speed: among settings equal in every other knob, no value of this one ran
+    fewer FLOPs per sample than its first value (the grid's most accurate end). E.g. FastBERT's ``speed`` when
+    no branch is ever confident on the data: every speed runs every layer, plus the branches. Knobs with a
+    single value are not reported."""
     if not settings:
         return []
-    names = list(settings[0].knobs)
     stuck = []
-    for name in names:
+    for name in settings[0].knobs:
         groups: dict[tuple, list[float]] = {}
         values = set()
-        for s in settings:
+        for s in settings:  # in grid order: each group's first entry has the knob's first value
             values.add(repr(s.knobs[name]))
             key = tuple((k, repr(v)) for k, v in sorted(s.knobs.items()) if k != name)
             groups.setdefault(key, []).append(s.flops_per_sample)
         if len(values) < 2:
             continue
-        if all(max(g) - min(g) <= rel_tol * max(abs(max(g)), 1.0) for g in groups.values()):
+        if all(min(g[1:], default=g[0]) >= g[0] * (1 - rel_tol) for g in groups.values()):
             stuck.append(name)
     return stuck
 
@@ -209,7 +209,8 @@ def calibrate(
     accuracies = [float((p.predicted == p.labels).float().mean()) for _, p, _ in runs]
     # The reference for agreement: the most accurate setting (of equals, the first, which is the grid's
     # most accurate end).
-    reference = runs[max(range(len(runs)), key=lambda i: (accuracies[i], -i))][1].predicted
+    ref = max(range(len(runs)), key=lambda i: (accuracies[i], -i))
+    reference = runs[ref][1].predicted
     rows = []
     for (knobs, p, seconds), acc in zip(runs, accuracies, strict=True):
         flops = float(p.flops.mean())
@@ -219,6 +220,7 @@ def calibrate(
             flops_speedup=float(full_flops) / flops if flops > 0 else 1.0,
             ms_per_sample=1000 * seconds / len(encoded) if measure_time else None))
     info = {"examples": len(encoded), "batch_size": batch_size, "grid_size": len(rows),
+            "agreement_with": dict(runs[ref][0]),
             "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **(meta or {})}
     return Ladder(rungs=pareto(rows), settings=rows, stuck=stuck_knobs(rows), meta=info)
 

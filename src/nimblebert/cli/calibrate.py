@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     path = save_ladder(args.model, ladder)
     for name in ladder.stuck:
         sys.stderr.write(f"calibrate: --{name.replace('_', '-')} does not change the cost on this data "
-                         f"(every value ran the same FLOPs): the ladder cannot use it\n")
+                         f"(no value ran fewer FLOPs than the first): the ladder cannot use it\n")
     if args.json:
         print(json.dumps(ladder.to_json()))
         return 0
