@@ -149,3 +149,28 @@ def test_cli_serves_a_calibrated_model_and_exits_0_on_sigterm(fastbert_folder: P
     assert {p["label"] for p in seen["answer"][0]} == {"negative", "positive"}
     info = seen["info"]
     assert info["method"] == "fastbert" and info["ladder_calibrated"] and info["latency_target_ms"] == 200
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(fastbert_folder: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    from nimblebert.cli.main import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cases = [
+            (["serve", str(tmp_path / "nowhere")], "not a model folder"),
+            (["serve", str(fastbert_folder), "--port", str(port)], "cannot listen"),
+            (["serve", str(fastbert_folder), "--port", str(free_port()), "--accuracy-floor", "1.5"], "accuracy-floor"),
+            (["serve", str(fastbert_folder), "--port", str(free_port()), "--speed", "2"], "out of range"),
+            (["calibrate", str(tmp_path / "nowhere"), "--data", "mr"], "not a local model folder"),
+        ]
+        capsys.readouterr()
+        for argv, words in cases:
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and words in err[0], (argv, err)
+    (fastbert_folder / "ladder.json").write_text("{not json")
+    assert main(["serve", str(fastbert_folder), "--port", str(free_port())]) == 2
+    assert "not a valid ladder" in capsys.readouterr().err

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
                         "pip install 'nimblebert[serve]'") from None
     import torch
 
-    from ..ladder import Ladder, Rung, check_knobs, default_ladder, load_ladder
+    from ..ladder import Ladder, Rung, check_knobs, default_ladder, knobs_of, load_ladder
     from ..model import load
     from ..serve import build_service
     from ..serve.app import GracefulServer, ServeOptions
@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if not Path(args.model).is_dir():
         raise UserError(f"{args.model} is not a model folder")
+    check_address(args.host, args.port)
     model = load(args.model)
     fixed = knob_values(args)
     ladder = load_ladder(args.model)
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         say(f"serve: knobs fixed at {knobs}: the controller does not move\n")
     elif ladder is None:
         ladder = default_ladder(model)
-        if model.method_spec.knobs:
+        if knobs_of(model):
             say(f"serve: {args.model} has no ladder.json: serving the knobs' defaults "
                 f"{ladder.rungs[0].knobs}; run `nimblebert calibrate {args.model} --data NAME` for the knob to "
                 "follow the load\n")
@@ -115,3 +116,23 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"the model failed to start: {service.batcher.failed}")
     say("serve: stopped\n")
     return 0
+
+
+def check_address(host: str, port: int) -> None:
+    """Fail fast, in one line, when the address cannot be listened on (uvicorn would log and exit 1 only after
+    the model has loaded)."""
+    import socket
+
+    from ..errors import UserError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise UserError(f"--host {host}: {e.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise UserError(f"cannot listen on {host}:{port}: {e.strerror}; pick another --port or --host") from None
