@@ -186,10 +186,10 @@ def server_command(kind: str, model: Path, ladder: dict, port: int, args: argpar
 
 # ---- the run ---------------------------------------------------------------------------------------------
 def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, int(round(q / 100 * len(ordered) + 0.5)) - 1))]
+    """Nearest-rank percentile, as the server's controller computes it; None for no values."""
+    from nimblebert.serve.controller import percentile as nearest_rank
+
+    return nearest_rank(values, q) if values else None
 
 
 def summarize(results: list[dict], rate: float, seconds: float, target_s: float, labels: list[str],
