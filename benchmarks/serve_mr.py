@@ -91,7 +91,9 @@ async def open_loop(port: int, texts: list[str], rate: float, seconds: float, dr
                 label = json.loads(payload)[0]["label"]
             except (ValueError, KeyError, IndexError, TypeError):
                 status = -1
+        server_ms = headers.get("x-total-time", "")  # the server's own arrival-to-answer time (ms)
         results.append({"i": i, "status": status, "latency": latency, "label": label,
+                        "server_s": int(server_ms) / 1000 if server_ms.isdigit() else None,
                         "rung": headers.get("x-nimblebert-rung"), "knobs": headers.get("x-nimblebert-knobs")})
 
     tasks = [asyncio.ensure_future(one(at, i)) for at, i in schedule]
@@ -196,6 +198,7 @@ def summarize(results: list[dict], rate: float, seconds: float, target_s: float,
               gold: list[int], full: list[int]) -> dict[str, Any]:
     ok = [r for r in results if r["status"] == 200]
     lat = [r["latency"] for r in ok]
+    server = [r["server_s"] for r in ok if r.get("server_s") is not None]
     index = {name: i for i, name in enumerate(labels)}
     pred = [index.get(r["label"], -1) for r in ok]
     n = len(results)
@@ -204,6 +207,7 @@ def summarize(results: list[dict], rate: float, seconds: float, target_s: float,
         "offered_per_s": rate, "sent": n, "answered": len(ok),
         "p50_ms": None if not lat else 1000 * percentile(lat, 50),
         "p99_ms": None if not lat else 1000 * percentile(lat, 99),
+        "server_p99_ms": None if not server else 1000 * percentile(server, 99),
         "goodput_per_s": sum(1 for v in lat if v <= target_s) / seconds,
         "rate_429": sum(1 for r in results if r["status"] == 429) / n if n else 0.0,
         "failed": sum(1 for r in results if r["status"] not in (200, 429)),
@@ -359,17 +363,21 @@ def markdown(r: dict) -> str:
              f"teacher saturation {r['saturation_per_s']:.1f} answers/s (closed loop, 32 clients). "
              f"CPU: {cpu}; server: {env['server']}; client: {env['client']}. {r['minutes']:.1f} min.", "",
              f"Ladder (calibrated on validation): {rungs}.", "",
-             "| server | load × | offered /s | p50 ms | p99 ms | goodput /s | 429 | accuracy | agreement | mean rung |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| server | load × | offered /s | p50 ms | p99 ms | server p99 ms | goodput /s | 429 | accuracy "
+             "| agreement | mean rung |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for kind, rows in r["runs"].items():
         for row in rows:
             lines.append(f"| {kind} | {row['load']:g} | {row['offered_per_s']:.1f} | {fmt(row['p50_ms'])} | "
-                         f"{fmt(row['p99_ms'])} | {row['goodput_per_s']:.1f} | {100 * row['rate_429']:.1f}% | "
+                         f"{fmt(row['p99_ms'])} | {fmt(row.get('server_p99_ms'))} | {row['goodput_per_s']:.1f} | "
+                         f"{100 * row['rate_429']:.1f}% | "
                          f"{fmt(row['accuracy'], '.4f')} | {fmt(row['agreement'], '.4f')} | "
                          f"{fmt(row['mean_rung'] if kind == 'adaptive' else None, '.2f')} |")
     lines += ["", "Goodput: answers within the target per second of offered load. Accuracy and agreement (with the "
-              "full model's prediction on the same sentence) are over the answered requests only. Mean rung: the "
-              "adaptive server's ladder rung per answer (0 = most accurate)."]
+              "full model's prediction on the same sentence) are over the answered requests only. p50/p99: the "
+              "client's latency from the scheduled send time; server p99: the server's own arrival-to-answer time "
+              "(`x-total-time`; the baseline sends none), which leaves out the client and the connection. Mean "
+              "rung: the adaptive server's ladder rung per answer (0 = most accurate)."]
     return "\n".join(lines)
 
 

@@ -25,7 +25,8 @@ def serve_mr():
 def test_summary_counts_goodput_sheds_and_accuracy_of_answers_only(serve_mr) -> None:
     labels, gold, full = ["negative", "positive"], [0, 1, 1, 0], [0, 1, 0, 0]
     results = [
-        {"i": 0, "status": 200, "latency": 0.05, "label": "negative", "rung": "0", "knobs": "speed=0.5"},
+        {"i": 0, "status": 200, "latency": 0.05, "label": "negative", "rung": "0", "knobs": "speed=0.5",
+         "server_s": 0.03},
         {"i": 1, "status": 200, "latency": 0.20, "label": "negative", "rung": "2", "knobs": "speed=0.9"},
         {"i": 2, "status": 429, "latency": 0.001, "label": None, "rung": None, "knobs": None},
         {"i": 3, "status": 0, "latency": 9.0, "label": None, "rung": None, "knobs": None},
@@ -45,6 +46,6 @@ def test_summary_counts_goodput_sheds_and_accuracy_of_answers_only(serve_mr) -> 
               "ladder": {"rungs": [{"knobs": {"speed": 0.5, "patience": 0}, "accuracy": 0.81, "flops_speedup": 1.7}]},
               "runs": {"adaptive": [{"load": 1.5, **row}], "baseline": [{"load": 1.5, **empty}]}}
     md = serve_mr.markdown(result)
-    assert "| adaptive | 1.5 | 4.0 | 50.0 | 200.0 | 0.5 | 25.0% | 0.5000 | 0.5000 | 1.00 |" in md
+    assert "| adaptive | 1.5 | 4.0 | 50.0 | 200.0 | 30.0 | 0.5 | 25.0% | 0.5000 | 0.5000 | 1.00 |" in md
     assert "| baseline | 1.5 | 1.0 | – | – |" in md and "AMD EPYC (AVX-512)" in md
     assert "adaptive p99 200 ms" in serve_mr.headline_of(result)

@@ -130,3 +130,16 @@ def test_cost_estimates_scale_by_the_ladder_until_measured() -> None:
     assert abs(ctrl.cost_per_token(0) - 0.0005) < 1e-12
     assert abs(ctrl.cost_per_token(4) - 0.0005 * 0.3) < 1e-12
     assert abs(ctrl.predicted_delay(1000, 4) - 0.15) < 1e-9
+
+
+def test_cost_fit_separates_the_per_batch_overhead_from_the_per_token_cost() -> None:
+    ctrl = make()
+    for tokens in (20, 40, 200, 20, 400, 60):
+        ctrl.observe_batch(1, tokens, OVERHEAD + tokens * PER_TOKEN * COST[1])
+    overhead, per_token = ctrl.cost_model(1)
+    assert abs(overhead - OVERHEAD) < 1e-9 and abs(per_token - PER_TOKEN * COST[1]) < 1e-12
+    # An unmeasured rung keeps the overhead and scales the per-token part by the ladder's costs.
+    overhead4, per_token4 = ctrl.cost_model(4)
+    assert abs(overhead4 - OVERHEAD) < 1e-9 and abs(per_token4 - PER_TOKEN * COST[4]) < 1e-12
+    # A quiet server (batches of one request) must not be taken for a slow one: 400 tokens ≈ one batch of 400.
+    assert abs(ctrl.predicted_delay(400, 1) - (OVERHEAD + 400 * PER_TOKEN * COST[1])) < 1e-9

@@ -37,12 +37,47 @@ class ControllerConfig:
     step_down_below: float = 0.5  # a window is slack when both stay under this × target
     slack_windows: int = 3  # slack windows in a row before stepping back toward accuracy
     max_utilization: float = 0.8  # step back only if the model thread would stay below this busy fraction
-    ewma: float = 0.3  # weight of the newest batch in the per-rung cost estimate
+    decay: float = 0.05  # weight of the newest batch in the per-rung cost fit (about the last 20 batches count)
     # Admit while the predicted work ahead (the batch in flight + the queue + the request) fits in this × target.
     # A request is answered when its whole batch ends, and that batch also holds what arrives after it until
     # the batch starts: its latency is about the work ahead plus its batch's time, each bounded by the work
     # admitted, so admitting up to half the target keeps the worst case near the target.
     admit_at: float = 0.5
+
+
+class CostFit:
+    """Batch time ≈ overhead + per_token × padded tokens, fitted by exponentially weighted least squares.
+
+    A batch pays a fixed cost (Python, dispatch, the head) besides its tokens: a per-token figure alone, taken
+    from the small batches of a quiet server, would overstate what a large batch costs and shed load that could
+    be served. Until the batches differ in size enough to separate the two, the fit is per-token only."""
+
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+        self.n = self.sx = self.sy = self.sxx = self.sxy = 0.0
+
+    def add(self, tokens: float, seconds: float) -> None:
+        keep = 1 - self.decay if self.n else 0.0
+        self.n = keep * self.n + 1
+        self.sx = keep * self.sx + tokens
+        self.sy = keep * self.sy + seconds
+        self.sxx = keep * self.sxx + tokens * tokens
+        self.sxy = keep * self.sxy + tokens * seconds
+
+    @property
+    def measured(self) -> bool:
+        return self.n > 0
+
+    def solve(self) -> tuple[float, float]:
+        """(overhead seconds, seconds per token)."""
+        mx, my = self.sx / self.n, self.sy / self.n
+        var = self.sxx / self.n - mx * mx
+        if var > 0.01 * mx * mx:  # sizes spread by more than 10% (std/mean): the two parts can be told apart
+            slope = (self.sxy / self.n - mx * my) / var
+            overhead = my - slope * mx
+            if slope > 0 and overhead >= 0:
+                return overhead, slope
+        return 0.0, (self.sy / self.sx if self.sx > 0 else 0.0)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -80,7 +115,7 @@ class Controller:
         self.busy = 0.0  # seconds the model thread ran batches in this window
         self.slack = 0
         self.steps = {"faster": 0, "slower": 0}
-        self.seconds_per_token: list[float | None] = [None] * len(costs)
+        self.fits = [CostFit(self.config.decay) for _ in costs]
         self.last_p99 = math.nan
         self.last_pressure = 0.0
 
@@ -92,30 +127,32 @@ class Controller:
     def observe_batch(self, rung: int, padded_tokens: int, seconds: float) -> None:
         """A batch of ``padded_tokens`` (rows × longest row) ran at ``rung`` in ``seconds``."""
         self.busy += seconds
-        if padded_tokens <= 0:
-            return
-        spt = seconds / padded_tokens
-        old = self.seconds_per_token[rung]
-        a = self.config.ewma
-        self.seconds_per_token[rung] = spt if old is None else a * spt + (1 - a) * old
+        if padded_tokens > 0:
+            self.fits[rung].add(padded_tokens, seconds)
 
     # ---- estimates ------------------------------------------------------------------------------
-    def cost_per_token(self, rung: int) -> float | None:
-        """Seconds per padded token at ``rung``: measured, else scaled from the nearest measured rung by the
-        ladder's cost ratio; None before any batch ran."""
-        known = self.seconds_per_token[rung]
-        if known is not None:
-            return known
-        measured = [i for i, s in enumerate(self.seconds_per_token) if s is not None]
+    def cost_model(self, rung: int) -> tuple[float, float] | None:
+        """(overhead s, s per padded token) at ``rung``: fitted, else the nearest fitted rung's with the
+        per-token part scaled by the ladder's cost ratio; None before any batch ran."""
+        if self.fits[rung].measured:
+            return self.fits[rung].solve()
+        measured = [i for i, f in enumerate(self.fits) if f.measured]
         if not measured:
             return None
         near = min(measured, key=lambda i: abs(i - rung))
-        return self.seconds_per_token[near] * self.costs[rung] / self.costs[near]  # type: ignore[operator]
+        overhead, per_token = self.fits[near].solve()
+        return overhead, per_token * self.costs[rung] / self.costs[near]
+
+    def cost_per_token(self, rung: int) -> float | None:
+        model = self.cost_model(rung)
+        return None if model is None else model[1]
 
     def predicted_delay(self, queued_tokens: int, rung: int | None = None) -> float:
-        """Seconds to clear ``queued_tokens`` padded tokens at ``rung`` (default: the current one)."""
-        spt = self.cost_per_token(self.index if rung is None else rung)
-        return 0.0 if spt is None else queued_tokens * spt
+        """Seconds to run ``queued_tokens`` padded tokens as one batch at ``rung`` (default: the current one)."""
+        model = self.cost_model(self.index if rung is None else rung)
+        if model is None or queued_tokens <= 0:
+            return 0.0
+        return model[0] + model[1] * queued_tokens
 
     def admit(self, queued_tokens: int, new_tokens: int, busy_s: float = 0.0) -> bool:
         """Whether a request of ``new_tokens`` may join a queue holding ``queued_tokens`` while the model thread
