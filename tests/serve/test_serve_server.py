@@ -174,3 +174,16 @@ def test_cli_bad_input_is_one_line_and_exit_2(fastbert_folder: Path, tmp_path: P
     (fastbert_folder / "ladder.json").write_text("{not json")
     assert main(["serve", str(fastbert_folder), "--port", str(free_port())]) == 2
     assert "not a valid ladder" in capsys.readouterr().err
+
+
+def test_a_model_that_cannot_run_stops_the_server() -> None:
+    service = fake_service()
+
+    def broken(rows, knobs):
+        raise RuntimeError("no kernel for this")
+
+    service.batcher.runner.run = broken
+    server = ServerThread(service)
+    server.thread.start()
+    server.thread.join(20)
+    assert not server.thread.is_alive() and "no kernel" in str(service.batcher.failed)

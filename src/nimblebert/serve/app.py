@@ -284,6 +284,8 @@ class GracefulServer:
                         signal.signal(s, handler)
 
         self.server = _Server(config)
+        # A model that cannot run its warm-up batch cannot serve: stop rather than answer 503 forever.
+        service.batcher.on_failure = lambda: setattr(self.server, "should_exit", True)
 
     def begin_shutdown(self) -> None:
         """Start draining (idempotent; a second call ends the drain wait at once)."""

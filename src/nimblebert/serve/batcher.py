@@ -111,6 +111,7 @@ class Batcher:
         self.batches = 0
         self.running: tuple[float, int, int] | None = None  # (start, rung, padded tokens) of the batch in flight
         self.failed: BaseException | None = None
+        self.on_failure: Callable[[], None] | None = None  # called from the model thread if warm-up fails
 
     # ---- the event loop's side --------------------------------------------------------------------
     def start(self) -> None:
@@ -180,6 +181,8 @@ class Batcher:
             self._warm_up()
         except BaseException as e:  # noqa: BLE001  (reported by /health; the server cannot serve)
             self.failed = e
+            if self.on_failure is not None:
+                self.on_failure()
             return
         self.ready.set()
         tick = min(0.05, self.controller.config.window_s / 4)
