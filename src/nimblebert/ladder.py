@@ -1,0 +1,254 @@
+"""The ladder: a model's knob settings calibrated on validation data, cheapest-for-its-accuracy only.
+
+A dynamic model (FastBERT's ``speed``, DynaBERT's ``width``/``depth``, TR-BERT's ``keep_threshold``) can run
+at many settings. :func:`calibrate` runs each setting of a grid over a validation split and records, per
+setting, its accuracy, its agreement with the most accurate setting, the mean layers run, the FLOPs per
+sample and the FLOPs speed-up over the whole model. Only the Pareto front is kept (no rung is both less
+accurate and costlier than another), ordered from the most accurate rung to the cheapest: moving one rung
+down the list always buys speed with accuracy. The ladder is stored as ``ladder.json`` in the model folder;
+``nimblebert serve`` steps along it under load, and anything else that needs "the setting worth using at
+this cost" can read it with :func:`load_ladder`.
+
+The grid comes from each knob's ``sweep`` values (``Knob.sweep``), or from :data:`FALLBACK_SWEEPS` for
+models whose knobs do not declare one; counters such as FastBERT's ``patience`` and string knobs are not
+swept (they keep their defaults). A model without knobs has a one-rung ladder.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .errors import UserError
+from .io import write_json
+
+if TYPE_CHECKING:
+    from .model import NimbleModel
+
+LADDER_FILE = "ladder.json"
+LADDER_VERSION = 1
+MAX_SETTINGS = 60  # the product of the knobs' sweeps is thinned to at most this many settings
+
+# Sweeps for knobs that do not declare ``Knob.sweep`` (the first value of each is the most accurate).
+FALLBACK_SWEEPS: dict[str, tuple[float, ...]] = {
+    "speed": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+    "width": (1.0, 0.75, 0.5, 0.25),
+    "depth": (1.0, 0.75, 0.5),
+    "keep_threshold": (0.0, 0.3, 0.4, 0.5, 0.6, 0.7),
+}
+NOT_SWEPT = frozenset({"patience"})  # a second exit rule, not a speed setting: stays at its default
+
+
+def knobs_of(model: NimbleModel) -> tuple[Any, ...]:
+    """The model's knobs (``Knob`` records). The one place this module asks a model for them."""
+    return tuple(model.method_spec.knobs)
+
+
+def check_knobs(model: NimbleModel, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` validated against the model's knobs, defaults filled in (UserError when out of range)."""
+    return model.method_spec.check_knobs(values)
+
+
+def sweep_of(knob: Any) -> tuple[Any, ...] | None:
+    """The values a knob is calibrated at: its own ``sweep`` if it declares one, else the fallback table,
+    clipped to the knob's range; None for knobs that are not swept."""
+    if knob.name in NOT_SWEPT or getattr(knob, "type", float) is str:
+        return None
+    values = getattr(knob, "sweep", None) or FALLBACK_SWEEPS.get(knob.name)
+    if not values:
+        return None
+    kept = [v for v in values if (knob.low is None or v >= knob.low) and (knob.high is None or v <= knob.high)]
+    return tuple(kept) or None
+
+
+def grid(model: NimbleModel, max_settings: int = MAX_SETTINGS) -> list[dict[str, Any]]:
+    """Every combination of the swept knobs' values (others at their defaults), at most ``max_settings``.
+
+    A larger product is thinned evenly (always keeping the first, all-most-accurate, setting and the last),
+    so a three-knob model still gets a grid that covers its whole range.
+    """
+    knobs = knobs_of(model)
+    swept = [(k.name, sweep_of(k)) for k in knobs]
+    swept = [(name, values) for name, values in swept if values]
+    if not swept:
+        return [check_knobs(model, {})]
+    names = [name for name, _ in swept]
+    combos = list(itertools.product(*(values for _, values in swept)))
+    if len(combos) > max_settings:
+        step = (len(combos) - 1) / (max_settings - 1)
+        combos = [combos[round(i * step)] for i in range(max_settings)]
+    return [check_knobs(model, dict(zip(names, combo, strict=True))) for combo in combos]
+
+
+@dataclass
+class Rung:
+    """One calibrated setting."""
+
+    knobs: dict[str, Any]
+    accuracy: float
+    agreement: float  # fraction of examples where it predicts what the most accurate setting predicts
+    mean_layers: float
+    flops_per_sample: float
+    flops_speedup: float  # the whole model's FLOPs / this setting's FLOPs, per sample on average
+    ms_per_sample: float | None = None  # measured when calibrate(measure_time=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Rung:
+        return cls(knobs=dict(d["knobs"]), accuracy=float(d["accuracy"]), agreement=float(d["agreement"]),
+                   mean_layers=float(d["mean_layers"]), flops_per_sample=float(d["flops_per_sample"]),
+                   flops_speedup=float(d["flops_speedup"]),
+                   ms_per_sample=None if d.get("ms_per_sample") is None else float(d["ms_per_sample"]))
+
+
+@dataclass
+class Ladder:
+    """The Pareto rungs, most accurate first (``rungs[0]``) to cheapest (``rungs[-1]``), and how they were
+    made. ``settings`` holds every calibrated setting, including those off the front, so a reader can see
+    why one was dropped; ``stuck`` names knobs that never changed the cost on this data."""
+
+    rungs: list[Rung]
+    settings: list[Rung] = field(default_factory=list)
+    stuck: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": LADDER_VERSION, "rungs": [asdict(r) for r in self.rungs],
+                "settings": [asdict(r) for r in self.settings], "stuck": list(self.stuck), "meta": dict(self.meta)}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Ladder:
+        if not isinstance(obj, dict) or obj.get("version") != LADDER_VERSION or not obj.get("rungs"):
+            raise ValueError("not a nimblebert ladder (version 1 with at least one rung)")
+        return cls(rungs=[Rung.from_dict(r) for r in obj["rungs"]],
+                   settings=[Rung.from_dict(r) for r in obj.get("settings", [])],
+                   stuck=list(obj.get("stuck", [])), meta=dict(obj.get("meta", {})))
+
+    def floor_index(self, accuracy_floor: float | None) -> int:
+        """The cheapest rung whose accuracy is at least ``accuracy_floor`` (0 when none is: the most accurate
+        rung is always allowed)."""
+        if accuracy_floor is None:
+            return len(self.rungs) - 1
+        allowed = [i for i, r in enumerate(self.rungs) if r.accuracy >= accuracy_floor]
+        return max(allowed) if allowed else 0
+
+
+def pareto(settings: Sequence[Rung]) -> list[Rung]:
+    """The settings no other setting beats (at least as accurate and at most as costly, better in one),
+    most accurate first. Of settings equal in both, the first in ``settings`` is kept."""
+    order = sorted(range(len(settings)), key=lambda i: (settings[i].flops_per_sample, -settings[i].accuracy, i))
+    front: list[Rung] = []
+    best = -math.inf
+    for i in order:  # cheapest first: a setting is on the front when it is more accurate than every cheaper one
+        if settings[i].accuracy > best:
+            front.append(settings[i])
+            best = settings[i].accuracy
+    return front[::-1]
+
+
+def stuck_knobs(settings: Sequence[Rung], rel_tol: float = 1e-6) -> list[str]:
+    """Knobs that never bought speed: among settings equal in every other knob, no value of this one ran
+    fewer FLOPs per sample than its first value (the grid's most accurate end). E.g. FastBERT's ``speed`` when
+    no branch is ever confident on the data: every speed runs every layer, plus the branches. Knobs with a
+    single value are not reported."""
+    if not settings:
+        return []
+    stuck = []
+    for name in settings[0].knobs:
+        groups: dict[tuple, list[float]] = {}
+        values = set()
+        for s in settings:  # in grid order: each group's first entry has the knob's first value
+            values.add(repr(s.knobs[name]))
+            key = tuple((k, repr(v)) for k, v in sorted(s.knobs.items()) if k != name)
+            groups.setdefault(key, []).append(s.flops_per_sample)
+        if len(values) < 2:
+            continue
+        if all(min(g[1:], default=g[0]) >= g[0] * (1 - rel_tol) for g in groups.values()):
+            stuck.append(name)
+    return stuck
+
+
+@torch.inference_mode()
+def calibrate(
+    model: NimbleModel,
+    encoded: Any,
+    batch_size: int = 64,
+    settings: list[dict[str, Any]] | None = None,
+    measure_time: bool = False,
+    meta: dict[str, Any] | None = None,
+) -> Ladder:
+    """Run every setting of :func:`grid` (or ``settings``) over ``encoded`` (a labelled dataset made by
+    :func:`nimblebert.data.encode`) and keep the Pareto front.
+
+    ``measure_time`` adds each setting's wall time per sample over the whole split (batches bucketed by
+    length, as :func:`nimblebert.inference.predict_loader` runs them); it is a rough figure for humans:
+    the server measures its own costs as it runs.
+    """
+    from .bench.measure import full_model_flops
+    from .data import make_loader
+    from .inference import predict_loader
+
+    if "labels" not in encoded.column_names:
+        raise UserError("calibration needs labelled data: the split has no labels")
+    if len(encoded) == 0:
+        raise UserError("calibration needs data: the split is empty")
+    loader = make_loader(encoded, model.tokenizer, batch_size, shuffle=False, bucket_by_length=True)
+    full_flops = torch.cat([full_model_flops(model, batch["attention_mask"]) for batch in loader]).mean()
+    runs = []
+    for knobs in settings if settings is not None else grid(model):
+        t0 = time.perf_counter()
+        p = predict_loader(model, loader, **knobs)
+        seconds = time.perf_counter() - t0
+        runs.append((knobs, p, seconds))
+    accuracies = [float((p.predicted == p.labels).float().mean()) for _, p, _ in runs]
+    # The reference for agreement: the most accurate setting (of equals, the first, which is the grid's
+    # most accurate end).
+    ref = max(range(len(runs)), key=lambda i: (accuracies[i], -i))
+    reference = runs[ref][1].predicted
+    rows = []
+    for (knobs, p, seconds), acc in zip(runs, accuracies, strict=True):
+        flops = float(p.flops.mean())
+        rows.append(Rung(
+            knobs=dict(knobs), accuracy=acc, agreement=float((p.predicted == reference).float().mean()),
+            mean_layers=float(p.layers.float().mean()), flops_per_sample=flops,
+            flops_speedup=float(full_flops) / flops if flops > 0 else 1.0,
+            ms_per_sample=1000 * seconds / len(encoded) if measure_time else None))
+    info = {"examples": len(encoded), "batch_size": batch_size, "grid_size": len(rows),
+            "agreement_with": dict(runs[ref][0]),
+            "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **(meta or {})}
+    return Ladder(rungs=pareto(rows), settings=rows, stuck=stuck_knobs(rows), meta=info)
+
+
+def save_ladder(folder: str | Path, ladder: Ladder) -> Path:
+    """Write ``folder/ladder.json`` atomically (a killed calibration never leaves half a ladder)."""
+    path = Path(folder) / LADDER_FILE
+    write_json(path, ladder.to_json())
+    return path
+
+
+def load_ladder(folder: str | Path) -> Ladder | None:
+    """The folder's ladder, or None when it has none. A file that is not a ladder is a UserError."""
+    import json
+
+    path = Path(folder) / LADDER_FILE
+    if not path.exists():
+        return None
+    try:
+        return Ladder.from_json(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is not a valid ladder ({e}); re-run `nimblebert calibrate {folder} --data ...`") \
+            from None
+
+
+def default_ladder(model: NimbleModel) -> Ladder:
+    """A one-rung ladder at the knobs' defaults, not calibrated (accuracy unknown: NaN)."""
+    knobs = check_knobs(model, {})
+    nan = float("nan")
+    return Ladder(rungs=[Rung(knobs=knobs, accuracy=nan, agreement=1.0, mean_layers=nan, flops_per_sample=nan,
+                              flops_speedup=1.0)], meta={"calibrated": False})
