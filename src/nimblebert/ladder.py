@@ -9,9 +9,10 @@ down the list always buys speed with accuracy. The ladder is stored as ``ladder.
 ``nimblebert serve`` steps along it under load, and anything else that needs "the setting worth using at
 this cost" can read it with :func:`load_ladder`.
 
-The grid comes from each knob's ``sweep`` values (``Knob.sweep``), or from :data:`FALLBACK_SWEEPS` for
-models whose knobs do not declare one; counters such as FastBERT's ``patience`` and string knobs are not
-swept (they keep their defaults). A model without knobs has a one-rung ladder.
+The grid is the product of every knob's ``sweep`` values (``Knob.sweep``) over the whole stack of a composed
+model (speed × width on DynaBERT → FastBERT); knobs without a sweep, counters such as FastBERT's ``patience``,
+string knobs and TR-BERT's ``keep_threshold`` (its ``keep_fraction`` reaches every saving, where a threshold can be
+a cliff) keep their defaults. A model without knobs has a one-rung ladder.
 """
 
 from __future__ import annotations
@@ -36,32 +37,16 @@ LADDER_FILE = "ladder.json"
 LADDER_VERSION = 1
 MAX_SETTINGS = 60  # the product of the knobs' sweeps is thinned to at most this many settings
 
-# Sweeps for knobs that do not declare ``Knob.sweep`` (the first value of each is the most accurate).
-FALLBACK_SWEEPS: dict[str, tuple[float, ...]] = {
-    "speed": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
-    "width": (1.0, 0.75, 0.5, 0.25),
-    "depth": (1.0, 0.75, 0.5),
-    "keep_threshold": (0.0, 0.3, 0.4, 0.5, 0.6, 0.7),
-}
-NOT_SWEPT = frozenset({"patience"})  # a second exit rule, not a speed setting: stays at its default
-
-
-def knobs_of(model: NimbleModel) -> tuple[Any, ...]:
-    """The model's knobs (``Knob`` records). The one place this module asks a model for them."""
-    return tuple(model.method_spec.knobs)
-
-
-def check_knobs(model: NimbleModel, values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` validated against the model's knobs, defaults filled in (UserError when out of range)."""
-    return model.method_spec.check_knobs(values)
+# Not calibrated, they keep their defaults: a second exit rule (not a speed setting), and the token threshold whose
+# saving can jump from none to almost all on a new task (the keep fraction, swept instead, reaches every saving).
+NOT_SWEPT = frozenset({"patience", "keep_threshold"})
 
 
 def sweep_of(knob: Any) -> tuple[Any, ...] | None:
-    """The values a knob is calibrated at: its own ``sweep`` if it declares one, else the fallback table,
-    clipped to the knob's range; None for knobs that are not swept."""
+    """The values a knob is calibrated at (its ``sweep``, clipped to its range); None for knobs not swept."""
     if knob.name in NOT_SWEPT or getattr(knob, "type", float) is str:
         return None
-    values = getattr(knob, "sweep", None) or FALLBACK_SWEEPS.get(knob.name)
+    values = knob.sweep
     if not values:
         return None
     kept = [v for v in values if (knob.low is None or v >= knob.low) and (knob.high is None or v <= knob.high)]
@@ -74,17 +59,16 @@ def grid(model: NimbleModel, max_settings: int = MAX_SETTINGS) -> list[dict[str,
     A larger product is thinned evenly (always keeping the first, all-most-accurate, setting and the last),
     so a three-knob model still gets a grid that covers its whole range.
     """
-    knobs = knobs_of(model)
-    swept = [(k.name, sweep_of(k)) for k in knobs]
+    swept = [(k.name, sweep_of(k)) for k in model.knobs()]
     swept = [(name, values) for name, values in swept if values]
     if not swept:
-        return [check_knobs(model, {})]
+        return [model.check_knobs({})]
     names = [name for name, _ in swept]
     combos = list(itertools.product(*(values for _, values in swept)))
     if len(combos) > max_settings:
         step = (len(combos) - 1) / (max_settings - 1)
         combos = [combos[round(i * step)] for i in range(max_settings)]
-    return [check_knobs(model, dict(zip(names, combo, strict=True))) for combo in combos]
+    return [model.check_knobs(dict(zip(names, combo, strict=True))) for combo in combos]
 
 
 @dataclass
@@ -248,7 +232,7 @@ def load_ladder(folder: str | Path) -> Ladder | None:
 
 def default_ladder(model: NimbleModel) -> Ladder:
     """A one-rung ladder at the knobs' defaults, not calibrated (accuracy unknown: NaN)."""
-    knobs = check_knobs(model, {})
+    knobs = model.check_knobs({})
     nan = float("nan")
     return Ladder(rungs=[Rung(knobs=knobs, accuracy=nan, agreement=1.0, mean_layers=nan, flops_per_sample=nan,
                               flops_speedup=1.0)], meta={"calibrated": False})

@@ -12,7 +12,6 @@ from serve_fakes import tiny_fastbert
 from nimblebert.data import encode
 from nimblebert.errors import UserError
 from nimblebert.ladder import (
-    FALLBACK_SWEEPS,
     LADDER_FILE,
     Ladder,
     Rung,
@@ -23,7 +22,10 @@ from nimblebert.ladder import (
     save_ladder,
     stuck_knobs,
 )
+from nimblebert.methods import get_method
 from nimblebert.model import NimbleModel
+
+SPEED_SWEEP = next(k.sweep for k in get_method("fastbert").knobs if k.name == "speed")
 
 
 def encoded_toy(n: int = 48):
@@ -46,10 +48,10 @@ def test_pareto_keeps_only_undominated_settings_most_accurate_first() -> None:
     assert [r.knobs["speed"] for r in front] == [0.1, 0.3, 0.6]
 
 
-def test_grid_uses_the_fallback_sweeps_and_skips_patience() -> None:
+def test_grid_uses_the_knobs_sweeps_and_skips_patience() -> None:
     model = tiny_fastbert()
     settings = grid(model)
-    assert [s["speed"] for s in settings] == list(FALLBACK_SWEEPS["speed"])
+    assert [s["speed"] for s in settings] == list(SPEED_SWEEP)
     assert all(s["patience"] == 0 for s in settings)
     assert len(grid(model, max_settings=4)) == 4 and grid(model, max_settings=4)[0]["speed"] == 0.0
 
@@ -57,7 +59,7 @@ def test_grid_uses_the_fallback_sweeps_and_skips_patience() -> None:
 def test_calibrate_a_tiny_fastbert_store_and_load_back(tmp_path: Path) -> None:
     model = tiny_fastbert()
     ladder = calibrate(model, encoded_toy(), batch_size=16, meta={"data": "toy", "max_length": 16})
-    assert len(ladder.settings) == len(FALLBACK_SWEEPS["speed"]) and not ladder.stuck
+    assert len(ladder.settings) == len(SPEED_SWEEP) and not ladder.stuck
     rungs = ladder.rungs
     assert rungs and len(rungs) <= len(ladder.settings)
     # Ordered from the most accurate to the cheapest, each rung strictly cheaper and strictly less accurate.

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
                         "pip install 'nimblebert[serve]'") from None
     import torch
 
-    from ..ladder import Ladder, Rung, check_knobs, default_ladder, knobs_of, load_ladder
+    from ..ladder import Ladder, Rung, default_ladder, load_ladder
     from ..model import load
     from ..serve import build_service
     from ..serve.app import GracefulServer, ServeOptions
@@ -79,14 +79,14 @@ def run(args: argparse.Namespace) -> int:
     ladder = load_ladder(args.model)
     say = sys.stderr.write
     if fixed:
-        knobs = check_knobs(model, fixed)
+        knobs = model.check_knobs(fixed)
         match = [r for r in (ladder.settings or ladder.rungs) if r.knobs == knobs] if ladder else []
         ladder = Ladder(rungs=[match[0] if match else Rung(knobs, float("nan"), 1.0, float("nan"), float("nan"),
                                                           1.0)], meta={"calibrated": bool(match)})
         say(f"serve: knobs fixed at {knobs}: the controller does not move\n")
     elif ladder is None:
         ladder = default_ladder(model)
-        if knobs_of(model):
+        if model.knobs():
             say(f"serve: {args.model} has no ladder.json: serving the knobs' defaults "
                 f"{ladder.rungs[0].knobs}; run `nimblebert calibrate {args.model} --data NAME` for the knob to "
                 "follow the load\n")

@@ -38,7 +38,6 @@ def build_service(model: NimbleModel, ladder: Ladder, options: ServeOptions, run
                   max_queue: int = 512) -> Service:
     """The server's parts for ``model`` (or any ``runner`` with the model's tokenizer and labels), its
     ``ladder`` and ``options``: controller, batcher, metrics."""
-    from ..ladder import knobs_of
     from .app import Service
     from .batcher import Batcher, ModelRunner
     from .metrics import Metrics
@@ -47,9 +46,9 @@ def build_service(model: NimbleModel, ladder: Ladder, options: ServeOptions, run
     costs = [r.flops_per_sample for r in ladder.rungs]
     config = ControllerConfig(target_s=options.latency_target_s, window_s=window_s)
     controller = Controller(costs, ladder.floor_index(options.accuracy_floor), config, frozen=options.frozen)
-    knobs = knobs_of(model)
+    knobs = model.knobs()
     metrics = Metrics(runner.num_layers, [k.name for k in knobs])
     batcher = Batcher(runner, [dict(r.knobs) for r in ladder.rungs], controller, metrics,
                       max_batch_tokens=max_batch_tokens, max_batch_requests=max_batch_requests, max_queue=max_queue)
     return Service(model.tokenizer, list(model.label_names), batcher, ladder, metrics, options,
-                   method=model.method, knobs=knobs)
+                   method=model.describe(), knobs=knobs)
