@@ -68,7 +68,13 @@ def grid(model: NimbleModel, max_settings: int = MAX_SETTINGS) -> list[dict[str,
     if len(combos) > max_settings:
         step = (len(combos) - 1) / (max_settings - 1)
         combos = [combos[round(i * step)] for i in range(max_settings)]
-    return [model.check_knobs(dict(zip(names, combo, strict=True))) for combo in combos]
+    settings = []
+    for combo in combos:
+        try:
+            settings.append(model.check_knobs(dict(zip(names, combo, strict=True))))
+        except UserError:  # a combination the stack refuses (exits at a depth they were not distilled at)
+            continue
+    return settings
 
 
 @dataclass
@@ -236,3 +242,35 @@ def default_ladder(model: NimbleModel) -> Ladder:
     nan = float("nan")
     return Ladder(rungs=[Rung(knobs=knobs, accuracy=nan, agreement=1.0, mean_layers=nan, flops_per_sample=nan,
                               flops_speedup=1.0)], meta={"calibrated": False})
+
+
+def choose(ladder: Ladder, target_speedup: float | None = None, max_accuracy_loss: float | None = None,
+           target_layers: float | None = None) -> Rung:
+    """The rung that meets what the user asked for, in their terms rather than a knob's (issue 20):
+
+    - ``target_speedup``: at least this FLOPs speed-up over the whole model (×);
+    - ``target_layers``: at most this many layers run on average;
+    - ``max_accuracy_loss``: at most this many accuracy points below the most accurate rung (on the data the
+      ladder was calibrated on).
+
+    Of the rungs that meet every target given, the most accurate (a speed or layer target: the accuracy-cheapest
+    way to reach it); with only an accuracy budget, the cheapest. Nothing meets them: :class:`UserError` naming
+    the closest rung, so the user learns what the model can do (e.g. a knob that never buys speed on this data).
+    """
+    rungs = ladder.rungs
+    ok = [r for r in rungs if (target_speedup is None or r.flops_speedup >= target_speedup - 1e-9)
+          and (target_layers is None or r.mean_layers <= target_layers + 1e-9)
+          and (max_accuracy_loss is None or r.accuracy >= rungs[0].accuracy - max_accuracy_loss / 100 - 1e-9)]
+    if not ok:
+        fastest = rungs[-1]
+        stuck = f"; {', '.join(ladder.stuck)} never bought speed on the calibration data" if ladder.stuck else ""
+        raise UserError(f"no calibrated setting meets that: the fastest is {_describe(fastest)}{stuck}")
+    if target_speedup is None and target_layers is None:
+        return min(ok, key=lambda r: r.flops_per_sample)
+    return max(ok, key=lambda r: (r.accuracy, -r.flops_per_sample))
+
+
+def _describe(rung: Rung) -> str:
+    knobs = ", ".join(f"{k} {v}" for k, v in rung.knobs.items()) or "the defaults"
+    return (f"{knobs} ({rung.flops_speedup:.2f}× FLOPs, {rung.mean_layers:.2f} layers, accuracy {rung.accuracy:.4f} "
+            "on calibration)")

@@ -52,6 +52,43 @@ def add_knob_flags(p: argparse.ArgumentParser) -> None:
                                help=f"{knob.help} (default {knob.default})")
 
 
+def add_target_flags(p: argparse.ArgumentParser) -> None:
+    """Ask for a cost or an accuracy instead of a knob value: mapped through the folder's calibrated ladder."""
+    g = p.add_argument_group("targets (instead of knob values; need the folder's ladder.json, written at the end of "
+                             "training or by nimblebert calibrate)")
+    g.add_argument("--target-speedup", type=positive(float, "--target-speedup"), default=None,
+                   help="the most accurate calibrated setting that runs at least this many times fewer FLOPs")
+    g.add_argument("--target-layers", type=positive(float, "--target-layers"), default=None,
+                   help="the most accurate calibrated setting that runs at most this many layers on average")
+    g.add_argument("--max-accuracy-loss", type=positive(float, "--max-accuracy-loss", allow_zero=True),
+                   default=None, help="the cheapest calibrated setting within this many accuracy points of the most "
+                                      "accurate one")
+
+
+def resolve_knobs(model: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The knobs a command runs at: the ones given as flags, or (with a target flag) the ladder's chosen rung, said
+    in one line on stderr. Both kinds at once is refused: a target picks every knob."""
+    values = knob_values(args)
+    targets = {k: getattr(args, k, None) for k in ("target_speedup", "target_layers", "max_accuracy_loss")}
+    if all(v is None for v in targets.values()):
+        return model.check_knobs(values)
+    if values:
+        raise UserError(f"--{next(iter(values)).replace('_', '-')} and a target (--target-speedup, --target-layers, "
+                        "--max-accuracy-loss) both set the knobs: give one or the other")
+    from ..ladder import LADDER_FILE, choose, load_ladder
+
+    ladder = load_ladder(model.source) if model.source else None
+    if ladder is None:
+        raise UserError(f"{model.source or 'the model'} has no {LADDER_FILE}: calibrate it first (nimblebert calibrate "
+                        "FOLDER --data NAME), or give knob values")
+    rung = choose(ladder, targets["target_speedup"], targets["max_accuracy_loss"], targets["target_layers"])
+    knobs = model.check_knobs(rung.knobs)
+    sys.stderr.write(f"ladder: {', '.join(f'{k} {v}' for k, v in rung.knobs.items()) or 'the defaults'} "
+                     f"({rung.flops_speedup:.2f}× FLOPs, {rung.mean_layers:.2f} layers, accuracy {rung.accuracy:.4f} "
+                     f"on calibration)\n")
+    return knobs
+
+
 def knob_values(args: argparse.Namespace) -> dict[str, Any]:
     return {k[len("knob_"):]: v for k, v in vars(args).items() if k.startswith("knob_") and v is not None}
 

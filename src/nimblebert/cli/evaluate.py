@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from .common import add_data_flags, add_knob_flags, knob_values, positive
+from .common import add_data_flags, add_knob_flags, add_target_flags, positive, resolve_knobs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also measure latency at batch 1 and 32 against the plain transformers model")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_knob_flags(p)
+    add_target_flags(p)
     p.set_defaults(run=run)
 
 
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from ..model import load
 
     model = load(args.model)
-    knobs = model.check_knobs(knob_values(args))
+    knobs = resolve_knobs(model, args)
     task = _load_task_for(model, args)
     split = args.split if getattr(task, args.split) is not None else "validation"
     encoded = encode(getattr(task, split), model.tokenizer, args.max_length, task.has_pair)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .common import add_knob_flags, knob_values, positive
+from .common import add_knob_flags, add_target_flags, positive, resolve_knobs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive(int, "--batch-size"), default=32)
     p.add_argument("--max-length", type=positive(int, "--max-length"), default=128)
     add_knob_flags(p)
+    add_target_flags(p)
     p.set_defaults(run=run)
 
 
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from ..model import load
 
     model = load(args.model)
-    knobs = model.check_knobs(knob_values(args))
+    knobs = resolve_knobs(model, args)
     if args.input:
         try:
             with open(args.input, "rb") as stream:  # bytes: read_texts_jsonl decodes and names a bad line

@@ -51,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         t.add_argument("--resume", action="store_true", help="continue a killed run in --out")
         t.add_argument("--overwrite", action="store_true", help="replace a finished model in --out")
         t.add_argument("--no-progress", action="store_true", help="no progress bar")
+        t.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
+                       help="a model with knobs: measure every knob setting on the validation split after training "
+                            "and store the ladder (ladder.json) that --target-speedup, info and serve read")
         t.add_argument("--bucket", action=argparse.BooleanOptionalAction, default=True,
                        help="training batches of rows of similar length, shuffled within windows (less padding)")
         add_recipe_flag(t, method.config_cls)
@@ -106,6 +109,29 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:  # under a launcher, one process reports
         return 0
     sys.stderr.write(f"saved {method.name} model to {args.out} ({summary['train_seconds']} s)\n")
+    ladder = None
+    if args.calibrate and model.knobs():
+        ladder = calibrate_after_training(model, val_enc, args)
     print(json.dumps({"out": args.out, "method": method.name, "recipe": recipe,
-                      "train_seconds": summary["train_seconds"], "validation": summary["stages"]}))
+                      "train_seconds": summary["train_seconds"], "validation": summary["stages"],
+                      **({"ladder_rungs": len(ladder.rungs)} if ladder is not None else {})}))
     return 0
+
+
+def calibrate_after_training(model, val_enc, args: argparse.Namespace):
+    """The trained model's ladder on the validation split (every knob setting's accuracy and cost, Pareto front),
+    stored beside it, so that a user can ask for a speed-up instead of a knob value; a knob that never buys speed
+    on this data is named in one line."""
+    from ..ladder import calibrate, save_ladder
+
+    model.eval()
+    ladder = calibrate(model, val_enc, meta={"data": args.data, "split": "validation", "max_length": args.max_length})
+    save_ladder(args.out, ladder)
+    top, fast = ladder.rungs[0], ladder.rungs[-1]
+    sys.stderr.write(f"ladder: {len(ladder.rungs)} calibrated settings on the validation split, from accuracy "
+                     f"{top.accuracy:.4f} at {top.flops_speedup:.2f}× FLOPs to {fast.accuracy:.4f} at "
+                     f"{fast.flops_speedup:.2f}× (ladder.json; nimblebert info {args.out})\n")
+    for name in ladder.stuck:
+        sys.stderr.write(f"ladder: --{name.replace('_', '-')} does not change the cost on this data (no setting ran "
+                         "fewer FLOPs than the first): asking for more speed through it does nothing\n")
+    return ladder
