@@ -89,6 +89,15 @@ def cpu() -> dict[str, str]:
     return {"cpu_model": model, "isa": ", ".join(f for f in wanted if f in flags) or "no AVX2"}
 
 
+def env_line(env: dict) -> str:
+    """The one sentence every section ends with: the CPU (model and the ISA int8 speed depends on), threads, torch,
+    date. The CPU is read here when ``env`` (e.g. from ``evaluate --json``) does not name it."""
+    cpu_info = {**cpu(), **{k: env[k] for k in ("cpu_model", "isa") if k in env}}
+    date = env.get("date") or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    return (f"Environment: {cpu_info['cpu_model']} ({cpu_info['isa']}), {env.get('threads')} thread(s), "
+            f"{env.get('cpu_count')} CPUs, torch {env.get('torch')}, {date}.")
+
+
 def environment() -> dict:
     import torch
 

@@ -29,6 +29,7 @@ section.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -116,6 +117,89 @@ def label_of(name: str, knobs: dict[str, float]) -> str:
     return name + ("" if not knobs else " @ " + ", ".join(f"{k} {v:g}" for k, v in knobs.items()))
 
 
+def render(result: dict[str, Any]) -> tuple[str, str]:
+    """The section and the README headline, from the JSON alone (``--render`` redraws them without measuring)."""
+    big, rows, candidates = result["big_batch"], result["rows"], result["candidates"]
+    teacher_val = result["teacher_validation"]["accuracy"]
+    base_flops = result["teacher_test"]["flops_per_sample"]
+    table = ["| model @ setting (chosen on validation) | budget | test acc. | Δ vs teacher [95% CI] (points) | "
+             f"mean layers | FLOPs × | b1 × | b{big} × | b1 ÷ FLOPs | b{big} ÷ FLOPs |", "|---" * 10 + "|"]
+    order = {g["name"]: i for i, g in enumerate(result["grid"])}
+    for r in sorted(rows, key=lambda r: (min(r["budgets"]), order[r["name"]])):
+        v = r["vs_teacher"]
+        budgets = " & ".join(f"≤ {100 * b:g}" for b in r["budgets"])
+        table.append(f"| {r['label']} | {budgets} | {r['accuracy']:.4f} | {100 * v['diff']:+.2f} "
+                     f"[{100 * v['low']:+.2f}, {100 * v['high']:+.2f}] | {r['mean_layers']:.2f} | "
+                     f"{r['flops_speedup']:.2f} | {r['b1_speedup']:.2f} | {r[f'b{big}_speedup']:.2f} | "
+                     f"{r['b1_over_flops']:.2f} | {r[f'b{big}_over_flops']:.2f} |")
+    # Every model on validation: its most accurate setting and, per budget, the cheapest within it (or none).
+    per_model = ["| model | best on validation | Δ (points) | " + " | ".join(
+        f"fewest FLOPs within {100 * b:g} pt (FLOPs ×)" for b in BUDGETS) + " |", "|---" * (3 + len(BUDGETS)) + "|"]
+    for g in result["grid"]:
+        own = [c for c in candidates if c["name"] == g["name"]]
+        if not own:
+            continue
+        top = max(own, key=lambda c: (c["val_accuracy"], -c["val_flops"]))
+        cells = []
+        for b in BUDGETS:
+            ok = [c for c in own if c["val_accuracy"] >= teacher_val - b - 1e-9]
+            cheap = min(ok, key=lambda c: (c["val_flops"], -c["val_accuracy"]), default=None)
+            saving = None if cheap is None else result["teacher_validation"]["flops_per_sample"] / cheap["val_flops"]
+            cells.append("none" if cheap is None else f"{_knobs(cheap['knobs'])} ({saving:.2f}×)")
+        per_model.append(f"| {g['name']} | {_knobs(top['knobs'])}: {top['val_accuracy']:.4f} | "
+                         f"{100 * (top['val_accuracy'] - teacher_val):+.2f} | " + " | ".join(cells) + " |")
+    base_lat = result["transformers_latency"]
+    plain = " / ".join(f"{k.split('-')[1]} {v['ms_per_sample']:.2f}" for k, v in base_lat["batch1"].items())
+    swept = "; ".join(f"{k} {', '.join(f'{v:g}' for v in vals)}" for k, vals in SWEEPS.items()
+                      if any(k in c["knobs"] for c in candidates))
+    recipe = "\n".join(f"  - {name}: `{cmd}`" for name, cmd in result["commands"].items())
+    env, command = result["environment"], result["command"]
+    md = f"""## Composition on `{result['data']}`: methods stacked
+
+`{command}` — teacher `{result['teacher']}` ({result['teacher_test']['accuracy']:.4f} on the {result['test_examples']}
+test examples, {teacher_val:.4f} on the {result['validation_examples']} validation examples; max {result['length']}
+tokens; {base_flops / 1e6:.0f} MFLOPs per test example).
+
+- Settings: every combination of the knobs a model has ({swept}), run on validation; per model and budget (1 and
+  3 points below the teacher's validation accuracy) the setting with the fewest FLOPs is kept, then run once on
+  test. Δ: the paired difference from the teacher on the same test examples with its bootstrap 95% interval
+  ({result['bootstrap']} resamples).
+- ×: speed-up over the faster plain transformers teacher (eager/sdpa), all rows timed interleaved in this run:
+  batch 1 over {result['b1_examples']} examples (median), batch {big} over {result['big_examples']} (bucketed by
+  length). Plain transformers at batch 1: {plain} ms (median).
+- Models (each from the folder before):
+{recipe}
+
+{chr(10).join(table)}
+
+Every model on the validation split (teacher {teacher_val:.4f}), including those with no setting within a budget:
+
+{chr(10).join(per_model)}
+
+Environment: {env['cpu_model']} ({env['isa']}), torch {env['torch']}, {env['threads']} thread(s), {env['date']}.
+"""
+    lines = []
+    for budget in BUDGETS:
+        within = [r for r in rows if budget in r["budgets"]]
+        alone = max((r for r in within if len(r["parts"]) == 1), key=lambda r: r[f"b{big}_speedup"], default=None)
+        composed = max((r for r in within if len(r["parts"]) > 1), key=lambda r: r[f"b{big}_speedup"],
+                       default=None)
+        for kind, r in (("one method", alone), ("a composition", composed)):
+            if r is not None:
+                v = r["vs_teacher"]
+                lines.append(f"within {100 * budget:g} point(s) on validation, the fastest {kind} at batch {big} is "
+                             f"{r['label']}: Δ {100 * v['diff']:+.2f} points on test [{100 * v['low']:+.2f}, "
+                             f"{100 * v['high']:+.2f}], {r['b1_speedup']:.2f}× at batch 1, "
+                             f"{r[f'b{big}_speedup']:.2f}× at batch {big}")
+    headline = (f"**Composition** (`{command}`) on `{result['data']}`, teacher "
+                f"{result['teacher_test']['accuracy']:.4f}: " + "; ".join(lines) + ".")
+    return md, headline
+
+
+def _knobs(knobs: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in knobs.items()) or "as it is"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="mr", choices=sorted(SETUP))
@@ -131,6 +215,7 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=10000)
     ap.add_argument("--threads", type=int, help="CPU threads of training and timing (default: torch's)")
     ap.add_argument("--docs", help="write the files here instead of docs/ (no docs/results.md or README update)")
+    ap.add_argument("--render", action="store_true", help="redraw the section from docs/compose_<data>.json only")
     args = ap.parse_args()
     os.chdir(ROOT)
     common.use_threads(args.threads)
@@ -139,6 +224,12 @@ def main() -> None:
     length, big = setup["length"], setup["batch"]
     examples = args.batch_examples or setup["examples"]
     name = "compose_" + args.data.replace("-", "_")
+    if args.render:
+        result = json.loads((Path(args.docs or common.DOCS) / f"{name}.json").read_text())
+        md, headline = render(result)
+        common.publish(name, md, result, headline, Path(args.docs) if args.docs else None)
+        print(md)
+        return
 
     import torch
 
@@ -217,66 +308,22 @@ def main() -> None:
                           examples={1: args.b1_examples, big: examples}, rounds=args.rounds)
     add_speedups(lat)
     for r in rows:
-        b1, b32 = lat["batch1"][r["label"]], lat[f"batch{big}"][r["label"]]
-        r.update(b1_ms_p50=b1["p50_ms"], b1_ms_p90=b1["p90_ms"], b1_speedup=b1["speedup"],
-                 b1_mean_ms=round(1e3 / b1["samples_per_s"], 3), b32_ms_per_sample=b32["ms_per_sample"],
-                 b32_speedup=b32["speedup"], b1_over_flops=b1["speedup"] / r["flops_speedup"],
-                 b32_over_flops=b32["speedup"] / r["flops_speedup"])
+        b1, bb = lat["batch1"][r["label"]], lat[f"batch{big}"][r["label"]]
+        r.update({"b1_ms_p50": b1["p50_ms"], "b1_ms_p90": b1["p90_ms"], "b1_speedup": b1["speedup"],
+                  "b1_mean_ms": round(1e3 / b1["samples_per_s"], 3), f"b{big}_ms_per_sample": bb["ms_per_sample"],
+                  f"b{big}_speedup": bb["speedup"], "b1_over_flops": b1["speedup"] / r["flops_speedup"],
+                  f"b{big}_over_flops": bb["speedup"] / r["flops_speedup"]})
+    base_lat = {bs: {k: v for k, v in lat[bs].items() if k.startswith("transformers-")} for bs in lat}
 
     env = environment()
-    table = ["| model @ setting (chosen on validation) | budget | test acc. | Δ vs teacher [95% CI] (points) | "
-             f"mean layers | FLOPs × | b1 × | b{big} × | b1 ÷ FLOPs | b{big} ÷ FLOPs |", "|---" * 10 + "|"]
-    order = {g["name"]: i for i, g in enumerate(grid)}
-    rows.sort(key=lambda r: (min(r["budgets"]), order[r["name"]]))
-    for r in rows:
-        v = r["vs_teacher"]
-        budgets = " & ".join(f"≤ {100 * b:g}" for b in r["budgets"])
-        table.append(f"| {r['label']} | {budgets} | {r['accuracy']:.4f} | {100 * v['diff']:+.2f} "
-                     f"[{100 * v['low']:+.2f}, {100 * v['high']:+.2f}] | {r['mean_layers']:.2f} | "
-                     f"{r['flops_speedup']:.2f} | {r['b1_speedup']:.2f} | {r['b32_speedup']:.2f} | "
-                     f"{r['b1_over_flops']:.2f} | {r['b32_over_flops']:.2f} |")
-    base_lat = {bs: {k: v for k, v in lat[bs].items() if k.startswith("transformers-")} for bs in lat}
-    plain = " / ".join(f"{k.split('-')[1]} {v['ms_per_sample']:.2f}" for k, v in base_lat["batch1"].items())
-    command = common.command_line()
-    recipe = "\n".join(f"  - {name}: `{cmd}`" for name, cmd in commands.items())
-    swept = "; ".join(f"{k} {', '.join(f'{v:g}' for v in vals)}" for k, vals in SWEEPS.items()
-                      if any(k in c["knobs"] for c in candidates))
-    md = f"""## Composition on `{args.data}`: methods stacked
-
-`{command}` — teacher `{args.teacher}` ({baseline.metrics['accuracy']:.4f} on the {len(baseline.encoded)} test
-examples, {teacher_val['accuracy']:.4f} on the {len(val_enc)} validation examples; max {length} tokens).
-
-- Settings: every combination of the knobs a model has ({swept}), run on validation; per model and
-  budget (1 and 3 points below the teacher's validation accuracy) the setting with the fewest FLOPs is kept, then
-  run once on test. Δ: the paired difference from the teacher on the same test sentences with its bootstrap 95%
-  interval ({args.bootstrap} resamples).
-- ×: speed-up over the faster plain transformers teacher (eager/sdpa), all rows timed interleaved in this run:
-  batch 1 over {args.b1_examples} examples (median), batch {big} over {examples} (bucketed by length).
-  Plain transformers at batch 1: {plain} ms (median).
-- Models (each from the folder before):
-{recipe}
-
-{chr(10).join(table)}
-
-Environment: {env['cpu_model']} ({env['isa']}), torch {env['torch']}, {env['threads']} thread(s), {env['date']}.
-"""
-    lines = []
-    for budget in BUDGETS:
-        within = [r for r in rows if budget in r["budgets"]]
-        alone = max((r for r in within if len(r["parts"]) == 1), key=lambda r: r["b32_speedup"], default=None)
-        composed = max((r for r in within if len(r["parts"]) > 1), key=lambda r: r["b32_speedup"], default=None)
-        for kind, r in (("one method", alone), ("a composition", composed)):
-            if r is not None:
-                v = r["vs_teacher"]
-                lines.append(f"within {100 * budget:g} point(s) on validation, the fastest {kind} at batch {big} is "
-                             f"{r['label']}: Δ {100 * v['diff']:+.2f} points on test [{100 * v['low']:+.2f}, "
-                             f"{100 * v['high']:+.2f}], {r['b1_speedup']:.2f}× at batch 1, {r['b32_speedup']:.2f}× "
-                             f"at batch {big}")
-    headline = (f"**Composition** (`{command}`) on `{args.data}`, teacher {baseline.metrics['accuracy']:.4f}: "
-                + "; ".join(lines) + ".")
-    result = {"teacher": args.teacher, "teacher_test": baseline.metrics, "teacher_validation": teacher_val,
-              "commands": commands, "candidates": candidates, "rows": rows, "transformers_latency": base_lat,
-              "latency": lat, "environment": env}
+    result = {"data": args.data, "command": common.command_line(), "teacher": args.teacher, "length": length,
+              "big_batch": big, "b1_examples": args.b1_examples, "big_examples": examples,
+              "bootstrap": args.bootstrap, "teacher_test": baseline.metrics, "teacher_validation": teacher_val,
+              "validation_examples": len(val_enc), "test_examples": len(baseline.encoded),
+              "grid": [{"name": g["name"], "parts": g["parts"]} for g in grid], "commands": commands,
+              "candidates": candidates, "rows": rows, "transformers_latency": base_lat, "latency": lat,
+              "environment": env}
+    md, headline = render(result)
     common.publish(name, md, result, headline, Path(args.docs) if args.docs else None)
     print(md)
     print(headline)

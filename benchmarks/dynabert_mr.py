@@ -345,8 +345,7 @@ sentences), one DynaBERT model `{os.path.relpath(out, ROOT)}` trained from it.
 {tiny_md}
 ![accuracy vs speed-up]({png.name})
 
-Environment: torch {env['torch']}, {env['threads']} threads, {env['cpu_count']} CPUs ({env['processor']}),
-{env['date']}.
+{common.env_line(env)}
 """
     lossless = [r for r in rows if r["vs_teacher"]["low"] <= 0 <= r["vs_teacher"]["high"] and
                 (r["width"], r["depth"]) != (1.0, 1.0)]

@@ -216,7 +216,7 @@ def main() -> None:
                                               f"sentences)")
     stage_note = ("stage 1 skipped (the teacher is already fine-tuned: its classifier is the teacher head)"
                   if "finetune" not in summary["stages"] else "stage 1 fine-tuned the teacher first")
-    command = "python benchmarks/fastbert_mr.py" + ("" if data == "mr" else f" --data {data}")
+    command = common.command_line()  # what ran (less --reuse), e.g. with --out or --threads
     md = f"""## FastBERT on `{tag}`: the speed knob
 
 `{command}` — teacher `{teacher_dir}` (accuracy {base_metrics['accuracy']:.4f} on the {len(encoded)} {split}
@@ -239,8 +239,7 @@ Each student branch on every {split} sentence (no exit), and the teacher:
 
 ![accuracy vs speed-up]({png.name})
 
-Environment: torch {env['torch']}, {env['threads']} threads, {env['cpu_count']} CPUs ({env['processor']}),
-{env['date']}.
+{common.env_line(env)}
 """
     lossless = [r for r in rows if r["policy"] == "entropy" and r["vs_teacher"]["low"] <= 0 <= r["vs_teacher"]["high"]
                 and r["speed"] > 0]

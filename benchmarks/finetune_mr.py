@@ -15,7 +15,7 @@ import json
 import os
 from pathlib import Path
 
-from common import cli, cli_json, environment, finished, publish
+from common import cli, cli_json, env_line, environment, finished, publish
 
 TRAIN = ["--epochs", "3", "--batch-size", "32", "--lr", "5e-5", "--max-length", "64", "--seed", "42"]
 
@@ -45,6 +45,9 @@ def main() -> None:
                                                                 lat[bs]["transformers-sdpa"]["ms_per_sample"])
              for bs in ("batch1", "batch32")}
     env = test["environment"]
+    # The threads the training ran on: this process's setting, which its training command inherited (OMP_NUM_THREADS,
+    # e.g. from --threads of the other benchmarks or a wrapper), else torch's default of one per core.
+    threads = os.environ.get("OMP_NUM_THREADS") or env["cpu_count"]
     md = f"""## Fine-tuning MiniLM-L6 on `mr` (the baseline and the teacher)
 
 `python benchmarks/finetune_mr.py` (`make demo` runs it too, into runs/demo). Data: `mr` (Pang & Lee sentence polarity),
@@ -65,12 +68,12 @@ transformers model. `nimblebert` is the core encoder at full Plan.
 {chr(10).join(rows)}
 
 Core ÷ faster transformers (must be ≤ 1.05): batch 1 {ratio['batch1']:.3f}, batch 32 {ratio['batch32']:.3f}.
-Environment: torch {env['torch']}, {env['threads']} threads, {env['cpu_count']} CPUs ({env['processor']}).
+{env_line(env)}
 """
     b1, b32 = lat["batch1"]["nimblebert"], lat["batch32"]["nimblebert"]
     headline = (f"**Baseline** (`python benchmarks/finetune_mr.py`): MiniLM-L6 fine-tuned on `mr` — test accuracy "
                 f"{test['accuracy']:.4f} ({test['examples']} sentences), {summary['train_seconds'] / 60:.1f} min of "
-                f"training on {env['cpu_count']} CPU cores; {b1['ms_per_sample']:.1f} ms per sentence at batch 1, "
+                f"training at {threads} thread(s); {b1['ms_per_sample']:.1f} ms per sentence at batch 1, "
                 f"{b32['ms_per_sample']:.1f} ms at batch 32.\n")
     publish("finetune_mr", md, {"sizes": sizes, "train": summary, "validation": val, "test": test,
                                 "core_over_transformers": ratio, "environment": environment()}, headline,

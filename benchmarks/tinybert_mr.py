@@ -248,8 +248,7 @@ Ablations on the {rows[1]['shape']} student (same initialisation, same data and 
 """ + "\n".join(f"| {r['label']} | {r['what']} | {r['accuracy']:.4f} | {delta(r['vs_teacher'])} | {minutes(r)} |"
                 for r in ablation) + f"""
 
-Environment: torch {env['torch']}, {env['threads']} threads, {env['cpu_count']} CPUs ({env['processor']}),
-{env['date']}.
+{common.env_line(env)}
 """
     best = rows[1]
     v = best["vs_teacher"]

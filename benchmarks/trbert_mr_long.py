@@ -250,8 +250,7 @@ kept.{rl_note}
 
 {chr(10).join(table)}
 
-Environment: torch {env['torch']}, {env['threads']} threads, {env['cpu_count']} CPUs ({env['processor']}),
-{env['date']}.
+{common.env_line(env)}
 """
     # One clause per model: the default threshold (fixed before any result) and the one its validation run chose
     # (no pick among thresholds or models on the test set).

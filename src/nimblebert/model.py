@@ -34,6 +34,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from . import __version__
 from .core.encoder import CoreEncoder, EncoderOutput
 from .errors import UserError
+from .folders import check_model_folder, load_classifier
 from .io import load_tensors, save_tensors
 from .methods.registry import ROLE_NAMES, STRUCTURE, Knob, Method, get_method
 
@@ -62,6 +63,7 @@ def resolve_model(spec: str) -> str:
                             "or transformers, or a built-in alias such as minilm-l6")
         if not any((path / f).exists() for f in ("model.safetensors", "model.safetensors.index.json")):
             raise UserError(f"{spec} holds no model.safetensors; nimblebert loads weights from safetensors only")
+        check_model_folder(path)  # config.json parses, weights files complete (truncated copies): one line
         return str(path)
     if spec.count("/") == 1 and not spec.startswith((".", "/")):
         return spec  # a hub id: from_pretrained fetches it when the machine is online
@@ -281,7 +283,7 @@ class NimbleModel(nn.Module):
             raise UserError(f"{path} is not a local model folder")
         config = AutoConfig.from_pretrained(folder)
         nb = getattr(config, "nimblebert", None) or {}
-        hf = AutoModelForSequenceClassification.from_pretrained(folder, config=config).eval()
+        hf = load_classifier(folder, config)  # from_pretrained, refusing unfit shapes and a missing head
         tokenizer = load_tokenizer(folder)
         labels = nb.get("label_names") or [config.id2label[i] for i in range(config.num_labels)]
         model = cls(hf, tokenizer, label_names=labels, stack=stack_of(nb) or None)

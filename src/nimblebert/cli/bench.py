@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .common import add_data_flags, positive
+from .common import add_data_flags, check_out_folder, positive
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import atomic_write
     from ..model import load
 
+    check_out_folder(args.out)
     sweep = parse_sweep(args.sweep)
     if len(set(args.models)) != len(args.models):
         raise UserError("a model folder is given twice; give each once (sweep its knobs with --sweep)")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 
-from .common import add_data_flags, add_knob_flags, knob_values, positive
+from .common import add_data_flags, add_knob_flags, add_target_flags, positive, resolve_knobs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,18 +21,37 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also measure latency at batch 1 and 32 against the plain transformers model")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_knob_flags(p)
+    add_target_flags(p)
     p.set_defaults(run=run)
 
 
+def _load_task_for(model: Any, args: argparse.Namespace) -> Any:
+    """The data, with the model's labels; only the split evaluated is read (test falls back to validation): a bad
+    row elsewhere is not the problem, and reading a big train split would cost time for nothing."""
+    from ..data import load_task
+    from ..errors import UserError
+
+    try:
+        return load_task(args.data, text_column=args.text_column, text_pair_column=args.text_pair_column,
+                         label_column=args.label_column, label_names=model.label_names,
+                         splits=("validation", "test") if args.split == "test" else (args.split,))
+    except UserError as e:
+        if "is unknown" in str(e) and model.label_names == [f"LABEL_{i}" for i in range(len(model.label_names))]:
+            # transformers' placeholder names: a base model whose classifier was never trained for a task
+            raise UserError(f"{args.model} has no labels of its own (transformers' placeholders LABEL_0...): it was "
+                            f"not fine-tuned for a task; fine-tune it first: nimblebert train finetune --model "
+                            f"{args.model} --data {args.data} --out ...") from None
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..data import encode, load_task, make_loader
+    from ..data import encode, make_loader
     from ..inference import metrics, predict_loader
     from ..model import load
 
     model = load(args.model)
-    knobs = model.check_knobs(knob_values(args))
-    task = load_task(args.data, text_column=args.text_column, text_pair_column=args.text_pair_column,
-                     label_column=args.label_column, label_names=model.label_names)
+    knobs = resolve_knobs(model, args)
+    task = _load_task_for(model, args)
     split = args.split if getattr(task, args.split) is not None else "validation"
     encoded = encode(getattr(task, split), model.tokenizer, args.max_length, task.has_pair)
     loader = make_loader(encoded, model.tokenizer, args.batch_size, shuffle=False, bucket_by_length=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import add_knob_flags, knob_values
+from .common import add_knob_flags, check_out_folder, knob_values
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..export import ExportOptions, export_model
 
+    check_out_folder(args.out)
     report = export_model(args.model, args.out, args.format, knob_values(args), args.teacher_only,
                           ExportOptions(int8=args.int8))
     print(json.dumps(report))

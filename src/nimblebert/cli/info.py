@@ -91,7 +91,11 @@ def run(args: argparse.Namespace) -> int:
     ladder = info.get("ladder")
     if ladder is not None:
         rungs = ladder.get("rungs", ladder) if isinstance(ladder, dict) else ladder
-        print(f"ladder ({len(rungs)} settings, calibrated on validation):")
+        print(f"ladder ({len(rungs)} settings on the Pareto front, calibrated on "
+              f"{(ladder.get('meta') or {}).get('split', 'validation')} data; pick one with --target-speedup, "
+              "--target-layers or --max-accuracy-loss):")
+        for name in ladder.get("stuck") or []:
+            print(f"  --{name.replace('_', '-')} never bought speed on that data")
         for r in rungs:
             knobs = ", ".join(f"{k}={v}" for k, v in (r.get("knobs") or {}).items()) or "defaults"
             figures = "  ".join(f"{key} {r[key]:.4g}" for key in ("accuracy", "flops_speedup", "mean_layers")

@@ -10,11 +10,11 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import UserError
-from . import bench, data, evaluate, export, info, pick, predict, search, train
+from . import bench, calibrate, data, evaluate, export, info, pick, predict, search, serve, train
 from .common import Parser
 
 COMMANDS = {"data": data, "train": train, "evaluate": evaluate, "predict": predict, "bench": bench,
-            "export": export, "pick": pick, "info": info, "search": search}
+            "export": export, "pick": pick, "info": info, "calibrate": calibrate, "serve": serve, "search": search}
 
 
 def build_parser() -> Parser:

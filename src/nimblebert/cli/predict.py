@@ -6,17 +6,18 @@ import argparse
 import json
 import sys
 
-from .common import add_knob_flags, knob_values, positive
+from .common import add_knob_flags, add_target_flags, positive, resolve_knobs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="label texts: JSONL in (stdin or --input), JSONL out")
     p.add_argument("model", help="a model folder written by nimblebert (or transformers)")
     p.add_argument("--input", help="JSONL file: objects with \"text\" (and \"text_pair\") or plain strings; "
-                                   "default: standard input")
+                                   "default: standard input. Blank lines are skipped; an empty text is refused")
     p.add_argument("--batch-size", type=positive(int, "--batch-size"), default=32)
     p.add_argument("--max-length", type=positive(int, "--max-length"), default=128)
     add_knob_flags(p)
+    add_target_flags(p)
     p.set_defaults(run=run)
 
 
@@ -30,15 +31,19 @@ def run(args: argparse.Namespace) -> int:
     from ..model import load
 
     model = load(args.model)
-    knobs = model.check_knobs(knob_values(args))
+    knobs = resolve_knobs(model, args)
     if args.input:
         try:
-            with open(args.input, encoding="utf-8") as stream:
+            with open(args.input, "rb") as stream:  # bytes: read_texts_jsonl decodes and names a bad line
                 rows = read_texts_jsonl(stream)
         except FileNotFoundError:
             raise UserError(f"--input {args.input} does not exist") from None
+        except IsADirectoryError:
+            raise UserError(f"--input {args.input} is a folder; give a JSONL file") from None
     else:
-        rows = read_texts_jsonl(sys.stdin)
+        # Read bytes and decode them ourselves: text mode on a pipe may turn bad bytes into surrogates that fail
+        # later with a traceback; read_texts_jsonl names the line instead.
+        rows = read_texts_jsonl(getattr(sys.stdin, "buffer", sys.stdin))
     if not rows:
         raise UserError("no input texts: give JSONL lines like {\"text\": \"...\"} on stdin or with --input")
     has_pair = any("text_pair" in r for r in rows)

@@ -9,7 +9,18 @@ import sys
 
 from ..methods import get_method, list_methods
 from ..train.stages import TrainData, TrainOptions
-from .common import add_config_flags, add_data_flags, config_from_args, positive
+from .common import (
+    OFFICIAL,
+    add_config_flags,
+    add_data_flags,
+    add_recipe_flag,
+    config_from_args,
+    positive,
+    recipe_help,
+    recipe_keys,
+    recipe_value,
+    recipes_of,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         g.add_argument("--out", required=True, help="output model folder")
         add_data_flags(m)
         t = m.add_argument_group("training (the same for every method)")
-        t.add_argument("--epochs", type=positive(float, "--epochs"), default=3.0)
+        by_recipe = recipe_keys(method.config_cls)
+        t.add_argument("--epochs", type=positive(float, "--epochs"), default=None if "epochs" in by_recipe else 3.0,
+                       help="epochs of training" + (recipe_help(method.config_cls, "epochs", 3.0) if "epochs" in
+                                                    by_recipe else " (default 3)"))
         t.add_argument("--max-steps", type=positive(int, "--max-steps"), default=None,
                        help="optimizer steps per stage; overrides --epochs")
         t.add_argument("--batch-size", type=positive(int, "--batch-size"), default=32)
@@ -37,10 +51,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         t.add_argument("--resume", action="store_true", help="continue a killed run in --out")
         t.add_argument("--overwrite", action="store_true", help="replace a finished model in --out")
         t.add_argument("--no-progress", action="store_true", help="no progress bar")
+        t.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
+                       help="a model with knobs: measure every knob setting on the validation split after training "
+                            "and store the ladder (ladder.json) that --target-speedup, info and serve read")
         t.add_argument("--bucket", action=argparse.BooleanOptionalAction, default=True,
                        help="training batches of rows of similar length, shuffled within windows (less padding)")
+        add_recipe_flag(t, method.config_cls)
         add_config_flags(m, method.config_cls)
         m.set_defaults(run=run)
+
+
+def training_epochs(args: argparse.Namespace, config_cls: type) -> float:
+    """``--epochs`` as given, else the recipe's (TinyBERT's short recipe sets it), else 3."""
+    if args.epochs is not None:
+        return float(args.epochs)
+    return float(recipe_value(config_cls, getattr(args, "recipe", OFFICIAL), "epochs", 3.0))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,8 +75,10 @@ def run(args: argparse.Namespace) -> int:
 
     method = get_method(args.method)
     config = config_from_args(method.config_cls, args)
+    recipe = getattr(args, "recipe", OFFICIAL)
+    epochs = training_epochs(args, method.config_cls)
     opts = TrainOptions(
-        out=args.out, model=args.model, teacher=args.teacher, epochs=args.epochs, max_steps=args.max_steps,
+        out=args.out, model=args.model, teacher=args.teacher, epochs=epochs, max_steps=args.max_steps,
         batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, seed=args.seed,
         eval_every=args.eval_every, save_every=args.save_every, resume=args.resume, overwrite=args.overwrite,
         progress=not args.no_progress, bucket=args.bucket,
@@ -73,10 +100,38 @@ def run(args: argparse.Namespace) -> int:
     train_enc = encode(task.train, model.tokenizer, args.max_length, task.has_pair)
     val_enc = encode(task.validation, model.tokenizer, args.max_length, task.has_pair)
     stages = method.stages(model, opts, TrainData(task, train_enc, val_enc))
+    if recipes_of(method.config_cls) and int(os.environ.get("RANK", "0")) == 0:
+        # Say which recipe runs (after every check, so that bad input still gets one line): the official one is
+        # long, and a first-time user may not know that a short one exists.
+        other = ", ".join(f"--recipe {r}" for r in [OFFICIAL, *recipes_of(method.config_cls)] if r != recipe)
+        sys.stderr.write(f"{method.name}: {recipe} recipe (explicit flags override it; see also {other})\n")
     summary = train(model, stages, train_enc, val_enc, opts)
     if int(os.environ.get("RANK", "0")) != 0:  # under a launcher, one process reports
         return 0
     sys.stderr.write(f"saved {method.name} model to {args.out} ({summary['train_seconds']} s)\n")
-    print(json.dumps({"out": args.out, "method": method.name, "train_seconds": summary["train_seconds"],
-                      "validation": summary["stages"]}))
+    ladder = None
+    if args.calibrate and model.knobs():
+        ladder = calibrate_after_training(model, val_enc, args)
+    print(json.dumps({"out": args.out, "method": method.name, "recipe": recipe,
+                      "train_seconds": summary["train_seconds"], "validation": summary["stages"],
+                      **({"ladder_rungs": len(ladder.rungs)} if ladder is not None else {})}))
     return 0
+
+
+def calibrate_after_training(model, val_enc, args: argparse.Namespace):
+    """The trained model's ladder on the validation split (every knob setting's accuracy and cost, Pareto front),
+    stored beside it, so that a user can ask for a speed-up instead of a knob value; a knob that never buys speed
+    on this data is named in one line."""
+    from ..ladder import calibrate, save_ladder
+
+    model.eval()
+    ladder = calibrate(model, val_enc, meta={"data": args.data, "split": "validation", "max_length": args.max_length})
+    save_ladder(args.out, ladder)
+    top, fast = ladder.rungs[0], ladder.rungs[-1]
+    sys.stderr.write(f"ladder: {len(ladder.rungs)} calibrated settings on the validation split, from accuracy "
+                     f"{top.accuracy:.4f} at {top.flops_speedup:.2f}× FLOPs to {fast.accuracy:.4f} at "
+                     f"{fast.flops_speedup:.2f}× (ladder.json; nimblebert info {args.out})\n")
+    for name in ladder.stuck:
+        sys.stderr.write(f"ladder: --{name.replace('_', '-')} does not change the cost on this data (no setting ran "
+                         "fewer FLOPs than the first): asking for more speed through it does nothing\n")
+    return ladder

@@ -25,12 +25,16 @@ def read_texts_jsonl(stream: Iterable[str] | Iterable[bytes]) -> list[dict[str, 
         for number, line in enumerate(stream, start=1):
             if isinstance(line, bytes):
                 line = line.decode("utf-8")
+            else:
+                # A text stream opened with errors="surrogateescape" (Python's standard input under a C/POSIX
+                # locale) turns bad bytes into lone surrogates, which fail only later, when encoded again.
+                line.encode("utf-8")
             line = line.lstrip("\ufeff") if number == 1 else line  # a byte-order mark from some editors
             if not line.strip():
                 continue
             rows.append(_parse(line, f"{name} line {number}"))
-    except UnicodeDecodeError:
-        raise UserError(f"{name} is not UTF-8 (near line {number + 1}); re-save it as UTF-8") from None
+    except (UnicodeDecodeError, UnicodeEncodeError):
+        raise UserError(f"{name} is not UTF-8 (line {max(number, 1)}); re-save it as UTF-8") from None
     return rows
 
 
@@ -40,11 +44,15 @@ def _parse(line: str, where: str) -> dict[str, Any]:
     except json.JSONDecodeError as err:
         raise UserError(f"{where} is not valid JSON ({err.msg}); {_FIX}") from None
     if isinstance(value, str):
-        return {"text": value}
+        value = {"text": value}
     if not isinstance(value, dict):
         raise UserError(f"{where} is a JSON {type(value).__name__}, not an object or string; {_FIX}")
     if not isinstance(value.get("text"), str):
         raise UserError(f'{where} has no "text" string; {_FIX}')
+    if not value["text"].strip():
+        # Refused as in training data: a classifier has nothing to read, and a silent label for it would be a
+        # guess. Blank lines (no JSON at all) are skipped instead.
+        raise UserError(f"{where}: the text is empty; give every line a non-empty text (or drop the line)")
     row = dict(value)
     if row.get("text_pair") is None:
         row.pop("text_pair", None)

@@ -276,6 +276,11 @@ def _build(
 
     if label_names is None:
         label_names = _derive_names(checked["train"]["label"])
+        if len(label_names) < 2:
+            # A classifier of one class learns nothing, and training would end "successfully" without a word.
+            only = label_names[0] if label_names else None
+            raise UserError(f"{tables['train'].source}: every example has the one label {only!r}; a classifier "
+                            "needs examples of at least two labels (check --label-column)")
         unknown_hint = f"it never occurs in {tables['train'].source}; fix it or add training examples with it"
     else:
         unknown_hint = f"the known labels are {', '.join(label_names)}; fix the label"

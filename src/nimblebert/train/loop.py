@@ -1,7 +1,8 @@
 """The one training loop: a list of stages on Hugging Face Accelerate.
 
 For each stage: AdamW with linear warm-up/decay (or constant), gradient clipping, evaluation every N
-steps keeping the best checkpoint, a tqdm bar, a JSONL log, and resume checkpoints written atomically
+steps keeping the best checkpoint, progress (a tqdm bar on a terminal, plain lines in a pipe; one line per
+stage with its size and an estimated time), a JSONL log, and resume checkpoints written atomically
 so that a killed run continues with ``--resume`` to the same weights as an uninterrupted one.
 
 Several processes (``torchrun --nproc_per_node 2`` on CPU with gloo, ``accelerate launch`` on GPUs):
@@ -13,8 +14,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import re
 import shutil
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -23,17 +27,19 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ..data import make_loader
 from ..errors import UserError
 from ..inference import metrics, move, predict_loader
-from ..io import load_tensors, save_tensors, write_json
+from ..io import atomic_write, load_tensors, save_tensors, write_json
 from ..model import FINISHED_MARKER, NimbleModel
+from .progress import StageClock, announce, progress_bar
 from .stages import Stage, TrainOptions
 
 CHECKPOINT_DIR = "checkpoint"
 LOG_FILE = "train_log.jsonl"
+PAUSE_ENV = "NIMBLEBERT_TEST_CHECKPOINT_PAUSE"  # tests only, see _fault_pause
+PAUSE_MARK = "nimblebert-test: checkpoint half written:"
 
 
 class StopTraining(Exception):
@@ -96,18 +102,57 @@ def evaluate(model: NimbleModel, loader: DataLoader, knobs: dict[str, Any]) -> d
     return metrics(predict_loader(model, loader, **knobs), model.num_labels)
 
 
+def _fault_pause(what: str) -> None:
+    """Tests only: with ``NIMBLEBERT_TEST_CHECKPOINT_PAUSE=SECONDS`` set, say on stderr that a checkpoint is half
+    written and wait, so that the resume-under-faults test can SIGKILL the run exactly there."""
+    pause = os.environ.get(PAUSE_ENV)
+    if pause:
+        sys.stderr.write(f"{PAUSE_MARK} {what}\n")
+        sys.stderr.flush()
+        time.sleep(float(pause))
+
+
+def _write_checkpoint(ckpt: Path, model: NimbleModel, state: dict[str, Any], extra: dict[str, Any] | None) -> None:
+    """Write a checkpoint so that a kill at any moment leaves the previous one whole.
+
+    Each write gets new file names (``model-N.safetensors``, ``optimizer-N.pt``), each written atomically;
+    ``state.json`` is replaced last and names them, so it always points at one consistent set (weights, optimizer,
+    schedule and RNG of the same step). Files it no longer names are removed afterwards. Overwriting fixed names
+    in place instead would let a kill between two files pair new weights with an old step.
+    """
+    # A number above every file present (the one state.json names included), so no write reuses a live name.
+    names = (re.fullmatch(r"(?:model|optimizer)-(\d+)\.(?:safetensors|pt)", f.name) for f in ckpt.glob("*"))
+    present = [int(m.group(1)) for m in names if m]
+    serial = max([int(state.get("serial", 0)), *present]) + 1
+    files = {"model": f"model-{serial}.safetensors"}
+    save_tensors(ckpt / files["model"], model.state_dict())
+    if extra is not None:
+        files["optimizer"] = f"optimizer-{serial}.pt"
+        # our own file: read back with weights_only=True
+        atomic_write(ckpt / files["optimizer"], lambda p: torch.save(extra, p))
+    _fault_pause(f"step {state.get('step')} of stage {state.get('stage')}")
+    state.update(serial=serial, files=files)
+    write_json(ckpt / "state.json", state)
+    keep = set(files.values())
+    for old in [*ckpt.glob("model-*.safetensors"), *ckpt.glob("optimizer-*.pt")]:
+        if old.name not in keep:
+            old.unlink(missing_ok=True)
+
+
 def save_checkpoint(ckpt: Path, model: NimbleModel, optimizer: torch.optim.Optimizer, scheduler: Any,
                     accelerator: Accelerator, state: dict[str, Any]) -> None:
-    """Everything a resumed run needs, each file written atomically; ``state.json`` last."""
+    """Everything a resumed run needs (see :func:`_write_checkpoint`); ``state`` gains the files' names."""
     if accelerator.is_main_process:
-        save_tensors(ckpt / "model.safetensors", model.state_dict())
         blob = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()}
-        tmp = ckpt / "optimizer.pt.tmp"
-        torch.save(blob, tmp)  # our own file: read back with weights_only=True
-        tmp.replace(ckpt / "optimizer.pt")
-        write_json(ckpt / "state.json", state)
+        _write_checkpoint(ckpt, model, state, blob)
     accelerator.wait_for_everyone()
+
+
+def checkpoint_file(ckpt: Path, state: dict[str, Any], kind: str) -> Path:
+    """The checkpoint's ``kind`` file ("model" or "optimizer") that ``state.json`` names (older runs: fixed names)."""
+    default = {"model": "model.safetensors", "optimizer": "optimizer.pt"}[kind]
+    return ckpt / state.get("files", {}).get(kind, default)
 
 
 class _Log:
@@ -156,7 +201,7 @@ def train(
     state: dict[str, Any] = {"stage": 0, "step": 0, "global_step": 0, "best": None, "summary": {}, "elapsed": 0.0}
     if opts.resume:
         state = json.loads((ckpt / "state.json").read_text())
-        model.load_state_dict(load_tensors(ckpt / "model.safetensors"))
+        model.load_state_dict(load_tensors(checkpoint_file(ckpt, state, "model")))
         log.write({"event": "resume", "stage": state["stage"], "step": state["step"]})
     model.to(accelerator.device)
     val_loader = make_loader(validation_data, model.tokenizer, opts.eval_batch_size, shuffle=False,
@@ -177,8 +222,12 @@ def train(
         optimizer = torch.optim.AdamW(_param_groups(model, stage, decay), lr=stage.lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(stage, total))
         step, best = 0, None
+        # Each stage starts from its own seed: a run resumed at a stage boundary (whose checkpoint holds no RNG
+        # state) then draws the same dropout masks as an uninterrupted one. Stage 0 keeps the run's seed.
+        torch.manual_seed(opts.seed + 1000 * si)
+        random.seed(opts.seed + 1000 * si)
         if opts.resume and si == state["stage"] and state["step"] > 0:
-            extra = torch.load(ckpt / "optimizer.pt", weights_only=True)
+            extra = torch.load(checkpoint_file(ckpt, state, "optimizer"), weights_only=True)
             optimizer.load_state_dict(extra["optimizer"])
             scheduler.load_state_dict(extra["scheduler"])
             torch.set_rng_state(extra["torch_rng"])
@@ -187,7 +236,10 @@ def train(
         wrapped = accelerator.prepare_model(model)  # DDP on several processes, the model itself on one
         eval_every = opts.eval_every or per_epoch
 
-        bar = tqdm(total=total, initial=step, desc=stage.name, disable=not (main and opts.progress), leave=False)
+        bar = progress_bar(total, step, stage.name, main and opts.progress)
+        # Say what the stage will do, with an estimate from its first steps (a long default recipe must not be
+        # announced by nothing but a progress bar).
+        clock = StageClock(stage.name, len(data), per_epoch, total, step)
         wrapped.train()
         model.objective = stage.objective
         while step < total:
@@ -221,6 +273,8 @@ def train(
                 step += 1
                 state["global_step"] += 1
                 bar.update(1)
+                if (plan := clock.step()) is not None and main:
+                    announce(plan)
                 if step % opts.log_every == 0 or step == total:
                     log.write({"stage": stage.name, "step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
                                **{k: float(v.detach()) for k, v in parts.items()}})
@@ -254,8 +308,8 @@ def train(
         state.update(stage=si + 1, step=0, best=None)
         step = 0
         if main:
-            save_tensors(ckpt / "model.safetensors", model.state_dict())
-            write_json(ckpt / "state.json", {**state, "elapsed": time.time() - start})
+            state["elapsed"] = time.time() - start
+            _write_checkpoint(ckpt, model, state, None)  # the next stage starts fresh: no optimizer to keep
         accelerator.wait_for_everyone()
 
     for p in model.parameters():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from ...core.plan import DEPTH_RULES
 from ...distill.config import AugmentOptions, check_augment_options
@@ -21,6 +22,11 @@ class DynaBertConfig(AugmentOptions):
     augmentation is off unless ``--augment`` (the README trains both stages on TinyBERT's augmented set,
     N = 20 variants per example: about 20× the training time, hours on a CPU even for a small task).
     """
+
+    # ``train dynabert --recipe short``: what benchmarks/dynabert_mr.py runs by default, one epoch per stage (the
+    # official recipe: 3 each, the shared --epochs). The official one stays the default (the paper's numbers).
+    RECIPES: ClassVar[dict[str, dict[str, Any]]] = {
+        "short": {"width_epochs": 1.0, "depth_epochs": 1.0, "final_epochs": 1.0}}
 
     augment: bool = field(default=False, metadata={
         "help": "train the width and width × depth stages on TinyBERT's augmented training set (the original + "

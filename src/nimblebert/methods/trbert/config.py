@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from ...errors import UserError
 
@@ -19,6 +20,11 @@ class TrBertConfig:
     (after layer 1 and layer L/2), a Linear(d→32)-GELU-Linear(32→1)-sigmoid policy per cut, K = 8 rollouts,
     guide rate 0.5, α = 1 (the README's IMDB / 20News value), heuristic target layer L − L/4 (9 of 12).
     """
+
+    # ``train trbert --recipe short``: what benchmarks/trbert_mr_long.py runs, one epoch per stage and K = 4 / 2
+    # rollouts (official: 3 epochs each, K = 8). The official one stays the default (the paper's numbers).
+    RECIPES: ClassVar[dict[str, dict[str, Any]]] = {
+        "short": {"rl_epochs": 1.0, "joint_epochs": 1.0, "rollouts": 4, "joint_rollouts": 2}}
 
     cuts: list[int] = field(default_factory=list, metadata={
         "help": "1-based layers after which a policy drops tokens (cumulative); empty = the official placement: "

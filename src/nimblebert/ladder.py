@@ -1,0 +1,276 @@
+"""The ladder: a model's knob settings calibrated on validation data, cheapest-for-its-accuracy only.
+
+A dynamic model (FastBERT's ``speed``, DynaBERT's ``width``/``depth``, TR-BERT's ``keep_threshold``) can run
+at many settings. :func:`calibrate` runs each setting of a grid over a validation split and records, per
+setting, its accuracy, its agreement with the most accurate setting, the mean layers run, the FLOPs per
+sample and the FLOPs speed-up over the whole model. Only the Pareto front is kept (no rung is both less
+accurate and costlier than another), ordered from the most accurate rung to the cheapest: moving one rung
+down the list always buys speed with accuracy. The ladder is stored as ``ladder.json`` in the model folder;
+``nimblebert serve`` steps along it under load, and anything else that needs "the setting worth using at
+this cost" can read it with :func:`load_ladder`.
+
+The grid is the product of every knob's ``sweep`` values (``Knob.sweep``) over the whole stack of a composed
+model (speed × width on DynaBERT → FastBERT); knobs without a sweep, counters such as FastBERT's ``patience``,
+string knobs and TR-BERT's ``keep_threshold`` (its ``keep_fraction`` reaches every saving, where a threshold can be
+a cliff) keep their defaults. A model without knobs has a one-rung ladder.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .errors import UserError
+from .io import write_json
+
+if TYPE_CHECKING:
+    from .model import NimbleModel
+
+LADDER_FILE = "ladder.json"
+LADDER_VERSION = 1
+MAX_SETTINGS = 60  # the product of the knobs' sweeps is thinned to at most this many settings
+
+# Not calibrated, they keep their defaults: a second exit rule (not a speed setting), and the token threshold whose
+# saving can jump from none to almost all on a new task (the keep fraction, swept instead, reaches every saving).
+NOT_SWEPT = frozenset({"patience", "keep_threshold"})
+
+
+def sweep_of(knob: Any) -> tuple[Any, ...] | None:
+    """The values a knob is calibrated at (its ``sweep``, clipped to its range); None for knobs not swept."""
+    if knob.name in NOT_SWEPT or getattr(knob, "type", float) is str:
+        return None
+    values = knob.sweep
+    if not values:
+        return None
+    kept = [v for v in values if (knob.low is None or v >= knob.low) and (knob.high is None or v <= knob.high)]
+    return tuple(kept) or None
+
+
+def grid(model: NimbleModel, max_settings: int = MAX_SETTINGS) -> list[dict[str, Any]]:
+    """Every combination of the swept knobs' values (others at their defaults), at most ``max_settings``.
+
+    A larger product is thinned evenly (always keeping the first, all-most-accurate, setting and the last),
+    so a three-knob model still gets a grid that covers its whole range.
+    """
+    swept = [(k.name, sweep_of(k)) for k in model.knobs()]
+    swept = [(name, values) for name, values in swept if values]
+    if not swept:
+        return [model.check_knobs({})]
+    names = [name for name, _ in swept]
+    combos = list(itertools.product(*(values for _, values in swept)))
+    if len(combos) > max_settings:
+        step = (len(combos) - 1) / (max_settings - 1)
+        combos = [combos[round(i * step)] for i in range(max_settings)]
+    settings = []
+    for combo in combos:
+        try:
+            settings.append(model.check_knobs(dict(zip(names, combo, strict=True))))
+        except UserError:  # a combination the stack refuses (exits at a depth they were not distilled at)
+            continue
+    return settings
+
+
+@dataclass
+class Rung:
+    """One calibrated setting."""
+
+    knobs: dict[str, Any]
+    accuracy: float
+    agreement: float  # fraction of examples where it predicts what the most accurate setting predicts
+    mean_layers: float
+    flops_per_sample: float
+    flops_speedup: float  # the whole model's FLOPs / this setting's FLOPs, per sample on average
+    ms_per_sample: float | None = None  # measured when calibrate(measure_time=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Rung:
+        return cls(knobs=dict(d["knobs"]), accuracy=float(d["accuracy"]), agreement=float(d["agreement"]),
+                   mean_layers=float(d["mean_layers"]), flops_per_sample=float(d["flops_per_sample"]),
+                   flops_speedup=float(d["flops_speedup"]),
+                   ms_per_sample=None if d.get("ms_per_sample") is None else float(d["ms_per_sample"]))
+
+
+@dataclass
+class Ladder:
+    """The Pareto rungs, most accurate first (``rungs[0]``) to cheapest (``rungs[-1]``), and how they were
+    made. ``settings`` holds every calibrated setting, including those off the front, so a reader can see
+    why one was dropped; ``stuck`` names knobs that never changed the cost on this data."""
+
+    rungs: list[Rung]
+    settings: list[Rung] = field(default_factory=list)
+    stuck: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": LADDER_VERSION, "rungs": [asdict(r) for r in self.rungs],
+                "settings": [asdict(r) for r in self.settings], "stuck": list(self.stuck), "meta": dict(self.meta)}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Ladder:
+        if not isinstance(obj, dict) or obj.get("version") != LADDER_VERSION or not obj.get("rungs"):
+            raise ValueError("not a nimblebert ladder (version 1 with at least one rung)")
+        return cls(rungs=[Rung.from_dict(r) for r in obj["rungs"]],
+                   settings=[Rung.from_dict(r) for r in obj.get("settings", [])],
+                   stuck=list(obj.get("stuck", [])), meta=dict(obj.get("meta", {})))
+
+    def floor_index(self, accuracy_floor: float | None) -> int:
+        """The cheapest rung whose accuracy is at least ``accuracy_floor`` (0 when none is: the most accurate
+        rung is always allowed)."""
+        if accuracy_floor is None:
+            return len(self.rungs) - 1
+        allowed = [i for i, r in enumerate(self.rungs) if r.accuracy >= accuracy_floor]
+        return max(allowed) if allowed else 0
+
+
+def pareto(settings: Sequence[Rung]) -> list[Rung]:
+    """The settings no other setting beats (at least as accurate and at most as costly, better in one),
+    most accurate first. Of settings equal in both, the first in ``settings`` is kept."""
+    order = sorted(range(len(settings)), key=lambda i: (settings[i].flops_per_sample, -settings[i].accuracy, i))
+    front: list[Rung] = []
+    best = -math.inf
+    for i in order:  # cheapest first: a setting is on the front when it is more accurate than every cheaper one
+        if settings[i].accuracy > best:
+            front.append(settings[i])
+            best = settings[i].accuracy
+    return front[::-1]
+
+
+def stuck_knobs(settings: Sequence[Rung], rel_tol: float = 1e-6) -> list[str]:
+    """Knobs that never bought speed: among settings equal in every other knob, no value of this one ran
+    fewer FLOPs per sample than its first value (the grid's most accurate end). E.g. FastBERT's ``speed`` when
+    no branch is ever confident on the data: every speed runs every layer, plus the branches. Knobs with a
+    single value are not reported."""
+    if not settings:
+        return []
+    stuck = []
+    for name in settings[0].knobs:
+        groups: dict[tuple, list[float]] = {}
+        values = set()
+        for s in settings:  # in grid order: each group's first entry has the knob's first value
+            values.add(repr(s.knobs[name]))
+            key = tuple((k, repr(v)) for k, v in sorted(s.knobs.items()) if k != name)
+            groups.setdefault(key, []).append(s.flops_per_sample)
+        if len(values) < 2:
+            continue
+        if all(min(g[1:], default=g[0]) >= g[0] * (1 - rel_tol) for g in groups.values()):
+            stuck.append(name)
+    return stuck
+
+
+@torch.inference_mode()
+def calibrate(
+    model: NimbleModel,
+    encoded: Any,
+    batch_size: int = 64,
+    settings: list[dict[str, Any]] | None = None,
+    measure_time: bool = False,
+    meta: dict[str, Any] | None = None,
+) -> Ladder:
+    """Run every setting of :func:`grid` (or ``settings``) over ``encoded`` (a labelled dataset made by
+    :func:`nimblebert.data.encode`) and keep the Pareto front.
+
+    ``measure_time`` adds each setting's wall time per sample over the whole split (batches bucketed by
+    length, as :func:`nimblebert.inference.predict_loader` runs them); it is a rough figure for humans:
+    the server measures its own costs as it runs.
+    """
+    from .bench.measure import full_model_flops
+    from .data import make_loader
+    from .inference import predict_loader
+
+    if "labels" not in encoded.column_names:
+        raise UserError("calibration needs labelled data: the split has no labels")
+    if len(encoded) == 0:
+        raise UserError("calibration needs data: the split is empty")
+    loader = make_loader(encoded, model.tokenizer, batch_size, shuffle=False, bucket_by_length=True)
+    full_flops = torch.cat([full_model_flops(model, batch["attention_mask"]) for batch in loader]).mean()
+    runs = []
+    for knobs in settings if settings is not None else grid(model):
+        t0 = time.perf_counter()
+        p = predict_loader(model, loader, **knobs)
+        seconds = time.perf_counter() - t0
+        runs.append((knobs, p, seconds))
+    accuracies = [float((p.predicted == p.labels).float().mean()) for _, p, _ in runs]
+    # The reference for agreement: the most accurate setting (of equals, the first, which is the grid's
+    # most accurate end).
+    ref = max(range(len(runs)), key=lambda i: (accuracies[i], -i))
+    reference = runs[ref][1].predicted
+    rows = []
+    for (knobs, p, seconds), acc in zip(runs, accuracies, strict=True):
+        flops = float(p.flops.mean())
+        rows.append(Rung(
+            knobs=dict(knobs), accuracy=acc, agreement=float((p.predicted == reference).float().mean()),
+            mean_layers=float(p.layers.float().mean()), flops_per_sample=flops,
+            flops_speedup=float(full_flops) / flops if flops > 0 else 1.0,
+            ms_per_sample=1000 * seconds / len(encoded) if measure_time else None))
+    info = {"examples": len(encoded), "batch_size": batch_size, "grid_size": len(rows),
+            "agreement_with": dict(runs[ref][0]),
+            "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **(meta or {})}
+    return Ladder(rungs=pareto(rows), settings=rows, stuck=stuck_knobs(rows), meta=info)
+
+
+def save_ladder(folder: str | Path, ladder: Ladder) -> Path:
+    """Write ``folder/ladder.json`` atomically (a killed calibration never leaves half a ladder)."""
+    path = Path(folder) / LADDER_FILE
+    write_json(path, ladder.to_json())
+    return path
+
+
+def load_ladder(folder: str | Path) -> Ladder | None:
+    """The folder's ladder, or None when it has none. A file that is not a ladder is a UserError."""
+    import json
+
+    path = Path(folder) / LADDER_FILE
+    if not path.exists():
+        return None
+    try:
+        return Ladder.from_json(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is not a valid ladder ({e}); re-run `nimblebert calibrate {folder} --data ...`") \
+            from None
+
+
+def default_ladder(model: NimbleModel) -> Ladder:
+    """A one-rung ladder at the knobs' defaults, not calibrated (accuracy unknown: NaN)."""
+    knobs = model.check_knobs({})
+    nan = float("nan")
+    return Ladder(rungs=[Rung(knobs=knobs, accuracy=nan, agreement=1.0, mean_layers=nan, flops_per_sample=nan,
+                              flops_speedup=1.0)], meta={"calibrated": False})
+
+
+def choose(ladder: Ladder, target_speedup: float | None = None, max_accuracy_loss: float | None = None,
+           target_layers: float | None = None) -> Rung:
+    """The rung that meets what the user asked for, in their terms rather than a knob's (issue 20):
+
+    - ``target_speedup``: at least this FLOPs speed-up over the whole model (×);
+    - ``target_layers``: at most this many layers run on average;
+    - ``max_accuracy_loss``: at most this many accuracy points below the most accurate rung (on the data the
+      ladder was calibrated on).
+
+    Of the rungs that meet every target given, the most accurate (a speed or layer target: the accuracy-cheapest
+    way to reach it); with only an accuracy budget, the cheapest. Nothing meets them: :class:`UserError` naming
+    the closest rung, so the user learns what the model can do (e.g. a knob that never buys speed on this data).
+    """
+    rungs = ladder.rungs
+    ok = [r for r in rungs if (target_speedup is None or r.flops_speedup >= target_speedup - 1e-9)
+          and (target_layers is None or r.mean_layers <= target_layers + 1e-9)
+          and (max_accuracy_loss is None or r.accuracy >= rungs[0].accuracy - max_accuracy_loss / 100 - 1e-9)]
+    if not ok:
+        fastest = rungs[-1]
+        stuck = f"; {', '.join(ladder.stuck)} never bought speed on the calibration data" if ladder.stuck else ""
+        raise UserError(f"no calibrated setting meets that: the fastest is {_describe(fastest)}{stuck}")
+    if target_speedup is None and target_layers is None:
+        return min(ok, key=lambda r: r.flops_per_sample)
+    return max(ok, key=lambda r: (r.accuracy, -r.flops_per_sample))
+
+
+def _describe(rung: Rung) -> str:
+    knobs = ", ".join(f"{k} {v}" for k, v in rung.knobs.items()) or "the defaults"
+    return (f"{knobs} ({rung.flops_speedup:.2f}× FLOPs, {rung.mean_layers:.2f} layers, accuracy {rung.accuracy:.4f} "
+            "on calibration)")

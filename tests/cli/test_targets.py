@@ -1,0 +1,91 @@
+"""Knobs in the user's terms (issue 20): training stores the calibrated ladder, and ``--target-speedup``,
+``--target-layers`` or ``--max-accuracy-loss`` pick a rung of it instead of a raw knob value."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import make_tokenizer, tiny_model
+
+from nimblebert.cli.main import main
+from nimblebert.errors import UserError
+from nimblebert.ladder import Ladder, Rung, choose
+from nimblebert.model import NimbleModel
+
+
+def rung(speed: float, accuracy: float, speedup: float, layers: float) -> Rung:
+    return Rung(knobs={"speed": speed}, accuracy=accuracy, agreement=1.0, mean_layers=layers,
+                flops_per_sample=100 / speedup, flops_speedup=speedup)
+
+
+LADDER = Ladder(rungs=[rung(0.0, 0.90, 1.0, 6), rung(0.4, 0.89, 1.8, 3.5), rung(0.6, 0.87, 2.4, 2.6),
+                       rung(0.9, 0.80, 4.0, 1.4)])
+
+
+def test_choose_maps_each_target_through_the_ladder() -> None:
+    assert choose(LADDER, target_speedup=2.0).knobs == {"speed": 0.6}  # the most accurate rung reaching 2×
+    assert choose(LADDER, target_speedup=1.8).knobs == {"speed": 0.4}
+    assert choose(LADDER, target_layers=3.0).knobs == {"speed": 0.6}
+    assert choose(LADDER, max_accuracy_loss=1.0).knobs == {"speed": 0.4}  # the cheapest within 1 point
+    assert choose(LADDER, max_accuracy_loss=0.0).knobs == {"speed": 0.0}
+    assert choose(LADDER, target_speedup=2.0, max_accuracy_loss=5.0).knobs == {"speed": 0.6}
+    with pytest.raises(UserError, match=r"the fastest is speed 0.9 \(4.00× FLOPs"):
+        choose(LADDER, target_speedup=5.0)
+    stuck = Ladder(rungs=[rung(0.0, 0.9, 1.0, 6)], stuck=["speed"])
+    with pytest.raises(UserError, match="speed never bought speed"):
+        choose(stuck, target_speedup=2.0)
+
+
+@pytest.fixture
+def fast_folder(tmp_path: Path, toy_data_dir: Path) -> Path:
+    """A tiny FastBERT trained by the CLI on a tiny fine-tuned teacher (training ends with its ladder)."""
+    teacher = tmp_path / "teacher"
+    NimbleModel(tiny_model(layers=3), make_tokenizer(), "finetune", {}, ["negative", "positive"]).save(teacher)
+    out = tmp_path / "fast"
+    assert main(["train", "fastbert", "--model", str(teacher), "--data", str(toy_data_dir), "--out", str(out),
+                 "--max-steps", "2", "--no-progress", "--max-length", "24", "--branch", "linear"]) == 0
+    return out
+
+
+def test_training_stores_the_ladder_and_targets_pick_its_rungs(fast_folder: Path, toy_data_dir: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    ladder = json.loads((fast_folder / "ladder.json").read_text())
+    assert ladder["rungs"] and ladder["meta"]["split"] == "validation"
+    speedups = [r["flops_speedup"] for r in ladder["rungs"]]
+    assert speedups == sorted(speedups)  # most accurate first, cheaper down the ladder
+    capsys.readouterr()
+    common = ["--data", str(toy_data_dir), "--max-length", "24", "--json"]
+    target = speedups[-1] * 0.999  # the cheapest rung is the only one that far
+    assert main(["evaluate", str(fast_folder), *common, "--target-speedup", f"{target}"]) == 0
+    out = capsys.readouterr()
+    result = json.loads(out.out)
+    assert result["knobs"]["speed"] == ladder["rungs"][-1]["knobs"]["speed"]
+    assert out.err.startswith("ladder: ") and f"speed {result['knobs']['speed']}" in out.err
+    assert main(["evaluate", str(fast_folder), *common, "--max-accuracy-loss", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)["knobs"]["speed"] == min(
+        (r for r in ladder["rungs"] if r["accuracy"] >= ladder["rungs"][0]["accuracy"] - 1e-9),
+        key=lambda r: r["flops_per_sample"])["knobs"]["speed"]
+    assert main(["info", str(fast_folder)]) == 0
+    assert "ladder (" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--target-speedup", "1000"], "no calibrated setting meets that"),
+    (["--target-speedup", "2", "--speed", "0.5"], "give one or the other"),
+])
+def test_impossible_or_conflicting_targets_are_one_line(fast_folder: Path, toy_data_dir: Path, extra: list[str],
+                                                        message: str, capsys: pytest.CaptureFixture) -> None:
+    capsys.readouterr()
+    assert main(["evaluate", str(fast_folder), "--data", str(toy_data_dir), "--max-length", "24", *extra]) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert len(err) == 1 and message in err[0]
+
+
+def test_a_target_without_a_ladder_says_how_to_make_one(fast_folder: Path, toy_data_dir: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    (fast_folder / "ladder.json").unlink()
+    capsys.readouterr()
+    assert main(["predict", str(fast_folder), "--target-speedup", "1.5"]) == 2
+    assert "calibrate it first" in capsys.readouterr().err
