@@ -6,7 +6,7 @@ import argparse
 import json
 import time
 
-from .common import add_data_flags, add_knob_flags, knob_values, positive
+from .common import add_data_flags, add_knob_flags, add_runtime_flag, knob_values, positive
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also measure latency at batch 1 and 32 against the plain transformers model")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_knob_flags(p)
+    add_runtime_flag(p)
     p.set_defaults(run=run)
 
 
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from ..inference import metrics, predict_loader
     from ..model import load
 
-    model = load(args.model)
+    model = load(args.model, runtime=args.runtime)
     knobs = model.method_spec.check_knobs(knob_values(args))
     task = load_task(args.data, text_column=args.text_column, text_pair_column=args.text_pair_column,
                      label_column=args.label_column, label_names=model.label_names)
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     preds = predict_loader(model, loader, **knobs)
     seconds = time.perf_counter() - t0
-    result = {"model": args.model, "method": model.method, "data": args.data, "split": split,
+    result = {"model": args.model, "method": model.method, "runtime": model.runtime, "data": args.data, "split": split,
               **metrics(preds, model.num_labels), "knobs": knobs,
               "eval_samples_per_s": round(len(encoded) / seconds, 2)}
     if args.latency:

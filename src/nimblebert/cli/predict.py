@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .common import add_knob_flags, knob_values, positive
+from .common import add_knob_flags, add_runtime_flag, knob_values, positive
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive(int, "--batch-size"), default=32)
     p.add_argument("--max-length", type=positive(int, "--max-length"), default=128)
     add_knob_flags(p)
+    add_runtime_flag(p)
     p.set_defaults(run=run)
 
 
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from ..inference import predict_loader
     from ..model import load
 
-    model = load(args.model)
+    model = load(args.model, runtime=args.runtime)
     knobs = model.method_spec.check_knobs(knob_values(args))
     if args.input:
         try:
