@@ -45,7 +45,7 @@ for p in probs:
 
 def run(cmd: list[str], env: dict[str, str]) -> float:
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
@@ -54,8 +54,8 @@ def run(cmd: list[str], env: dict[str, str]) -> float:
 
 def import_summary(cmd: list[str], env: dict[str, str], top: int = 10) -> list[dict[str, object]]:
     """Cumulative import time (µs) per top-level package of one ``python -X importtime`` run."""
-    proc = subprocess.run([cmd[0], "-X", "importtime", *cmd[1:]], env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.run([cmd[0], "-X", "importtime", *cmd[1:]], env=env, capture_output=True,
+                          text=True, cwd=ROOT)
     totals: dict[str, int] = {}
     for line in proc.stderr.splitlines():
         if not line.startswith("import time:") or "|" not in line:
