@@ -79,9 +79,17 @@ def test_int8_logits_close_to_float_and_the_encoder_sees_the_new_modules() -> No
     fp32 = nimble()
     q = int8_of(fp32)
     assert q.runtime == "int8"
-    # Every layer's Linears and the pooler are int8; the 64 -> 2 classifier is not.
-    assert sum(isinstance(m, Int8Linear) for m in q.hf.modules()) == 3 * 6 + 1
+    # Every layer's Linears are int8; the pooler and the classifier (one token each) stay float32.
+    assert sum(isinstance(m, Int8Linear) for m in q.hf.modules()) == 3 * 6
+    assert type(q.hf.bert.pooler.dense) is nn.Linear
     assert all(isinstance(p.query, Int8Linear) and isinstance(p.ffn_out, Int8Linear) for p in q.encoder.parts)
+    # Q, K and V run as one fused product at full width; it gives what the three separate ones give.
+    p0, x = q.encoder.parts[0], torch.randn(5, 64)
+    with torch.inference_mode():
+        fused = p0.query.fused_qkv(x)
+        separate = torch.cat([p0.query(x), p0.key(x), p0.value(x)], dim=-1)
+    torch.testing.assert_close(fused, separate, atol=1e-4, rtol=1e-4)
+    assert "fused_qkv" not in str(list(q.hf.state_dict()))
     b = batch()
     with torch.inference_mode():
         ref, out = fp32.infer(b).logits, q.infer(b).logits
@@ -117,7 +125,7 @@ def test_narrow_widths_run_in_int8() -> None:
 def test_fastbert_exits_fire_under_int8() -> None:
     fp32 = nimble("fastbert", layers=4)
     q = int8_of(fp32)
-    assert all(isinstance(b.proj, Int8Linear) for b in q.extras["branches"])  # the branches run int8 too
+    assert all(type(b.proj) is nn.Linear for b in q.extras["branches"])  # branches stay float32 (see apply_runtime)
     b = batch(rows=8)
     with torch.inference_mode():
         everyone = q.infer(b, speed=1.0)

@@ -1,7 +1,8 @@
 """int8 matrix products under the core: dynamic quantization on the CPU (fbgemm, VNNI where the CPU has it).
 
-Every large ``nn.Linear`` of a loaded model (the layers' projections and FFN, the pooler, FastBERT's
-branches, TR-BERT's policies) is replaced in place by an :class:`Int8Linear`: its weight is quantized once,
+Every ``nn.Linear`` of the Transformer layers (Q/K/V, attention output, FFN; see
+:func:`nimblebert.runtime.apply_runtime` for what stays float32 and why) is replaced in place by an
+:class:`Int8Linear`: its weight is quantized once,
 symmetric per output channel, to int8; its input is quantized per call (per tensor, from its own range),
 and the product runs in int8 with int32 accumulation (``torch.ops.quantized.linear_dynamic``, the same
 kernel as ``torch.ao.quantization.quantize_dynamic``; Jacob et al. 2018 describe the arithmetic). Nothing
@@ -129,6 +130,39 @@ def quantize_(module: nn.Module, min_features: int | None = None) -> int:
             raise UserError("the int8 runtime runs on the CPU; load the model on the CPU or use --runtime fp32")
         if min(linear.in_features, linear.out_features) >= min_features:
             setattr(parent, name, Int8Linear(linear))
+            count += 1
+    return count
+
+
+class FusedInt8:
+    """Several Linears reading the same input as one int8 product: their weights stacked by rows, packed once.
+
+    The core's attention calls it for Q, K and V at full width (``p.query.fused_qkv``) and splits the output:
+    one input quantization and one kernel call instead of three. Not an ``nn.Module`` on purpose: it is
+    derived from the Linears' float32 weights at load time and must not appear in ``state_dict``.
+    """
+
+    def __init__(self, linears: list[nn.Linear]) -> None:
+        weight = torch.cat([m.weight.detach().float() for m in linears])
+        biases = [m.bias for m in linears]
+        bias = torch.cat([b.detach().float() for b in biases]) if all(b is not None for b in biases) else None
+        self.packed = torch.ops.quantized.linear_prepack(_quantize_weight(weight), bias)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic(x, self.packed, REDUCE_RANGE)
+
+
+def fuse_qkv_(parts: list) -> int:
+    """Give every layer whose Q, K and V are :class:`Int8Linear` of one input a fused Q·K·V product (see
+    :class:`FusedInt8`), as ``query.fused_qkv``. Returns how many layers got one. ``parts``: the core's
+    :class:`~nimblebert.core.families.LayerParts`."""
+    count = 0
+    for p in parts:
+        trio = [p.query, p.key, p.value]
+        if all(isinstance(m, Int8Linear) for m in trio) and len({m.in_features for m in trio}) == 1:
+            # Per-output-channel scales: each row keeps the scale it had alone, so the fused product equals
+            # the three separate ones (up to the shared input quantization, which was the same input anyway).
+            object.__setattr__(p.query, "fused_qkv", FusedInt8(trio))
             count += 1
     return count
 
