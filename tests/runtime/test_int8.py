@@ -188,3 +188,18 @@ def test_cli_export_nimble_int8_then_evaluate_and_predict(tmp_path: Path, toy_da
     with pytest.raises(SystemExit) as exit_:
         main(["predict", str(tmp_path / "fast"), "--input", str(texts), "--runtime", "int4"])
     assert exit_.value.code == 2 and "int4" in capsys.readouterr().err
+
+
+def test_bench_runs_each_model_on_each_runtime(tmp_path: Path, toy_data_dir: Path) -> None:
+    model = nimble("fastbert", layers=2)
+    model.label_names = ["positive", "negative"]
+    model.save(tmp_path / "fast")
+    out = tmp_path / "bench"
+    assert main(["bench", str(tmp_path / "fast"), "--data", str(toy_data_dir), "--out", str(out), "--no-onnx",
+                 "--runtime", "fp32", "--runtime", "int8", "--sweep", "speed=0,0.5", "--rounds", "1",
+                 "--b1-examples", "2", "--b32-examples", "32"]) == 0
+    rows = {r["name"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert {"fast speed=0.5 [fp32]", "fast speed=0.5 [int8]", "fast speed=0 [int8]"} <= set(rows)
+    assert rows["fast speed=0.5 [int8]"]["precision"] == "int8"
+    assert rows["fast speed=0.5 [int8]"]["command"].endswith("--runtime int8")
+    assert "--runtime" not in rows["fast speed=0.5 [fp32]"]["command"]
