@@ -214,19 +214,22 @@ class CoreEncoder(nn.Module):
         if pack is not None:
             x = x.reshape(b * t, d).index_select(0, pack)  # (N, d) the real tokens only
 
-        if h == self.num_heads:
-            fused = getattr(p.query, "fused_qkv", None)  # the int8 runtime packs Q, K, V as one product
-            if fused is not None:
-                q, k, v = fused(x).chunk(3, dim=-1)  # one input quantization and one call instead of three
-            else:
-                q, k, v = p.query(x), p.key(x), p.value(x)  # (b, t, n) or (N, n) each
+        # The int8 runtime packs Q, K, V as one product: one input quantization and one call instead of three.
+        fused = getattr(p.query, "fused_qkv", None) if h == self.num_heads else None
+        if fused is not None and pack is None:  # the common batch-1 case: 3 tensor ops instead of 7
+            q, k, v = fused(x).view(b, t, 3, h, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (b, h, t, dh)
         else:
-            q, k, v = (narrow_linear(m, x, rows=n) for m in (p.query, p.key, p.value))
-        if pack is not None:  # attention needs the (b, t) layout: zeros at padding (masked as keys)
-            q, k, v = (unpack(z, pack, b, t) for z in (q, k, v))
-        q = q.view(b, t, h, self.head_dim).transpose(1, 2)  # (b, h, t, dh)
-        k = k.view(b, t, h, self.head_dim).transpose(1, 2)
-        v = v.view(b, t, h, self.head_dim).transpose(1, 2)
+            if fused is not None:
+                q, k, v = fused(x).chunk(3, dim=-1)  # (N, n) each
+            elif h == self.num_heads:
+                q, k, v = p.query(x), p.key(x), p.value(x)  # (b, t, n) or (N, n) each
+            else:
+                q, k, v = (narrow_linear(m, x, rows=n) for m in (p.query, p.key, p.value))
+            if pack is not None:  # attention needs the (b, t) layout: zeros at padding (masked as keys)
+                q, k, v = (unpack(z, pack, b, t) for z in (q, k, v))
+            q = q.view(b, t, h, self.head_dim).transpose(1, 2)  # (b, h, t, dh)
+            k = k.view(b, t, h, self.head_dim).transpose(1, 2)
+            v = v.view(b, t, h, self.head_dim).transpose(1, 2)
 
         scores = None
         if need_scores:
