@@ -52,21 +52,24 @@ def run(cmd: list[str], env: dict[str, str]) -> float:
     return seconds
 
 
-def import_summary(cmd: list[str], env: dict[str, str], top: int = 10) -> list[dict[str, object]]:
-    """Cumulative import time (µs) per top-level package of one ``python -X importtime`` run."""
-    proc = subprocess.run([cmd[0], "-X", "importtime", *cmd[1:]], env=env, capture_output=True,
-                          text=True, cwd=ROOT)
-    totals: dict[str, int] = {}
+# Packages whose import a command may or may not need: what `python -X importtime` is summarised by.
+PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "accelerate", "datasets", "pandas", "pyarrow",
+            "matplotlib", "onnx", "onnxruntime", "nimblebert")
+
+
+def import_summary(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
+    """Milliseconds each package of :data:`PACKAGES` took to import (cumulative, where it was first imported,
+    whoever imported it) in one ``python -X importtime`` run; absent = not imported."""
+    proc = subprocess.run([cmd[0], "-X", "importtime", *cmd[1:]], env=env, capture_output=True, text=True, cwd=ROOT)
+    found: dict[str, float] = {}
     for line in proc.stderr.splitlines():
-        if not line.startswith("import time:") or "|" not in line:
+        if not line.startswith("import time:") or line.count("|") < 2:
             continue
         _, cumulative, name = line.split("|", 2)
-        if name.startswith("  ") or not cumulative.strip().isdigit():  # nested: counted in its parent
-            continue
-        package = name.strip().split(".")[0]
-        totals[package] = totals.get(package, 0) + int(cumulative)
-    ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
-    return [{"package": k, "ms": round(v / 1000, 1)} for k, v in ranked]
+        name = name.strip()
+        if name in PACKAGES and cumulative.strip().isdigit():
+            found[name] = round(int(cumulative) / 1000, 1)
+    return found
 
 
 def main() -> None:
@@ -114,9 +117,8 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['name']} | {r['median_s']:.2f} | {r['min_s']:.2f} | {r['median_s'] - plain_s:+.2f} |")
     imp = ["| package | " + " | ".join(f"{k} ms" for k in imports) + " |", "|---|" + "---|" * len(imports)]
-    names = list(dict.fromkeys(x["package"] for v in imports.values() for x in v))
-    for n in names:
-        cells = [next((str(x["ms"]) for x in v if x["package"] == n), "—") for v in imports.values()]
+    for n in PACKAGES:
+        cells = [str(v[n]) if n in v else "not imported" for v in imports.values()]
         imp.append(f"| {n} | " + " | ".join(cells) + " |")
     env = data["environment"]
     cpu = env.get("cpu", {})
@@ -127,7 +129,8 @@ model `{opts.model}`. "before" is the same command on the source tree given with
 
 {chr(10).join(lines)}
 
-Import time of `nimblebert predict` by top-level package (`python -X importtime`, cumulative, one run):
+Import time of `nimblebert predict` by package (`python -X importtime`, cumulative where the package was first
+imported, one run; nested: torch's time is inside transformers' when transformers imported it first):
 
 {chr(10).join(imp)}
 
