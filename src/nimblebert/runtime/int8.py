@@ -9,14 +9,16 @@ kernel as ``torch.ao.quantization.quantize_dynamic``; Jacob et al. 2018 describe
 else changes: the core calls the modules as before, so early exits, token cuts and packed padding work as in
 float32.
 
-Why this kernel (``benchmarks/int8_mr.py`` measures the candidates on the mr teacher): on the AVX-512 VNNI
-CPU of our machines fbgemm's dynamic int8 Linear was about 3.5-4× faster than float32 on MiniLM's shapes at
-both 20 and 800 tokens, in one call per Linear. torchao's replacement API
-(``Int8DynamicActivationInt8WeightConfig``, torchao 0.18) ran only about 1.3× faster at 800 tokens and several
-times *slower* than float32 at 20 tokens in eager mode; a hand-written dynamic quantization around
-``torch._int_mm`` (oneDNN int8, non-deprecated) lost its fast product to the element-wise ops around it.
-torch 2.13 marks quantized tensors as deprecated (the ``torch.quantize_per_channel`` warning): the project
-pins torch 2.13, and the one place that makes them is :func:`_quantize_weight`.
+Why this kernel (measured on the CPU of our machines, AMD EPYC with AVX-512 VNNI, 1 thread): fbgemm's dynamic
+int8 Linear ran MiniLM's matrix shapes 2.5-4× faster than float32 (20 and 800 tokens), in one call per
+Linear; end to end on the mr teacher the core in int8 is 2.97× (batch 1) and 2.64× (batch 32) faster than plain
+transformers at the same accuracy (``benchmarks/int8_mr.py``, docs/sections/int8_mr.md). torchao's replacement
+API (``Int8DynamicActivationInt8WeightConfig``, torchao 0.18, eager) was 0.71× / 1.57×; a hand-written dynamic
+quantization around ``torch._int_mm`` (oneDNN int8, not deprecated) lost its fast product to the element-wise
+ops around it. onnxruntime's int8 of the whole teacher graph is faster still (4.14× / 3.23×: fused attention and
+no Python between kernels) but fixes every knob. torch 2.13 marks quantized tensors as deprecated (the
+``torch.quantize_per_channel`` warning, silenced here): the project pins torch 2.13, and the one place that
+makes them is :func:`_quantize_weight`.
 
 Dynamic width (DynaBERT): the core slices a Linear's output rows (heads of Q/K/V, FFN neurons of the first
 FFN matrix) or input columns (attention output, second FFN matrix). :meth:`Int8Linear.narrow` packs the int8
