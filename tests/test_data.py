@@ -304,7 +304,9 @@ def test_hub_unreachable_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
 
     # Both the probe and the real loader fail, so nothing here can reach the network.
     monkeypatch.setattr(task_module.socket, "create_connection", no_network)
-    monkeypatch.setattr(task_module.datasets, "load_dataset", no_network)
+    import datasets  # nimblebert.data.task imports it where it is used (start-up time)
+
+    monkeypatch.setattr(datasets, "load_dataset", no_network)
     for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(proxy, raising=False)
     message = _error("someone/some-data")

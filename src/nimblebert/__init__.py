@@ -6,6 +6,12 @@ compose. ``nimblebert.load(folder)`` brings a trained model back with its knobs.
 
 __version__ = "0.1.0"
 
-from .model import NimbleModel, load  # noqa: E402
-
 __all__ = ["NimbleModel", "__version__", "load"]
+
+
+def __getattr__(name: str):  # PEP 562: transformers is imported when a model is, not by `nimblebert --help`
+    if name in ("NimbleModel", "load"):
+        from . import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -157,6 +157,7 @@ class NimbleModel(nn.Module):
         self.label_names: list[str] = list(label_names) if label_names else [str(i) for i in range(n)]
         self.objective = None  # set by the trainer: (model, batch) -> dict of losses
         self.source: str | None = None  # the folder it was loaded from, if any
+        self.runtime = "fp32"  # the kernels its products run on (nimblebert.runtime); saved in the config
 
     # ---- the stack -----------------------------------------------------------------------------
     @property
@@ -245,6 +246,7 @@ class NimbleModel(nn.Module):
             "method_config": self.stack[-1].config,
             "stack": [c.to_json() for c in self.stack],
             "label_names": self.label_names,
+            **({"runtime": self.runtime} if self.runtime != "fp32" else {}),
         }
 
     def save(self, out_dir: str | os.PathLike) -> None:
@@ -276,8 +278,16 @@ class NimbleModel(nn.Module):
                 c.spec.attach(self)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> NimbleModel:
-        """Load a folder written by :meth:`save` (or any transformers sequence classifier folder)."""
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
+             runtime: str | None = None) -> NimbleModel:
+        """Load a folder written by :meth:`save` (or any transformers sequence classifier folder).
+
+        ``runtime`` ("fp32", "int8"; see :mod:`nimblebert.runtime`): the kernels to run on; None = the one the
+        folder's config names (``nimblebert.runtime``), else fp32.
+        """
+        from .runtime import apply_runtime, check_runtime
+
+        runtime = check_runtime(runtime or nb_runtime(path))
         folder = resolve_model(str(path))
         if not Path(folder).is_dir():
             raise UserError(f"{path} is not a local model folder")
@@ -297,7 +307,20 @@ class NimbleModel(nn.Module):
             if missing or unexpected:
                 raise UserError(f"{extras_path} does not match the {model.describe()} configuration "
                                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-        return model.to(device).eval()
+        return apply_runtime(model.to(device).eval(), runtime)
+
+
+def nb_runtime(path: str | os.PathLike) -> str | None:
+    """The runtime a folder's config names (``"runtime"`` in its ``nimblebert`` section), read before the weights
+    so that a bad value fails fast; None when it names none."""
+    import json
+
+    config = Path(resolve_model(str(path))) / "config.json"
+    try:
+        section = json.loads(config.read_text()).get("nimblebert") or {}
+    except (OSError, ValueError):
+        return None
+    return section.get("runtime") if isinstance(section, dict) else None
 
 
 def load_tokenizer(folder: str) -> PreTrainedTokenizerBase:
@@ -425,7 +448,7 @@ def from_base(
     base = stack_of(trained)
     if base and not new.new_network:
         continues = check_stack(base, new, spec)
-        model = NimbleModel.load(folder)
+        model = NimbleModel.load(folder, runtime="fp32")  # training runs in fp32, whatever the folder runs at
         model.hf.config.nimblebert = None  # the new model's section is written at save time
         if continues:
             top = model.stack[-1]
@@ -451,6 +474,7 @@ def from_base(
     return model
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> NimbleModel:
-    """``nimblebert.load(dir)``: a trained model back with its knobs."""
-    return NimbleModel.load(path, device)
+def load(path: str | os.PathLike, device: str | torch.device = "cpu", runtime: str | None = None) -> NimbleModel:
+    """``nimblebert.load(dir)``: a trained model back with its knobs; ``runtime="int8"`` runs its matrix products
+    in int8 (default: what the folder's config says, else fp32)."""
+    return NimbleModel.load(path, device, runtime)

@@ -16,10 +16,32 @@ from typing import Any
 
 import torch
 
+# The instruction-set extensions that decide float32 and int8 matrix-product speed (int8 needs VNNI or AMX to be
+# several times faster than float32), as /proc/cpuinfo names them.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+
+
+def cpu_info() -> dict[str, Any]:
+    """The CPU model and its relevant ISA flags (Linux /proc/cpuinfo; elsewhere what ``platform`` knows)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    return {"model": model, "isa": [f for f in ISA_FLAGS if f in flags]}
+
 
 def environment() -> dict[str, Any]:
     """What the numbers were measured on."""
     return {
+        "cpu": cpu_info(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),

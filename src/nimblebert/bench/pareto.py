@@ -65,7 +65,8 @@ def run_command(row: dict[str, Any]) -> str:
             return f"nimblebert predict {path}  # the same weights as {load}"
         plain = shlex.quote(f"{row.get('path', 'MODEL')}-plain")
         return f"nimblebert export {path} --format hf --teacher-only --out {plain} && nimblebert predict {plain}"
-    return " ".join([f"nimblebert predict {path}", *_knob_flags(row)])
+    precision = [f"--runtime {row['precision']}"] if row.get("precision", "fp32") != "fp32" else []
+    return " ".join([f"nimblebert predict {path}", *_knob_flags(row), *precision])
 
 
 def _knob_flags(row: dict[str, Any]) -> list[str]:

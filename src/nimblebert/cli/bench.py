@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .common import add_data_flags, check_out_folder, positive
+from .common import add_data_flags, add_runtime_flag, check_out_folder, positive
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=positive(int, "--threads"), default=None,
                    help="CPU threads for every contender (torch and onnxruntime alike; default: torch's). On a "
                         "machine shared with other jobs, 1 avoids OpenMP threads waiting on each other")
+    add_runtime_flag(p, multiple=True)
     p.add_argument("--no-onnx", action="store_true",
                    help="skip the onnxruntime baselines (the first model exported to ONNX, fp32 and int8)")
     p.set_defaults(run=run)
@@ -85,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
         from ..export.onnx import require_onnx
 
         require_onnx()  # before minutes of evaluation, not after
-    models = [load(m) for m in args.models]
+    runtimes = args.runtime or [None]  # None: each folder's own runtime
+    models = [load(m, runtime=runtimes[0]) for m in args.models]
     first = models[0]
     for m, path in zip(models[1:], args.models[1:], strict=True):
         if m.tokenizer.get_vocab() != first.tokenizer.get_vocab():
@@ -106,13 +108,20 @@ def run(args: argparse.Namespace) -> int:
     rows, contenders = [], {}
     # Rows are named by folder name, or by the path given when two folders share a name (runs/a/model, ...).
     short = len({Path(p).name for p in args.models}) == len(args.models)
-    for path, model in zip(args.models, models, strict=True):
+    loaded = [(path, model) for path, model in zip(args.models, models, strict=True)]
+    for runtime in runtimes[1:]:
+        loaded += [(path, load(path, runtime=runtime)) for path in args.models]
+    tagged = len(set(runtimes)) > 1 or any(m.runtime != "fp32" for _, m in loaded)
+    for path, model in loaded:
         names = [k.name for k in model.knobs() if k.name in sweep]
         for values in itertools.product(*(sweep[n] for n in names)):
             knobs = model.check_knobs(dict(zip(names, values, strict=True)))
-            label = _label(path, short, names, values)
+            label = _label(path, short, names, values) + (f" [{model.runtime}]" if tagged else "")
+            if label in contenders:
+                raise UserError(f"--runtime {model.runtime} is given twice; give each runtime once")
             preds = predict_loader(model, loader, **knobs)
             rows.append({"name": label, "path": path, "method": model.describe(), "runtime": "nimblebert",
+                         "precision": model.runtime,
                          "static": is_static(model), "knobs": knobs, **metrics(preds, model.num_labels),
                          "params_m": params_m(model), "size_mb": weights_size_mb(model.source)})
             contenders[label] = nimble_contender(model, knobs)

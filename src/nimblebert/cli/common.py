@@ -89,6 +89,18 @@ def resolve_knobs(model: Any, args: argparse.Namespace) -> dict[str, Any]:
     return knobs
 
 
+def add_runtime_flag(p: argparse.ArgumentParser, multiple: bool = False) -> None:
+    """``--runtime fp32|int8``: the kernels the model's matrix products run on (default: what the folder's config
+    names, else fp32). With ``multiple``, repeatable: each model is run on each runtime given."""
+    from ..runtime import RUNTIMES
+
+    p.add_argument("--runtime", choices=RUNTIMES, default=[] if multiple else None,
+                   action="append" if multiple else "store",
+                   help="fp32, or int8: dynamic int8 matrix products on the CPU, every knob still live (default: "
+                        "the folder's runtime, else fp32)"
+                        + ("; repeat to run each model on several" if multiple else ""))
+
+
 def knob_values(args: argparse.Namespace) -> dict[str, Any]:
     return {k[len("knob_"):]: v for k, v in vars(args).items() if k.startswith("knob_") and v is not None}
 

@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from .common import add_data_flags, add_knob_flags, add_target_flags, positive, resolve_knobs
+from .common import add_data_flags, add_knob_flags, add_runtime_flag, add_target_flags, positive, resolve_knobs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_knob_flags(p)
     add_target_flags(p)
+    add_runtime_flag(p)
     p.set_defaults(run=run)
 
 
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from ..inference import metrics, predict_loader
     from ..model import load
 
-    model = load(args.model)
+    model = load(args.model, runtime=args.runtime)
     knobs = resolve_knobs(model, args)
     task = _load_task_for(model, args)
     split = args.split if getattr(task, args.split) is not None else "validation"
@@ -58,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     preds = predict_loader(model, loader, **knobs)
     seconds = time.perf_counter() - t0
-    result = {"model": args.model, "method": model.method, "stack": model.methods, "data": args.data, "split": split,
+    result = {"model": args.model, "method": model.method, "stack": model.methods, "runtime": model.runtime,
+              "data": args.data, "split": split,
               **metrics(preds, model.num_labels), "knobs": knobs,
               "eval_samples_per_s": round(len(encoded) / seconds, 2)}
     if args.latency:

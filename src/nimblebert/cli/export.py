@@ -1,6 +1,7 @@
-"""``nimblebert export DIR --out OUT [--format onnx|hf] [--int8] [--teacher-only] [knobs]``.
+"""``nimblebert export DIR --out OUT [--format onnx|hf|nimble] [--int8] [--teacher-only] [knobs]``.
 
-Writes a static model in a deployable format and checks it against PyTorch. Static models (plain
+``--format nimble`` writes a nimblebert folder that keeps every knob (``--int8``: it loads with the int8
+runtime). The other formats write a static model and check it against PyTorch. Static models (plain
 fine-tunes, TinyBERT students, exported sub-networks) export as they are; a dynamic method exports at
 given knob settings once it registers a materializer (DynaBERT: ``--width 0.5 --depth 0.5``); a model with
 per-sample control flow (FastBERT) exports its teacher with ``--teacher-only``.
@@ -17,14 +18,15 @@ from .common import add_knob_flags, check_out_folder, knob_values
 def register(sub: argparse._SubParsersAction) -> None:
     from ..export import get_exporter, list_formats
 
-    p = sub.add_parser("export", help="write a static model as ONNX (or a plain transformers folder), checked "
-                                      "against PyTorch")
+    p = sub.add_parser("export", help="write a model as ONNX, a plain transformers folder or a nimblebert folder "
+                                      "(int8 runtime), checked against PyTorch")
     p.add_argument("model", help="a model folder written by nimblebert (or transformers)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--format", default="onnx", choices=list_formats(),
                    help="; ".join(f"{n}: {get_exporter(n).help}" for n in list_formats()) + " (default onnx)")
     p.add_argument("--int8", action="store_true",
-                   help="also write model_int8.onnx (dynamic int8 quantization of the weights)")
+                   help="onnx: also write model_int8.onnx (dynamic int8 quantization); nimble: the folder loads with "
+                        "the int8 runtime (knobs kept)")
     p.add_argument("--teacher-only", action="store_true",
                    help="export the plain transformers model inside a dynamic model (e.g. FastBERT's backbone and "
                         "head) as it is")

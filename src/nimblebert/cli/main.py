@@ -5,26 +5,32 @@ Bad input (:class:`~nimblebert.errors.UserError`) ends with one line on stderr a
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Sequence
 
 from ..errors import UserError
-from . import bench, calibrate, data, evaluate, export, info, pick, predict, search, serve, train
 from .common import Parser
 
-COMMANDS = {"data": data, "train": train, "evaluate": evaluate, "predict": predict, "bench": bench,
-            "export": export, "pick": pick, "info": info, "calibrate": calibrate, "serve": serve, "search": search}
+# Subcommand -> its module (``nimblebert.cli.<module>``), imported only when needed: a command pays for its own
+# imports (datasets, accelerate, matplotlib, ...), not for every other command's.
+COMMANDS = {"data": "data", "train": "train", "evaluate": "evaluate", "predict": "predict", "bench": "bench",
+            "export": "export", "pick": "pick", "info": "info", "calibrate": "calibrate", "serve": "serve",
+            "search": "search"}
 
 
-def build_parser() -> Parser:
+def build_parser(only: str | None = None) -> Parser:
+    """The ``nimblebert`` parser; with ``only`` (a subcommand name), just that subcommand is registered (the
+    others' modules are not imported), which is what a command line naming one needs."""
     parser = Parser(prog="nimblebert", description="Fast, small BERT encoders with a speed knob.")
     from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"nimblebert {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for module in COMMANDS.values():
-        module.register(sub)
+    for name, module in COMMANDS.items():
+        if only is None or name == only:
+            importlib.import_module(f".{module}", __package__).register(sub)
     return parser
 
 
@@ -39,7 +45,9 @@ def quiet_libraries() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)  # the subcommand comes first
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     quiet_libraries()
     try:
         return int(args.run(args) or 0)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
-from .common import add_knob_flags, add_target_flags, positive, resolve_knobs
+from .common import add_knob_flags, add_runtime_flag, add_target_flags, positive, resolve_knobs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,19 +19,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-length", type=positive(int, "--max-length"), default=128)
     add_knob_flags(p)
     add_target_flags(p)
+    add_runtime_flag(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import datasets
     import torch
 
-    from ..data import encode, make_loader, read_texts_jsonl
+    from ..data.inputs import read_texts_jsonl
     from ..errors import UserError
     from ..inference import predict_loader
     from ..model import load
 
-    model = load(args.model)
+    model = load(args.model, runtime=args.runtime)
     knobs = resolve_knobs(model, args)
     if args.input:
         try:
@@ -46,12 +47,7 @@ def run(args: argparse.Namespace) -> int:
         rows = read_texts_jsonl(getattr(sys.stdin, "buffer", sys.stdin))
     if not rows:
         raise UserError("no input texts: give JSONL lines like {\"text\": \"...\"} on stdin or with --input")
-    has_pair = any("text_pair" in r for r in rows)
-    ds = datasets.Dataset.from_list([{"text": r["text"], **({"text_pair": r.get("text_pair", "")} if has_pair else {})}
-                                     for r in rows])
-    encoded = encode(ds, model.tokenizer, args.max_length, has_pair)
-    loader = make_loader(encoded, model.tokenizer, args.batch_size, shuffle=False, bucket_by_length=True)
-    preds = predict_loader(model, loader, **knobs)
+    preds = predict_loader(model, batches(model.tokenizer, rows, args.max_length, args.batch_size), **knobs)
     probs = torch.softmax(preds.logits, dim=-1)
     for i in range(len(rows)):
         c = int(probs[i].argmax())
@@ -61,3 +57,30 @@ def run(args: argparse.Namespace) -> int:
             line["tokens_kept"] = int(preds.tokens[i])
         print(json.dumps(line))
     return 0
+
+
+def batches(tokenizer: Any, rows: list[dict[str, Any]], max_length: int, batch_size: int) -> list[dict[str, Any]]:
+    """The rows tokenized (truncated to ``max_length``) and cut into padded batches of similar length, each with
+    its rows' ``index`` (what :func:`~nimblebert.inference.predict_loader` puts back in input order).
+
+    Tokenized directly rather than through ``datasets`` (``nimblebert.data.encode``): a command that labels a
+    few lines should not pay for importing it. Same tokens as ``encode``: pairs are truncated together, and a
+    pair row without a pair text gets an empty one.
+    """
+    from ..data.batching import Collator
+
+    has_pair = any("text_pair" in r for r in rows)
+    minimum = tokenizer.num_special_tokens_to_add(pair=has_pair) + (2 if has_pair else 1)
+    if max_length < minimum:
+        from ..errors import UserError
+
+        raise UserError(f"--max-length {max_length} is too small for this tokenizer; use at least {minimum}")
+    texts = [r["text"] for r in rows]
+    pairs = [r.get("text_pair", "") for r in rows] if has_pair else None
+    enc = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+    encoded = [{"input_ids": ids, "index": i, **({"token_type_ids": enc["token_type_ids"][i]}
+                                                 if "token_type_ids" in enc else {})}
+               for i, ids in enumerate(enc["input_ids"])]
+    order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]["input_ids"]), i))  # longest first
+    collate = Collator(tokenizer)
+    return [collate([encoded[i] for i in order[s:s + batch_size]]) for s in range(0, len(order), batch_size)]

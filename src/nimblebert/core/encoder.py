@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.module import register_module_module_registration_hook
 
 from .families import Family, LayerParts, classify, embed, family_of, layer_parts
 from .ops import OpSpec, run_ops
@@ -143,6 +144,32 @@ class LoopState:
 
 Hook = Callable[[LoopState], None]  # may also have ``start(state)``: called once before the first layer
 
+# Bumped whenever any module is registered anywhere (``setattr(parent, name, module)``, ``ModuleList[i] = ...``):
+# the only way rewiring, slicing, materializing or the int8 runtime can replace a layer's modules. The encoder
+# rebuilds its cached per-layer parts when it changed; at inference nothing registers modules, so the cache holds.
+_registrations = 0
+
+
+def _count_registration(module: nn.Module, name: str, submodule: nn.Module | None) -> None:
+    global _registrations
+    _registrations += 1
+
+
+register_module_module_registration_hook(_count_registration)
+
+
+def narrow_linear(linear: nn.Module, x: torch.Tensor, rows: int | None = None, cols: int | None = None) -> torch.Tensor:
+    """``linear`` restricted to its first ``rows`` outputs (with their biases) or its first ``cols`` inputs.
+
+    A float32 ``nn.Linear`` runs on views of its weight; a module with its own ``narrow`` (the int8 runtime's
+    :class:`~nimblebert.runtime.int8.Int8Linear`, which packs each width once) runs that.
+    """
+    if type(linear) is not nn.Linear and hasattr(linear, "narrow"):
+        return linear.narrow(x, rows, cols)
+    if rows is not None:
+        return F.linear(x, linear.weight[:rows], None if linear.bias is None else linear.bias[:rows])
+    return F.linear(x, linear.weight[:, :cols], linear.bias)
+
 
 class CoreEncoder(nn.Module):
     """Runs a Hugging Face ``*ForSequenceClassification`` model under a Plan.
@@ -169,11 +196,17 @@ class CoreEncoder(nn.Module):
         # Heterogeneous ops (NAS-BERT) that a Plan with ``ops`` runs instead of the BERT layers; set by the method.
         self.op_modules: nn.ModuleDict | None = None
         self.train(model.training)  # follow the wrapped model's mode (dropout on or off)
+        self._parts: list[LayerParts] | None = None
+        self._parts_at = -1  # the value of ``_registrations`` when ``_parts`` was built
 
     @property
     def parts(self) -> list[LayerParts]:
-        # Looked up on each call (cheap) so that modules replaced by rewiring or slicing are seen.
-        return layer_parts(self.model, self.family)
+        """The modules of every layer, looked up through the family's paths once and cached until any module is
+        registered anywhere (which is how rewiring, slicing or the int8 runtime replace them)."""
+        if self._parts is None or self._parts_at != _registrations:
+            self._parts = layer_parts(self.model, self.family)
+            self._parts_at = _registrations
+        return self._parts
 
     def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         return embed(self.model, self.family, input_ids, token_type_ids)
@@ -208,17 +241,22 @@ class CoreEncoder(nn.Module):
         if pack is not None:
             x = x.reshape(b * t, d).index_select(0, pack)  # (N, d) the real tokens only
 
-        if h == self.stored_heads:
-            q, k, v = p.query(x), p.key(x), p.value(x)  # (b, t, n) or (N, n) each
+        # The int8 runtime packs Q, K, V as one product: one input quantization and one call instead of three.
+        fused = getattr(p.query, "fused_qkv", None) if h == self.stored_heads else None
+        if fused is not None and pack is None:  # the common batch-1 case: 3 tensor ops instead of 7
+            q, k, v = fused(x).view(b, t, 3, h, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (b, h, t, dh)
         else:
-            q = F.linear(x, p.query.weight[:n], p.query.bias[:n])
-            k = F.linear(x, p.key.weight[:n], p.key.bias[:n])
-            v = F.linear(x, p.value.weight[:n], p.value.bias[:n])
-        if pack is not None:  # attention needs the (b, t) layout: zeros at padding (masked as keys)
-            q, k, v = (unpack(z, pack, b, t) for z in (q, k, v))
-        q = q.view(b, t, h, self.head_dim).transpose(1, 2)  # (b, h, t, dh)
-        k = k.view(b, t, h, self.head_dim).transpose(1, 2)
-        v = v.view(b, t, h, self.head_dim).transpose(1, 2)
+            if fused is not None:
+                q, k, v = fused(x).chunk(3, dim=-1)  # (N, n) each
+            elif h == self.stored_heads:
+                q, k, v = p.query(x), p.key(x), p.value(x)  # (b, t, n) or (N, n) each
+            else:
+                q, k, v = (narrow_linear(m, x, rows=n) for m in (p.query, p.key, p.value))
+            if pack is not None:  # attention needs the (b, t) layout: zeros at padding (masked as keys)
+                q, k, v = (unpack(z, pack, b, t) for z in (q, k, v))
+            q = q.view(b, t, h, self.head_dim).transpose(1, 2)  # (b, h, t, dh)
+            k = k.view(b, t, h, self.head_dim).transpose(1, 2)
+            v = v.view(b, t, h, self.head_dim).transpose(1, 2)
 
         scores = None
         if need_scores:
@@ -238,15 +276,18 @@ class CoreEncoder(nn.Module):
         if h == self.stored_heads:
             a = p.attn_out(ctx)
         else:
-            a = F.linear(ctx, p.attn_out.weight[:, :n], p.attn_out.bias)
-        a = p.attn_norm(F.dropout(a, p.dropout_p, training) + x)  # (b, t, d) or (N, d)
+            a = narrow_linear(p.attn_out, ctx, cols=n)
+        if training:  # at inference not even a no-op call: at batch 1 every Python-level op shows
+            a = F.dropout(a, p.dropout_p, True)
+        a = p.attn_norm(a + x)  # (b, t, d) or (N, d)
 
         if f == self.ffn_size:
             y = p.ffn_out(p.ffn_act(p.ffn_in(a)))
         else:
-            y = F.linear(p.ffn_act(F.linear(a, p.ffn_in.weight[:f], p.ffn_in.bias[:f])), p.ffn_out.weight[:, :f],
-                         p.ffn_out.bias)
-        out = p.ffn_norm(F.dropout(y, p.dropout_p, training) + a)
+            y = narrow_linear(p.ffn_out, p.ffn_act(narrow_linear(p.ffn_in, a, rows=f)), cols=f)
+        if training:
+            y = F.dropout(y, p.dropout_p, True)
+        out = p.ffn_norm(y + a)
         return (unpack(out, pack, b, t) if pack is not None else out), scores
 
     def forward(

@@ -8,10 +8,27 @@ Typical use::
     loader.batch_sampler.set_epoch(epoch)        # same order on a resumed run
 """
 
-from .batching import Collator, EpochBatchSampler, encode, make_loader
-from .builtin import builtin_names, data_home, prepare_builtin
-from .inputs import read_texts_jsonl
-from .task import TaskData, load_task
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Each name and the submodule that defines it, imported on first use (PEP 562): ``datasets`` (pandas, pyarrow)
+# takes a noticeable part of a second to import, and ``nimblebert predict`` needs only the collator.
+_WHERE = {
+    "Collator": "batching", "EpochBatchSampler": "batching", "encode": "batching", "make_loader": "batching",
+    "builtin_names": "builtin", "data_home": "builtin", "prepare_builtin": "builtin",
+    "read_texts_jsonl": "inputs", "TaskData": "task", "load_task": "task",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Collator",

@@ -7,13 +7,15 @@ full by every layer, and our benchmarks bucket rows by length to waste even less
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 from nimblebert.errors import UserError
+
+if TYPE_CHECKING:
+    import datasets
 
 # Columns that :func:`encode` writes and :class:`Collator` turns into tensors.
 MODEL_COLUMNS = ("input_ids", "token_type_ids", "attention_mask", "labels", "token_labels")
@@ -30,6 +32,8 @@ def encode(ds: datasets.Dataset, tokenizer: Any, max_length: int, has_pair: bool
     Returns a dataset with ``input_ids``, ``token_type_ids`` (zeros when the tokenizer has none, as
     for RoBERTa), ``attention_mask`` and, when ``ds`` has a ``label`` column, ``labels``.
     """
+    import datasets  # here, not at the top: predict batches without it (see nimblebert.data)
+
     # Below this, a tokenizer leaves some text with no token at all, or (for pairs) silently
     # skips truncation altogether; neither is what the user asked for.
     minimum = tokenizer.num_special_tokens_to_add(pair=has_pair) + (2 if has_pair else 1)

@@ -14,15 +14,16 @@ import socket
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import datasets
+from typing import TYPE_CHECKING, Any
 
 from nimblebert.errors import UserError
 
 from .builtin import builtin_dir, builtin_names, prepare_builtin, read_meta
 from .files import SUFFIXES, RawTable, read_table
 from .split import SPLIT_SEED, stratified_split
+
+if TYPE_CHECKING:  # imported where used: `datasets` (pandas, pyarrow) is slow to import (see nimblebert.data)
+    import datasets
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,8 @@ def _split_file(folder: Path, split: str) -> Path | None:
 def _load_hub(
     spec: str, columns: _Columns, label_names: list[str] | None, wanted: tuple[str, ...]
 ) -> TaskData:
+    import datasets
+
     repo, _, config = spec.partition(":")
     _check_hub_reachable(spec)
     try:
@@ -208,6 +211,8 @@ def from_dataset_dict(
     all -1 (GLUE-style unlabelled test sets) counts as absent. Without a validation split, 10% of
     train is held out with the same seeded stratified split as the built-ins.
     """
+    import datasets
+
     columns = columns or _Columns("text", "text_pair", "label", pair_required=False)
     found = {split: next((a for a in _ALIASES[split] if a in loaded), None) for split in SPLIT_NAMES}
     if found["train"] is None:
@@ -259,6 +264,8 @@ def _build(
     label_names: list[str] | None,
     wanted: tuple[str, ...],
 ) -> TaskData:
+    import datasets
+
     if not tables:  # e.g. only "test" wanted and there is none
         return TaskData(name, None, None, None, list(label_names or []), columns.pair_required)
     first = next(iter(tables.values()))

@@ -29,12 +29,19 @@ def export_model(
     options = options or ExportOptions()
     exporter = get_exporter(fmt)
     if options.int8 and not exporter.supports_int8:
-        raise UserError(f"--int8 does not apply to --format {fmt} (formats with int8: onnx)")
+        from .registry import list_formats
+
+        with_int8 = ", ".join(n for n in list_formats() if get_exporter(n).supports_int8)
+        raise UserError(f"--int8 does not apply to --format {fmt} (formats with int8: {with_int8})")
     out = Path(out)
     if out.exists() and Path(source).exists() and out.resolve() == Path(source).resolve():
         raise UserError(f"--out {out} is the model folder itself; give a new folder")
     model = load(source)
-    static = to_static(model, knobs, teacher_only, keep_modules=exporter.keep_modules)
+    given = {k: v for k, v in (knobs or {}).items() if v is not None}
+    if exporter.extra.get("keeps_knobs") and not given and not teacher_only:
+        static = model  # the format keeps the model dynamic: its knobs stay knobs
+    else:
+        static = to_static(model, knobs, teacher_only, keep_modules=exporter.keep_modules)
     out.mkdir(parents=True, exist_ok=True)
     (out / FINISHED_MARKER).unlink(missing_ok=True)
     for stale in [*out.glob("*.onnx"), out / "export.json"]:  # left by an earlier export, e.g. with --int8

@@ -26,15 +26,17 @@ import json
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import torch
 
 from ...data import make_loader
 from ...io import write_json
 from ...model import NimbleModel
 from .config import SsaConfig
+
+if TYPE_CHECKING:  # imported where used: every command that loads a model imports this module
+    import datasets
 
 CACHE_FILE = "probed.jsonl"
 
@@ -103,6 +105,8 @@ def probe_epoch(model: NimbleModel, train: datasets.Dataset, epoch: int, cfg: Ss
     ``train`` is the encoded training split (with ``labels``). The result is cached in ``cache`` (a folder)
     so that a resumed run trains on the same rows.
     """
+    import datasets
+
     if cache is not None and (cache / CACHE_FILE).exists():
         rows = [json.loads(line) for line in (cache / CACHE_FILE).read_text().splitlines()]
         return datasets.Dataset.from_list(rows), json.loads((cache / "probe.json").read_text())

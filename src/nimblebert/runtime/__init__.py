@@ -1,0 +1,51 @@
+"""Kernels under the runner: the precision a loaded model's matrix products run in.
+
+``fp32`` (default) runs the modules as they are; ``int8`` quantizes the large Linears in place at load time
+(:mod:`.int8`). A runtime never changes what is saved: a folder keeps its float32 weights, and its config's
+``nimblebert`` section may name the runtime to load it with (``nimblebert export DIR --format nimble --int8``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import UserError
+
+if TYPE_CHECKING:
+    from ..model import NimbleModel
+
+RUNTIMES = ("fp32", "int8")
+DEFAULT = "fp32"
+
+
+def check_runtime(name: str | None) -> str:
+    """``name`` validated (None -> the default)."""
+    name = name or DEFAULT
+    if name not in RUNTIMES:
+        raise UserError(f"runtime {name!r} is unknown; choose from {', '.join(RUNTIMES)}")
+    return name
+
+
+def apply_runtime(model: NimbleModel, name: str | None) -> NimbleModel:
+    """Put ``model`` (loaded in float32, in eval mode) on runtime ``name``, in place; returns it.
+
+    int8 quantizes the Linears of the Transformer layers (Q/K/V, attention output, FFN), where the FLOPs are,
+    and packs each layer's Q, K and V as one product. The rest stays float32 on purpose: the pooler, the
+    classifier and the methods' modules (FastBERT branches, TR-BERT policies) multiply one token or a few narrow
+    columns, where int8's per-call input quantization costs more than it saves (measured on the mr teacher at
+    batch 1: a FastBERT branch in int8 cost more than in float32), and their logits decide the exits.
+    Every knob stays live: exits and token cuts run as in float32, narrow widths get their own packed weights.
+    """
+    name = check_runtime(name)
+    if model.runtime == "int8" and name != "int8":
+        raise UserError("this model was already quantized to int8 in memory; load it again with runtime fp32")
+    if name == "int8" and model.runtime != "int8":
+        from ..core.families import get_path
+        from .int8 import fuse_qkv_, quantize_
+
+        family = model.encoder.family
+        for layer in get_path(getattr(model.hf, family.backbone), family.layers):
+            quantize_(layer)
+        fuse_qkv_(model.encoder.parts)
+    model.runtime = name
+    return model

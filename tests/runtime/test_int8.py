@@ -1,0 +1,210 @@
+"""The int8 runtime on tiny random models: close to float32, every knob still live, saved flag round-trips.
+
+The tiny models here are 64 wide (FFN 128), so that their Linears reach the runtime's size threshold
+(:data:`nimblebert.runtime.int8.MIN_FEATURES`) as MiniLM's do.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_tokenizer, tiny_model
+from torch import nn
+
+import nimblebert
+from nimblebert.cli.main import main
+from nimblebert.core.encoder import CoreEncoder
+from nimblebert.core.plan import Plan
+from nimblebert.errors import UserError
+from nimblebert.methods import get_method
+from nimblebert.model import NimbleModel
+from nimblebert.runtime import apply_runtime
+from nimblebert.runtime.int8 import Int8Linear, quantize_
+
+WIDE = dict(hidden=64, heads=4, ffn=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def batch(rows: int = 6, length: int = 12, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 99, (rows, length), generator=g)
+    lengths = torch.randint(3, length + 1, (rows,), generator=g)
+    lengths[0] = length
+    mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
+    return {"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+def nimble(method: str = "finetune", layers: int = 3, seed: int = 0, **cfg) -> NimbleModel:
+    model = NimbleModel(tiny_model(seed=seed, layers=layers, **WIDE), make_tokenizer(), method, cfg, ["neg", "pos"])
+    get_method(method).attach(model)
+    return model.eval()
+
+
+def int8_of(model: NimbleModel) -> NimbleModel:
+    import copy
+
+    return apply_runtime(copy.deepcopy(model), "int8")
+
+
+def test_int8_linear_is_close_to_float_at_every_slice() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 80)
+    q = Int8Linear(linear)
+    x = torch.randn(2, 7, 96)
+    with torch.inference_mode():
+        ref = linear(x)
+        scale = float(ref.abs().max())
+        assert float((q(x) - ref).abs().max()) < 0.03 * scale
+        rows = q.narrow(x, rows=40)
+        assert rows.shape == (2, 7, 40)
+        assert float((rows - ref[..., :40]).abs().max()) < 0.03 * scale
+        cols = q.narrow(x[..., :48], cols=48)
+        ref_cols = nn.functional.linear(x[..., :48], linear.weight[:, :48], linear.bias)
+        assert float((cols - ref_cols).abs().max()) < 0.03 * float(ref_cols.abs().max())
+    # The float weights stay what they were: state_dict (and so save) is the nn.Linear's.
+    assert set(q.state_dict()) == set(linear.state_dict())
+    torch.testing.assert_close(q.weight, linear.weight)
+    assert isinstance(q, nn.Linear)
+
+
+def test_small_linears_stay_float() -> None:
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 2), nn.Linear(32, 64))
+    assert quantize_(model) == 1
+    assert [type(m) for m in model] == [Int8Linear, nn.Linear, nn.Linear]
+
+
+def test_int8_logits_close_to_float_and_the_encoder_sees_the_new_modules() -> None:
+    fp32 = nimble()
+    q = int8_of(fp32)
+    assert q.runtime == "int8"
+    # Every layer's Linears are int8; the pooler and the classifier (one token each) stay float32.
+    assert sum(isinstance(m, Int8Linear) for m in q.hf.modules()) == 3 * 6
+    assert type(q.hf.bert.pooler.dense) is nn.Linear
+    assert all(isinstance(p.query, Int8Linear) and isinstance(p.ffn_out, Int8Linear) for p in q.encoder.parts)
+    # Q, K and V run as one fused product at full width; it gives what the three separate ones give.
+    p0, x = q.encoder.parts[0], torch.randn(5, 64)
+    with torch.inference_mode():
+        fused = p0.query.fused_qkv(x)
+        separate = torch.cat([p0.query(x), p0.key(x), p0.value(x)], dim=-1)
+    torch.testing.assert_close(fused, separate, atol=1e-4, rtol=1e-4)
+    assert "fused_qkv" not in str(list(q.hf.state_dict()))
+    b = batch()
+    with torch.inference_mode():
+        ref, out = fp32.infer(b).logits, q.infer(b).logits
+    assert not torch.equal(ref, out)  # it really ran other kernels
+    assert float((out - ref).abs().max()) < 0.05 * float(ref.abs().max()) + 0.02
+    one = {k: v[:1] for k, v in b.items()}  # no padding: the layers run on the (b, t) layout, not packed tokens
+    assert bool(one["attention_mask"].all())
+    with torch.inference_mode():
+        ref, out = fp32.infer(one).logits, q.infer(one).logits
+    assert float((out - ref).abs().max()) < 0.05 * float(ref.abs().max()) + 0.02
+
+
+def test_cached_parts_follow_replaced_modules() -> None:
+    model = tiny_model(layers=2)
+    enc = CoreEncoder(model)
+    first = enc.parts
+    assert enc.parts is first  # cached between calls
+    new = nn.Linear(32, 32)
+    model.bert.encoder.layer[1].attention.self.query = new
+    assert enc.parts is not first and enc.parts[1].query is new
+
+
+def test_narrow_widths_run_in_int8() -> None:
+    fp32 = nimble()
+    q = int8_of(fp32)
+    plan = Plan(heads=(2, 2, 2), ffn=(64, 64, 64))
+    b = batch()
+    with torch.inference_mode():
+        ref = fp32.encoder(b["input_ids"], b["attention_mask"], plan=plan).logits
+        out = q.encoder(b["input_ids"], b["attention_mask"], plan=plan).logits
+        full = q.encoder(b["input_ids"], b["attention_mask"]).logits
+    assert float((out - ref).abs().max()) < 0.05 * float(ref.abs().max()) + 0.02
+    assert not torch.allclose(out, full)  # the width really changed what ran
+    layer0 = q.encoder.parts[0]
+    assert (2 * 16, None) in layer0.query._packed and (None, 64) in layer0.ffn_out._packed  # packed once per width
+
+
+def test_fastbert_exits_fire_under_int8() -> None:
+    fp32 = nimble("fastbert", layers=4)
+    q = int8_of(fp32)
+    assert all(type(b.proj) is nn.Linear for b in q.extras["branches"])  # branches stay float32 (see apply_runtime)
+    b = batch(rows=8)
+    with torch.inference_mode():
+        everyone = q.infer(b, speed=1.0)
+        none = q.infer(b, speed=0.0)
+    assert everyone.layers_run.tolist() == [1] * 8  # every row leaves at its first branch
+    assert none.layers_run.tolist() == [4] * 8
+
+
+def test_trbert_token_cuts_fire_under_int8() -> None:
+    fp32 = nimble("trbert", layers=3)
+    q = int8_of(fp32)
+    with torch.no_grad():
+        for policy in q.extras["policies"]:
+            policy.linear_2.bias.fill_(-3.0)  # keep probability ≈ 0: every droppable token leaves
+    b = batch(rows=4)
+    with torch.inference_mode():
+        out = q.infer(b, keep_threshold=0.5)
+    kept = out.extras["tokens_kept"]
+    assert (kept[:, -1] < b["attention_mask"].sum(dim=1)).all()
+    assert torch.isfinite(out.logits).all()
+
+
+def test_save_load_keeps_the_runtime(tmp_path: Path) -> None:
+    fp32 = nimble("fastbert", layers=2)
+    fp32.save(tmp_path / "fp32")
+    q = nimblebert.load(tmp_path / "fp32", runtime="int8")
+    q.save(tmp_path / "int8")
+    section = json.loads((tmp_path / "int8" / "config.json").read_text())["nimblebert"]
+    assert section["runtime"] == "int8"
+    again = nimblebert.load(tmp_path / "int8")
+    assert again.runtime == "int8" and isinstance(again.encoder.parts[0].query, Int8Linear)
+    # The stored weights are the float32 ones: fp32 on request gives the original model back exactly.
+    back = nimblebert.load(tmp_path / "int8", runtime="fp32")
+    b = batch()
+    with torch.inference_mode():
+        torch.testing.assert_close(back.infer(b).logits, fp32.infer(b).logits)
+    with pytest.raises(UserError, match="unknown"):
+        nimblebert.load(tmp_path / "int8", runtime="int4")
+    with pytest.raises(UserError, match="already"):
+        apply_runtime(again, "fp32")
+
+
+def test_cli_export_nimble_int8_then_evaluate_and_predict(tmp_path: Path, toy_data_dir: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    model = nimble("fastbert", layers=2)
+    model.label_names = ["positive", "negative"]
+    model.save(tmp_path / "fast")
+    assert main(["export", str(tmp_path / "fast"), "--format", "nimble", "--int8", "--out", str(tmp_path / "q")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["runtime"] == "int8" and report["knobs"] == ["speed", "patience"]  # the knobs stay knobs
+    assert nimblebert.load(tmp_path / "q").runtime == "int8"
+    assert main(["evaluate", str(tmp_path / "q"), "--data", str(toy_data_dir), "--speed", "0.5", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["runtime"] == "int8" and result["examples"] == 32
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text('{"text": "a good movie"}\n{"text": "bad"}\n')
+    assert main(["predict", str(tmp_path / "fast"), "--input", str(texts), "--runtime", "int8", "--speed", "1"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["exit_layer"] for x in lines] == [1, 1]
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", str(tmp_path / "fast"), "--input", str(texts), "--runtime", "int4"])
+    assert exit_.value.code == 2 and "int4" in capsys.readouterr().err
+
+
+def test_bench_runs_each_model_on_each_runtime(tmp_path: Path, toy_data_dir: Path) -> None:
+    model = nimble("fastbert", layers=2)
+    model.label_names = ["positive", "negative"]
+    model.save(tmp_path / "fast")
+    out = tmp_path / "bench"
+    assert main(["bench", str(tmp_path / "fast"), "--data", str(toy_data_dir), "--out", str(out), "--no-onnx",
+                 "--runtime", "fp32", "--runtime", "int8", "--sweep", "speed=0,0.5", "--rounds", "1",
+                 "--b1-examples", "2", "--b32-examples", "32"]) == 0
+    rows = {r["name"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert {"fast speed=0.5 [fp32]", "fast speed=0.5 [int8]", "fast speed=0 [int8]"} <= set(rows)
+    assert rows["fast speed=0.5 [int8]"]["precision"] == "int8"
+    assert rows["fast speed=0.5 [int8]"]["command"].endswith("--runtime int8")
+    assert "--runtime" not in rows["fast speed=0.5 [fp32]"]["command"]
