@@ -44,6 +44,9 @@ REFUSED = {
     # a structure that is still a knob takes only exits (distilled at every width) and its own continuation;
     # the others would retrain it at one size (export a width first)
     ("dynabert", "trbert"), ("dynabert", "finetune"), ("dynabert", "ssa"),
+    # NAS-BERT: a supernet's structure is a knob (--arch), so the same rules as DynaBERT's; it is a structure
+    ("nasbert", "trbert"), ("nasbert", "finetune"), ("nasbert", "ssa"), ("nasbert", "dynabert"),
+    ("nasbert", "nasbert"), ("dynabert", "nasbert"), ("trbert", "nasbert"), ("fastbert", "nasbert"),
 }
 
 

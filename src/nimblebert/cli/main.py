@@ -16,7 +16,8 @@ from .common import Parser
 # Subcommand -> its module (``nimblebert.cli.<module>``), imported only when needed: a command pays for its own
 # imports (datasets, accelerate, matplotlib, ...), not for every other command's.
 COMMANDS = {"data": "data", "train": "train", "evaluate": "evaluate", "predict": "predict", "bench": "bench",
-            "export": "export", "pick": "pick", "info": "info", "calibrate": "calibrate", "serve": "serve"}
+            "export": "export", "pick": "pick", "info": "info", "calibrate": "calibrate", "serve": "serve",
+            "search": "search"}
 
 
 def build_parser(only: str | None = None) -> Parser:

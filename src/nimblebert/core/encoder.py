@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn.modules.module import register_module_module_registration_hook
 
 from .families import Family, LayerParts, classify, embed, family_of, layer_parts
+from .ops import OpSpec, run_ops
 from .plan import FULL, Plan
 from .tokens import attention_mask4d, gather_tokens, keep_index, pack_index, unpack
 
@@ -37,6 +38,7 @@ class Step:
     lengths: torch.Tensor  # (b,) real tokens each of those rows had entering the layer
     heads: int
     ffn: int
+    op: OpSpec | None = None  # a heterogeneous op (NAS-BERT, core/ops.py) instead of a BERT layer
 
 
 @dataclass
@@ -191,6 +193,8 @@ class CoreEncoder(nn.Module):
         self.head_dim: int = cfg.hidden_size // cfg.num_attention_heads
         self.ffn_size: int = cfg.intermediate_size
         self.num_labels: int = cfg.num_labels
+        # Heterogeneous ops (NAS-BERT) that a Plan with ``ops`` runs instead of the BERT layers; set by the method.
+        self.op_modules: nn.ModuleDict | None = None
         self.train(model.training)  # follow the wrapped model's mode (dropout on or off)
         self._parts: list[LayerParts] | None = None
         self._parts_at = -1  # the value of ``_registrations`` when ``_parts`` was built
@@ -315,6 +319,10 @@ class CoreEncoder(nn.Module):
             start = getattr(hook, "start", None)
             if start is not None:
                 start(state)
+        if plan.ops is not None:  # a chain of heterogeneous ops: the same state, steps and hooks (core/ops.py)
+            if self.op_modules is None:
+                raise ValueError("the plan names ops, but this encoder has no op_modules")
+            run_ops(self.op_modules, plan.ops, state, hooks, hiddens, steps)
 
         for i in plan.layer_indices(self.num_layers):
             heads = plan.heads_at(i, self.num_heads)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .encoder import CoreEncoder, EncoderOutput
+from .ops import op_flops
 
 
 def layer_flops(tokens: torch.Tensor | int, hidden: int, heads: int, head_dim: int, ffn: int):
@@ -40,7 +41,10 @@ def sample_flops(encoder: CoreEncoder, out: EncoderOutput) -> torch.Tensor:
     total = torch.zeros(batch, dtype=torch.float64)
     d = encoder.model.config.hidden_size
     for step in out.steps:
-        f = layer_flops(step.lengths.double().cpu(), d, step.heads, encoder.head_dim, step.ffn)
+        if step.op is not None:  # a heterogeneous op (NAS-BERT)
+            f = op_flops(step.op, step.lengths.double().cpu())
+        else:
+            f = layer_flops(step.lengths.double().cpu(), d, step.heads, encoder.head_dim, step.ffn)
         total.index_add_(0, step.rows.cpu(), f)
     rows = out.extras.get("head_rows")
     if rows is not None and "last_hidden" not in out.extras:

@@ -21,14 +21,19 @@ class Plan:
         layers: indices of the layers to run, in order. ``None`` runs every layer.
         heads: heads kept per *model* layer (indexed by the layer's own index). ``None`` keeps all.
         ffn: FFN neurons kept per model layer. ``None`` keeps all.
+        ops: NAS-BERT: keys into ``CoreEncoder.op_modules``, the heterogeneous ops that run, in order, instead of
+            the BERT layers (see :mod:`nimblebert.core.ops`). ``None``: the BERT layers run.
     """
 
     layers: tuple[int, ...] | None = None
     heads: tuple[int, ...] | None = None
     ffn: tuple[int, ...] | None = None
+    ops: tuple[str, ...] | None = None
 
     def layer_indices(self, num_layers: int) -> tuple[int, ...]:
-        """The layers that run, validated against the model's depth."""
+        """The layers that run, validated against the model's depth (none when the plan runs ``ops``)."""
+        if self.ops is not None:
+            return ()
         if self.layers is None:
             return tuple(range(num_layers))
         for i in self.layers:
@@ -43,7 +48,8 @@ class Plan:
         return total if self.ffn is None else self.ffn[layer]
 
     def is_full(self, num_layers: int) -> bool:
-        return self.layers in (None, tuple(range(num_layers))) and self.heads is None and self.ffn is None
+        return (self.layers in (None, tuple(range(num_layers))) and self.heads is None and self.ffn is None
+                and self.ops is None)
 
     def merged(self, other: Plan | None) -> Plan:
         """Both plans at once (two components of a stack each restricting the structure): the layers both
@@ -54,7 +60,10 @@ class Plan:
             return other
         layers = self.layers if other.layers is None else (
             other.layers if self.layers is None else tuple(i for i in self.layers if i in set(other.layers)))
-        return Plan(layers=layers, heads=_smaller(self.heads, other.heads), ffn=_smaller(self.ffn, other.ffn))
+        if self.ops is not None and other.ops is not None and self.ops != other.ops:
+            raise ValueError("two components of a stack name different op chains (NAS-BERT): only one can")
+        return Plan(layers=layers, heads=_smaller(self.heads, other.heads), ffn=_smaller(self.ffn, other.ffn),
+                    ops=self.ops if self.ops is not None else other.ops)
 
 
 def _smaller(a: tuple[int, ...] | None, b: tuple[int, ...] | None) -> tuple[int, ...] | None:

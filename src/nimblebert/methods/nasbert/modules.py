@@ -1,0 +1,142 @@
+"""NAS-BERT's modules: the weight-sharing supernet, the shrinking state, and a searched network's chain.
+
+Supernet (Xu et al. 2021, §3.2): every slot of every block holds one op per (layer kind, hidden size), and every
+block one input transfer (teacher size → h) and one output transfer (h → teacher size) per hidden size. A path
+through a block is ``in_h, op, op, ..., out_h``; block-wise training feeds it the teacher's hidden states. The
+ops live in ``model.extras["ops"]`` (a ModuleDict the core runs through ``Plan.ops``), so a path through the
+supernet is a Plan like any other.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ...core.ops import OpSpec, build_op
+from .space import Arch, BlockArch, Space, arch_specs
+
+
+def op_key(block: int, slot: int, kind: str, hidden: int) -> str:
+    return f"b{block}_s{slot}_{kind}_{hidden}"
+
+
+def transfer_key(block: int, direction: str, hidden: int) -> str:
+    return f"b{block}_{direction}_{hidden}"
+
+
+def build_supernet(space: Space, dropout: float) -> nn.ModuleDict:
+    """Every op of every slot, and the block transfers (``in``: teacher size → h, ``out``: h → teacher size)."""
+    from .space import LAYER_KINDS
+
+    ops: dict[str, nn.Module] = {}
+    d = space.teacher_hidden
+    for n in range(space.blocks):
+        for h in space.hidden_sizes:
+            ops[transfer_key(n, "in", h)] = build_op(OpSpec("linear", d, h), dropout)
+            ops[transfer_key(n, "out", h)] = build_op(OpSpec("linear", h, d), dropout)
+            for j in range(space.slots):
+                for kind in LAYER_KINDS:
+                    ops[op_key(n, j, kind, h)] = build_op(space.spec(kind, h), dropout)
+    return nn.ModuleDict(ops)
+
+
+def block_path(n: int, arch: BlockArch) -> list[str]:
+    """Keys of block ``n``'s path: in-transfer, its ops slot by slot (identity tail skipped), out-transfer."""
+    hidden, kinds = arch
+    return [transfer_key(n, "in", hidden), *(op_key(n, j, k, hidden) for j, k in enumerate(kinds)),
+            transfer_key(n, "out", hidden)]
+
+
+def supernet_path(arch: Arch) -> tuple[str, ...]:
+    """A whole architecture through the supernet: block paths chained at the teacher's size (what block-wise
+    training made each block's output imitate), for exact evaluation of a candidate."""
+    return tuple(k for n, block in enumerate(arch) for k in block_path(n, block))
+
+
+class ShrinkState(nn.Module):
+    """Which block architectures are still in the space (progressive shrinking, §3.3), as buffers so that the
+    trainer's checkpoints and the saved folder carry it: ``alive{n}`` (A,) bool, ``bin{n}`` (A,) the parameter bin
+    of each architecture, ``steps`` the supernet training steps run, ``rounds`` the shrinking rounds done."""
+
+    def __init__(self, space: Space, bins: int) -> None:
+        super().__init__()
+        self.archs: list[BlockArch] = list(space.block_archs())  # the fixed order the buffers index
+        params = torch.tensor([space.block_params(a) for a in self.archs], dtype=torch.float64)
+        # Bin b holds architectures with params in ((b-1)/B, b/B] × the largest (the paper's bins by size).
+        bin_of = torch.clamp(torch.ceil(params / params.max() * bins).long() - 1, 0, bins - 1)
+        self.register_buffer("params", params.long(), persistent=False)
+        for n in range(space.blocks):
+            self.register_buffer(f"alive{n}", torch.ones(len(self.archs), dtype=torch.bool))
+        self.register_buffer("bin", bin_of)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("rounds", torch.zeros((), dtype=torch.long))
+        self.blocks, self.bins = space.blocks, bins
+
+    def alive(self, n: int) -> torch.Tensor:
+        return getattr(self, f"alive{n}")
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> BlockArch:
+        """One live architecture of block ``n``, uniformly (single-path training)."""
+        live = self.alive(n).nonzero().squeeze(1)
+        return self.archs[int(live[torch.randint(len(live), (1,), generator=generator)])]
+
+    def largest(self, n: int) -> BlockArch:
+        """The live architecture of block ``n`` with the most parameters (the supernet's default path)."""
+        live = self.alive(n).nonzero().squeeze(1)
+        return self.archs[int(live[self.params[live].argmax()])]
+
+    def counts(self, n: int) -> list[int]:
+        """Live architectures per bin of block ``n``."""
+        return [int((self.alive(n) & (self.bin == b)).sum()) for b in range(self.bins)]
+
+
+def build_net(space: Space, arch: Arch, dropout: float) -> tuple[nn.ModuleDict, nn.ModuleDict]:
+    """A searched network's chain (keys ``c0``, ``c1``, ... in order) and, for distillation, one projection per
+    block from its size to the teacher's (``p{n}``; none where the sizes are equal)."""
+    chain = nn.ModuleDict({f"c{i}": build_op(s, dropout) for i, s in enumerate(arch_specs(arch, space))})
+    proj = nn.ModuleDict({f"p{n}": build_op(OpSpec("linear", h, space.teacher_hidden), dropout)
+                          for n, (h, _) in enumerate(arch) if h != space.teacher_hidden})
+    return chain, proj
+
+
+def block_ends(space: Space, arch: Arch) -> list[int]:
+    """Index in the chain (``c{i}``) after which each block's output is (−1: before the first op); the hidden
+    state there is the one distilled from the teacher's block output."""
+    ends, i, current = [], 0, space.teacher_hidden
+    for hidden, kinds in arch:
+        if hidden != current:
+            i += 1
+            current = hidden
+        i += len(kinds)
+        ends.append(i - 1)
+    return ends
+
+
+@torch.no_grad()
+def init_net_from_supernet(chain: nn.ModuleDict, proj: nn.ModuleDict, supernet: nn.ModuleDict, space: Space,
+                           arch: Arch) -> None:
+    """Start a searched network from the supernet's weights: each op from its slot, each projection from the
+    block's out-transfer, and a transfer between blocks as the product out_n then in_{n+1} (one Linear:
+    W = W_in·W_out, b = W_in·b_out + b_in). The paper re-trains from scratch; this is our option (``--init``)."""
+    i, current = 0, space.teacher_hidden
+    prev_out: nn.Linear | None = None
+    for n, (hidden, kinds) in enumerate(arch):
+        w_in: nn.Linear = supernet[transfer_key(n, "in", hidden)].proj
+        if hidden != current:
+            target: nn.Linear = chain[f"c{i}"].proj
+            if prev_out is None:
+                target.weight.copy_(w_in.weight)
+                target.bias.copy_(w_in.bias)
+            else:
+                target.weight.copy_(w_in.weight @ prev_out.weight)
+                target.bias.copy_(w_in.weight @ prev_out.bias + w_in.bias)
+            i += 1
+            current = hidden
+        for j, k in enumerate(kinds):
+            chain[f"c{i}"].load_state_dict(supernet[op_key(n, j, k, hidden)].state_dict())
+            i += 1
+        prev_out = supernet[transfer_key(n, "out", hidden)].proj
+        if f"p{n}" in proj:
+            proj[f"p{n}"].load_state_dict(supernet[transfer_key(n, "out", hidden)].state_dict())
+    if current != space.teacher_hidden and prev_out is not None:
+        chain[f"c{i}"].load_state_dict({"proj.weight": prev_out.weight, "proj.bias": prev_out.bias})

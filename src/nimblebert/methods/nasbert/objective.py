@@ -1,0 +1,283 @@
+"""NAS-BERT's training: the block-wise supernet with progressive shrinking, then a searched network's two-stage
+distillation (Xu et al., KDD 2021, §3.2-3.4; METHODS.md §6).
+
+Supernet (§3.2, "block-wise training"): the teacher is cut into N blocks; student block n takes the teacher's
+block n−1 output Y_{n−1} (the embeddings for n = 1) and learns to reproduce the teacher's block n output,
+L_n = MSE(out_h(f(in_h(Y_{n−1}); a_n)), Y_n) over real tokens, with a_n one architecture drawn uniformly from the
+block's live ones at every step (single path). All blocks train at once, each on its own teacher input, so no
+block waits for another. The teacher is frozen (eval mode, no dropout) and only the supernet's ops train.
+
+Progressive shrinking (§3.3): the block architectures are binned by parameters; every ``shrink_every`` steps after
+``shrink_warmup``, each bin with more than ``shrink_keep`` live architectures samples ``shrink_samples`` of them,
+scores each by its block loss on held-out batches (the validation split's first batches, used as unlabelled text)
+and removes the worse half (never below ``shrink_keep``). The live sets are buffers of the model
+(:class:`~.modules.ShrinkState`), so checkpoints and ``--resume`` carry them.
+
+Searched network (§3.4, "two-stage distillation"): TinyBERT's losses where they apply — hidden-state MSE between
+each block's output (projected to the teacher's size) and the teacher's block output (the attention-score loss
+does not apply: convolutions have no attention map and sizes differ), first on unlabelled text ("general"), then
+on the task's training set ("intermediate"), then the prediction-layer soft cross-entropy ("prediction").
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ...core.tokens import attention_mask4d
+from ...errors import UserError
+from ...train.stages import Stage, TrainOptions
+from ..losses import soft_cross_entropy
+from .config import NasBertConfig
+from .modules import ShrinkState, block_ends, block_path
+from .space import BlockArch, Space, default_space, parse_arch
+
+if TYPE_CHECKING:
+    from ...model import NimbleModel
+    from ...train.stages import TrainData
+
+
+def config_of(model: NimbleModel) -> NasBertConfig:
+    fields = NasBertConfig.__dataclass_fields__
+    return NasBertConfig(**{k: v for k, v in model.method_config.items() if k in fields})
+
+
+def space_of(model: NimbleModel) -> Space:
+    """The search space recorded in the model's config (the teacher's sizes are stored: a net has no teacher)."""
+    c = model.method_config
+    return Space(c["teacher_hidden"], c["teacher_layers"], c["head_dim"], tuple(c["space_sizes"]), c["space_blocks"])
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MSE over the real tokens only (b, t, d) — padding is no part of a sentence, and the convolutions' outputs
+    there are whatever the kernel made of the zeros around them."""
+    keep = mask.to(pred.dtype)[:, :, None]  # (b, t, 1)
+    return ((pred - target) ** 2 * keep).sum() / (keep.sum() * pred.size(-1)).clamp_min(1.0)
+
+
+@torch.no_grad()
+def teacher_blocks(teacher_encoder: Any, batch: dict[str, torch.Tensor], space: Space) -> list[torch.Tensor]:
+    """[Y_0 = embeddings, Y_1, ..., Y_N]: the teacher's hidden states at the block boundaries."""
+    was = teacher_encoder.model.training
+    teacher_encoder.model.eval()
+    out = teacher_encoder(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"),
+                          output_hidden_states=True, classify=False)
+    teacher_encoder.model.train(was)
+    hs = out.hidden_states
+    return [hs[0], *(hs[i] for i in space.teacher_boundaries())]
+
+
+def run_block(ops: Any, n: int, arch: BlockArch, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Block ``n`` of the supernet along ``arch`` on the teacher's hidden states ``x`` (b, t, D) → (b, t, D)."""
+    mask4d = attention_mask4d(mask)
+    for key in block_path(n, arch):
+        x = ops[key](x, mask, mask4d)
+    return x
+
+
+@torch.no_grad()
+def block_losses(model: NimbleModel, n: int, archs: list[BlockArch], held_out: list[list[torch.Tensor]],
+                 masks: list[torch.Tensor]) -> torch.Tensor:
+    """Block loss (mean over the held-out batches) of each architecture in ``archs`` for block ``n``: the score of
+    progressive shrinking and the loss lookup of the search."""
+    ops = model.extras["ops"]
+    was = ops.training
+    ops.eval()
+    scores = torch.zeros(len(archs), dtype=torch.float64)
+    for i, arch in enumerate(archs):
+        total = 0.0
+        for ys, mask in zip(held_out, masks, strict=True):
+            total += float(masked_mse(run_block(ops, n, arch, ys[n], mask), ys[n + 1], mask))
+        scores[i] = total / len(held_out)
+    ops.train(was)
+    return scores
+
+
+def shrink_round(model: NimbleModel, held_out: list[list[torch.Tensor]], masks: list[torch.Tensor],
+                 samples: int, keep: int, generator: torch.Generator | None = None) -> int:
+    """One progressive-shrinking round over every block and bin; returns how many architectures were removed."""
+    state: ShrinkState = model.extras["shrink"]
+    removed = 0
+    for n in range(state.blocks):
+        alive = state.alive(n)
+        for b in range(state.bins):
+            members = (alive & (state.bin == b)).nonzero().squeeze(1)
+            if len(members) <= keep:
+                continue
+            chosen = members[torch.randperm(len(members), generator=generator)[:samples]]
+            scores = block_losses(model, n, [state.archs[int(i)] for i in chosen], held_out, masks)
+            drop = min(len(chosen) // 2, len(members) - keep)
+            worst = chosen[scores.argsort(descending=True)[:drop]]
+            alive[worst] = False
+            removed += drop
+    state.rounds += 1
+    return removed
+
+
+class SupernetObjective:
+    """One step of block-wise supernet training, with progressive shrinking between steps when due."""
+
+    def __init__(self, space: Space, cfg: NasBertConfig, held_out: list[dict[str, torch.Tensor]], every: int) -> None:
+        self.space, self.cfg, self.every = space, cfg, max(1, every)
+        self.warmup = cfg.shrink_warmup or self.every
+        self.held_out_batches = held_out
+        self._targets: tuple[list[list[torch.Tensor]], list[torch.Tensor]] | None = None
+
+    def held_out(self, model: NimbleModel) -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:
+        """The teacher's block outputs on the held-out batches, computed once (the teacher is frozen)."""
+        if self._targets is None:
+            device = next(model.parameters()).device
+            batches = [{k: v.to(device) for k, v in b.items() if torch.is_tensor(v)} for b in self.held_out_batches]
+            self._targets = ([teacher_blocks(model.encoder, b, self.space) for b in batches],
+                             [b["attention_mask"] for b in batches])
+        return self._targets
+
+    def __call__(self, model: NimbleModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        state: ShrinkState = model.extras["shrink"]
+        steps = int(state.steps)
+        if self.cfg.shrink and steps >= self.warmup and (steps - self.warmup) % self.every == 0:
+            ys, masks = self.held_out(model)
+            removed = shrink_round(model, ys, masks, self.cfg.shrink_samples, self.cfg.shrink_keep)
+            if removed:
+                live = [int(state.alive(n).sum()) for n in range(state.blocks)]
+                sys.stderr.write(f"nasbert: shrinking round {int(state.rounds)} at step {steps}: removed {removed}, "
+                                 f"live per block {live}\n")
+        state.steps += 1
+        ys = teacher_blocks(model.encoder, batch, self.space)
+        mask = batch["attention_mask"]
+        parts: dict[str, torch.Tensor] = {}
+        total = ys[0].new_zeros(())
+        for n in range(self.space.blocks):
+            arch = state.sample(n)
+            loss = masked_mse(run_block(model.extras["ops"], n, arch, ys[n], mask), ys[n + 1], mask)
+            parts[f"block{n + 1}"] = loss.detach()
+            total = total + loss
+        return {"loss": total, **parts}
+
+
+def held_out_batches(encoded: Any, tokenizer: Any, batch_size: int, count: int) -> list[dict[str, torch.Tensor]]:
+    """The first ``count`` batches of ``encoded`` (in order: the same on every run and resume)."""
+    from ...data import make_loader
+
+    loader = make_loader(encoded, tokenizer, batch_size, shuffle=False, bucket_by_length=False)
+    out = []
+    for batch in loader:
+        out.append({k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")})
+        if len(out) >= count:
+            break
+    return out
+
+
+def supernet_stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None) -> list[Stage]:
+    from ...model import has_trained_head
+
+    cfg = config_of(model)
+    if data is None:
+        raise UserError("supernet training needs data (--data)")
+    teacher = opts.teacher or opts.model
+    if not has_trained_head(teacher):
+        # The supernet's teacher is also the one whose head judges candidates in search and whose logits the
+        # searched network distils: an untrained classifier would make both meaningless.
+        raise UserError(f"{teacher} is not a fine-tuned classifier: NAS-BERT distils from a fine-tuned teacher "
+                        "(run `nimblebert train finetune` first and pass that folder with --teacher)")
+    space = space_of(model)
+    train_data = None
+    if cfg.general_data:
+        from ...distill.texts import general_dataset
+
+        train_data = general_dataset(cfg.general_data, model.tokenizer, opts.max_length)
+    rows = len(train_data if train_data is not None else data.train)
+    per_epoch = max(1, rows // opts.batch_size)
+    every = cfg.shrink_every or per_epoch
+    held = held_out_batches(data.validation, model.tokenizer, opts.batch_size, cfg.shrink_batches)
+    objective = SupernetObjective(space, cfg, held, every)
+    return [Stage("nasbert-supernet", objective, lr=cfg.supernet_lr, epochs=opts.epochs,
+                  trainable=lambda m: m.extras.parameters(), select="last", train_data=train_data,
+                  eval_knobs={"arch": "largest"})]  # validation: the largest path (the default runs the teacher)
+
+
+# ---- the searched network ------------------------------------------------------------------------------------
+
+
+def net_hidden(model: NimbleModel, batch: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Each block's output of a searched network, projected to the teacher's size, and its logits."""
+    from .policy import net_plan
+
+    space = space_of(model)
+    arch = parse_arch(model.method_config["arch"], space)
+    out = model.encoder(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"),
+                        plan=net_plan(model), output_hidden_states=True)
+    hs = out.hidden_states  # [embeddings, after c0, after c1, ...]
+    proj = model.extras["proj"]
+    blocks = []
+    for n, end in enumerate(block_ends(space, arch)):
+        h = hs[end + 1]
+        blocks.append(proj[f"p{n}"](h, None, None) if f"p{n}" in proj else h)
+    return blocks, out.logits
+
+
+class NetObjective:
+    """A searched network's distillation: ``hidden`` (block outputs, TinyBERT's eq. 5 at block boundaries) and/or
+    ``prediction`` (TinyBERT's eq. 6, soft cross-entropy at temperature t, averaged over classes as the official
+    code)."""
+
+    def __init__(self, teacher_encoder: Any, space: Space, hidden: bool, prediction: bool, temperature: float) -> None:
+        self.teacher, self.space = teacher_encoder, space
+        self.hidden, self.prediction, self.temperature = hidden, prediction, temperature
+
+    def __call__(self, model: NimbleModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        mask = batch["attention_mask"]
+        parts: dict[str, torch.Tensor] = {}
+        blocks, logits = net_hidden(model, batch)
+        total = logits.new_zeros(())
+        if self.hidden:
+            ys = teacher_blocks(self.teacher, batch, self.space)
+            hidden = sum((masked_mse(s, t, mask) for s, t in zip(blocks, ys[1:], strict=True)), total)
+            parts["hidden"] = hidden.detach()
+            total = total + hidden
+        if self.prediction:
+            with torch.no_grad():
+                was = self.teacher.model.training
+                self.teacher.model.eval()
+                t_logits = self.teacher(batch["input_ids"], mask, batch.get("token_type_ids")).logits
+                self.teacher.model.train(was)
+            pred = soft_cross_entropy(logits, t_logits, self.temperature, reduction="mean")
+            parts["prediction"] = pred.detach()
+            total = total + pred
+        return {"loss": total, **parts}
+
+
+def net_stages(model: NimbleModel, teacher_encoder: Any, opts: TrainOptions, data: TrainData, general_data: Any,
+               general_epochs: float, task_epochs: float, lr: float, temperature: float = 1.0) -> list[Stage]:
+    """General distillation on ``general_data`` (unlabelled, skipped when None), then intermediate (block hidden
+    states) and prediction distillation on the task's training set, each from the previous one's weights."""
+    space = space_of(model)
+    result = []
+    if general_data is not None:
+        result.append(Stage("nasbert-general", NetObjective(teacher_encoder, space, True, False, temperature), lr=lr,
+                            epochs=general_epochs, select="last", train_data=general_data))
+    result.append(Stage("nasbert-intermediate", NetObjective(teacher_encoder, space, True, False, temperature), lr=lr,
+                        epochs=task_epochs, select="last"))
+    result.append(Stage("nasbert-prediction", NetObjective(teacher_encoder, space, False, True, temperature), lr=lr,
+                        epochs=task_epochs, select="best"))
+    return result
+
+
+def stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None = None) -> list[Stage]:
+    """``train nasbert`` trains a supernet; a searched network is trained by ``nimblebert search``."""
+    if config_of(model).role != "supernet":
+        raise UserError("a searched NAS-BERT network is trained by `nimblebert search`; `train nasbert` trains a "
+                        "supernet (--teacher a fine-tuned model)")
+    return supernet_stages(model, opts, data)
+
+
+def resolve_space(model: NimbleModel, cfg: NasBertConfig) -> Space:
+    """The space of a fresh supernet from its teacher (``model.hf``) and the options; recorded in the config."""
+    space = default_space(model.hf.config, cfg.blocks, cfg.sizes())
+    model.method_config.update(teacher_hidden=space.teacher_hidden, teacher_layers=space.teacher_layers,
+                               head_dim=space.head_dim, space_sizes=list(space.hidden_sizes),
+                               space_blocks=space.blocks)
+    return space
+
