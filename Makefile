@@ -42,6 +42,10 @@ bench: data
 	$(BIN)/python benchmarks/dynabert_mr.py --width-epochs 1 --depth-epochs 3 --final-epochs 5 --depth-rule last --lr 5e-5 \
 		--eval-every 50 --name dynabert_mr_final5 --out runs/dynabert-mr-final5
 	$(BIN)/python benchmarks/compose_mr.py --reuse --threads 1
+	$(BIN)/python benchmarks/int8_mr.py --teacher runs/teacher-mr --fastbert runs/fast --dynabert runs/dyna --threads 1
+	$(BIN)/python benchmarks/startup.py --model runs/teacher-mr
+	$(BIN)/python -m pip install -q -e ".[bench]"  # the plain transformers + FastAPI server serve_mr.py compares with
+	$(BIN)/python benchmarks/serve_mr.py --model runs/fast
 	$(BIN)/python benchmarks/trbert_mr_long.py --alphas 0.5,1 --rl-epochs 2 --rollouts 4 \
 		--joint-epochs 1 --joint-rollouts 4 --joint-lr 1e-5 --thresholds 0.6,0.5,0.45,0.4,0.3 --threads 1
 	$(BIN)/python benchmarks/compose_mr.py --data mr-long --reuse --threads 1

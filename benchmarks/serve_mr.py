@@ -243,7 +243,7 @@ def prepare(args: argparse.Namespace, out: Path) -> tuple[Path, dict, dict]:
     encoded = encode(rows, model.tokenizer, args.max_length, task.has_pair)
     loader = make_loader(encoded, model.tokenizer, 64, shuffle=False, bucket_by_length=True)
     with torch.inference_mode():
-        full = predict_loader(model, loader, **model.method_spec.check_knobs({}))
+        full = predict_loader(model, loader, **model.check_knobs({}))
     test = {"split": split, "texts": list(rows["text"]), "gold": [int(v) for v in rows["label"]],
             "full": [int(v) for v in full.predicted], "labels": list(model.label_names)}
     return folder, ladder.to_json(), test
