@@ -168,10 +168,6 @@ class Method:
                 )
         return {k.name: k.check(values[k.name]) if values.get(k.name) is not None else k.default for k in self.knobs}
 
-    def infer(self, model: NimbleModel, batch: dict[str, Any], **knobs: Any) -> EncoderOutput:
-        """One pass of ``model`` (its whole stack) with these knobs: a shortcut for ``model.infer``."""
-        return model.infer(batch, **knobs)
-
 
 _METHODS: dict[str, Method] = {}
 
