@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -39,7 +40,7 @@ def command_line() -> str:
     was given, less ``--reuse`` (which only skips finished training, not what was measured)."""
     script = Path(sys.argv[0]).resolve()
     shown = script.relative_to(ROOT) if script.is_relative_to(ROOT) else script
-    return " ".join(["python", str(shown), *(a for a in sys.argv[1:] if a != "--reuse")])
+    return shlex.join(["python", str(shown), *(a for a in sys.argv[1:] if a != "--reuse")])  # '' stays visible
 
 
 def cli(*args: str, capture: bool = True) -> str:
