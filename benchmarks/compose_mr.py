@@ -43,7 +43,7 @@ TINY = ["--max-length", "64", "--stages", "intermediate,prediction", "--intermed
         "--lr", "3e-5", "--aug-copies", "1"]
 DYNA = ["--max-length", "64", "--lr", "5e-5", "--phases", "width", "final", "--widths", "1", "0.75", "0.5", "0.25",
         "--depths", "1", "--width-epochs", "1", "--final-epochs", "2", "--importance-data", "mr"]
-FAST_LONG = ["--max-length", "256", "--batch-size", "16", "--lr", "2e-5", "--distill-epochs", "5"]
+FAST_LONG = ["--max-length", "256", "--batch-size", "16", "--lr", "2e-5", "--distill-epochs", "2"]
 TRBERT_LONG = ["--max-length", "256", "--seed", "42", "--batch-size", "8", "--lr", "3e-5", "--rl-lr", "1e-3",
                "--alpha", "0.5", "--rl-epochs", "2", "--rollouts", "4", "--joint-epochs", "1", "--joint-rollouts",
                "4", "--joint-lr", "1e-5"]
@@ -216,9 +216,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="CPU threads of training and timing (default: torch's)")
     ap.add_argument("--docs", help="write the files here instead of docs/ (no docs/results.md or README update)")
     ap.add_argument("--render", action="store_true", help="redraw the section from docs/compose_<data>.json only")
+    ap.add_argument("--sweep", action="append", default=[], metavar="KNOB=V1,V2",
+                    help="the values swept for one knob instead of the default ones (repeatable)")
     args = ap.parse_args()
     os.chdir(ROOT)
     common.use_threads(args.threads)
+    for item in args.sweep:
+        knob, _, values = item.partition("=")
+        SWEEPS[knob.replace("-", "_")] = tuple(float(v) for v in values.split(","))
     setup = SETUP[args.data]
     args.teacher = args.teacher or setup["teacher"]
     length, big = setup["length"], setup["batch"]
