@@ -111,7 +111,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--profile", action="store_true", help="print torch.profiler's table of the speed-1 pass")
-    ap.add_argument("--no-teacher", action="store_true", help="skip part 3 (a quicker trial; nothing is written)")
+    ap.add_argument("--no-teacher", action="store_true",
+                    help="skip part 3 (a quicker trial): print parts 1-2 as JSON (also to --save); no section")
+    ap.add_argument("--save", type=Path, default=None, help="with --no-teacher: write parts 1-2 as JSON here")
+    ap.add_argument("--before", type=Path, default=None,
+                    help="a --save file of this script run on the code before a change: shown beside this run")
+    ap.add_argument("--before-label", default="before", help="what --before was run on (e.g. a commit)")
     ap.add_argument("--docs", type=Path, default=None, help="write the section and JSON here, not into docs/")
     opts = ap.parse_args()
     common.use_threads(opts.threads)
@@ -172,7 +177,10 @@ def main() -> None:
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
     if opts.no_teacher:
-        print(json.dumps({"breakdown": parts, "exits": exits}, indent=1))
+        partial = {"breakdown": parts, "exits": exits, "environment": environment()}
+        if opts.save:
+            opts.save.write_text(json.dumps(partial, indent=1) + "\n")
+        print(json.dumps(partial, indent=1))
         return
     # 3. the teacher against plain transformers, batch 1 and 32
     teacher = {rt: load(path(opts.teacher), runtime=rt).eval() for rt in ("fp32", "int8")}
@@ -190,6 +198,8 @@ def main() -> None:
     env = {**environment(), "minutes": round((time.time() - t_start) / 60, 1)}
     data = {"fast": opts.fast, "dyna_fast": opts.dyna_fast, "teacher": opts.teacher, "data": opts.data,
             "b1_examples": len(b1), "breakdown": parts, "exits": exits, "teacher_latency": lat, "environment": env}
+    if opts.before:
+        data["before"] = {"label": opts.before_label, **json.loads(opts.before.read_text())}
     md = render(data, common.command_line())
     common.publish("overhead", md, data, headline=None, docs=opts.docs) if opts.docs else \
         common.write_section("overhead", md, data)
@@ -207,21 +217,34 @@ def render(data: dict[str, Any], command: str) -> str:
         f"What each piece of a FastBERT pass ({data['fast']}, attention branches) costs alone on the same sentences "
         "(batch 1, p50 ms):",
         "",
-        "| piece | fp32 | int8 |",
-        "|---|---|---|",
     ]
-    lines += [f"| {name} | {bd['fp32'][name]['p50_ms']:.3f} | {bd['int8'][name]['p50_ms']:.3f} |"
-              for name in bd["fp32"]]
+    before = data.get("before")
+    if before:
+        bb = before["breakdown"]
+        lines += [f"| piece | fp32 | int8 | fp32, {before['label']} | int8, {before['label']} |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {name} | {bd['fp32'][name]['p50_ms']:.3f} | {bd['int8'][name]['p50_ms']:.3f} | "
+                  f"{bb['fp32'][name]['p50_ms']:.3f} | {bb['int8'][name]['p50_ms']:.3f} |" for name in bd["fp32"]]
+    else:
+        lines += ["| piece | fp32 | int8 |", "|---|---|---|"]
+        lines += [f"| {name} | {bd['fp32'][name]['p50_ms']:.3f} | {bd['int8'][name]['p50_ms']:.3f} |"
+                  for name in bd["fp32"]]
     lines += ["", "A sentence that leaves after layer 1 (speed 1) against the full model (speed 0). *Interleaved*: "
               "the contenders take turns sentence by sentence (each call finds the caches filled by the others, as "
               "int8_mr measured); *warm*: all sentences through one contender, then the next (a server's steady "
               "state). Ops: operator calls dispatched by one call (a count that does not drift with load).", "",
-              "| model | runtime | full ms | exit after layer 1 ms | ratio | warm full ms | warm exit ms | warm ratio "
-              "| ideal 1/L | ops full / exit |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {e['model']} | {e['runtime']} | {e['full_p50_ms']:.2f} | {e['exit1_p50_ms']:.2f} | {e['ratio']:.3f} "
-              f"| {e['warm_full_p50_ms']:.2f} | {e['warm_exit1_p50_ms']:.2f} | {e['warm_ratio']:.3f} "
-              f"| {e['ideal']:.3f} | {e['full_ops']} / {e['exit1_ops']} |" for e in data["exits"]]
+              "| code | model | runtime | full ms | exit after layer 1 ms | ratio | warm full ms | warm exit ms "
+              "| warm ratio | ideal 1/L | ops full / exit |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    runs = [("this run", data["exits"])] + ([(before["label"], before["exits"])] if before else [])
+    lines += [f"| {code} | {e['model']} | {e['runtime']} | {e['full_p50_ms']:.2f} | {e['exit1_p50_ms']:.2f} "
+              f"| {e['ratio']:.3f} | {e['warm_full_p50_ms']:.2f} | {e['warm_exit1_p50_ms']:.2f} "
+              f"| {e['warm_ratio']:.3f} | {e['ideal']:.3f} | {e['full_ops']} / {e['exit1_ops']} |"
+              for code, exits in runs for e in exits]
+    if before:
+        lines += ["", f"*{before['label']}*: the same script on the code before this change, run just before this "
+                  f"run on the same core ({before['environment'].get('date', '')}); compare ratios and op counts, "
+                  "absolute times drift."]
     lines += ["", f"The teacher ({data['teacher']}) against plain transformers; × = speed-up over the faster "
               "transformers contender (batch 1: p50; batch 32: per sentence):", "",
               "| contender | b1 p50 ms | b1 mean ms | b1 p90 ms | b1 × | b32 ms/sentence | b32 × |",
