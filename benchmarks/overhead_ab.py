@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--b1-examples", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--check-speeds", default="0.3,0.5,0.7",
+                    help="speeds at which both versions' predictions are compared on the whole split ('' = none)")
     ap.add_argument("--docs", type=Path, default=None, help="write the section and JSON here, not into docs/")
     opts = ap.parse_args()
     common.use_threads(opts.threads)
@@ -63,7 +65,7 @@ def main() -> None:
     import nimblebert
     from nimblebert.bench.latency import compare_latency
     from nimblebert.bench.measure import latency_batches
-    from nimblebert.data import encode, load_task
+    from nimblebert.data import encode, load_task, make_loader
 
     old = import_package_at(opts.before)
     old_run = importlib.import_module(f"{old.__name__}.inference").run
@@ -80,15 +82,31 @@ def main() -> None:
     b1 = latency_batches(first, encode(getattr(task, split), first.tokenizer, opts.max_length, task.has_pair),
                          1, opts.b1_examples)
 
-    rows = []
+    speeds = [float(v) for v in opts.check_speeds.split(",") if v.strip()]
+    encoded = encode(getattr(task, split), first.tokenizer, opts.max_length, task.has_pair)
+    loader = make_loader(encoded, first.tokenizer, 64, shuffle=False, bucket_by_length=True)
+    rows, checks = [], []
     for tag, folder, extra in specs:
         for rt in ("fp32", "int8"):
-            fns = {}
+            fns, models = {}, {}
             for code, pkg, run in (("before", old, old_run), ("after", nimblebert, new_run)):
-                model = pkg.load(folder, runtime=rt).eval()
+                model = models[code] = pkg.load(folder, runtime=rt).eval()
                 for speed in (0.0, 1.0):
                     knobs = model.check_knobs({**extra, "speed": speed})
                     fns[(code, speed)] = (lambda m, k, r: lambda b: r(m, b, k))(model, knobs, run)
+            # The same exits before and after: accuracy, mean exit layer and agreement on the whole split.
+            for speed in speeds:
+                preds = {code: importlib.import_module(f"{pkg.__name__}.inference").predict_loader(
+                    models[code], loader, **extra, speed=speed)
+                    for code, pkg in (("before", old), ("after", nimblebert))}
+                a, b = preds["before"], preds["after"]
+                checks.append({"model": tag, "runtime": rt, "speed": speed,
+                               "before_accuracy": float((a.predicted == a.labels).float().mean()),
+                               "after_accuracy": float((b.predicted == b.labels).float().mean()),
+                               "before_mean_layers": float(a.layers.float().mean()),
+                               "after_mean_layers": float(b.layers.float().mean()),
+                               "agreement": float((a.predicted == b.predicted).float().mean()),
+                               "same_exit_layer": float((a.layers == b.layers).float().mean())})
             named = {f"{code} speed={speed:g}": fn for (code, speed), fn in fns.items()}
             inter = compare_latency(named, b1, 1, rounds=opts.rounds)
             with torch.inference_mode():
@@ -106,7 +124,7 @@ def main() -> None:
 
     env = {**environment(), "minutes": round((time.time() - t_start) / 60, 1)}
     data = {"before": opts.before, "after": git_head(), "data": opts.data, "b1_examples": len(b1), "rows": rows,
-            "environment": env}
+            "checks": checks, "split": split, "environment": env}
     md = render(data, common.command_line())
     common.publish("overhead_ab", md, data, headline=None, docs=opts.docs) if opts.docs else \
         common.write_section("overhead_ab", md, data)
@@ -135,6 +153,14 @@ def render(data: dict[str, Any], command: str) -> str:
     lines += [f"| {r['model']} | {r['runtime']} | {r['code']} | {r['full_p50_ms']:.2f} | {r['exit1_p50_ms']:.2f} "
               f"| {r['ratio']:.3f} | {r['warm_full_p50_ms']:.2f} | {r['warm_exit1_p50_ms']:.2f} "
               f"| {r['warm_ratio']:.3f} | {r['full_ops']} / {r['exit1_ops']} |" for r in data["rows"]]
+    if data.get("checks"):
+        lines += ["", f"The same exits before and after, on the whole {data['split']} split: accuracy, mean exit "
+                  "layer, share of sentences with the same prediction and the same exit layer.", "",
+                  "| model | runtime | speed | accuracy before / after | mean layers before / after | same prediction "
+                  "| same exit layer |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {c['model']} | {c['runtime']} | {c['speed']:g} | {c['before_accuracy']:.4f} / "
+                  f"{c['after_accuracy']:.4f} | {c['before_mean_layers']:.3f} / {c['after_mean_layers']:.3f} "
+                  f"| {c['agreement']:.4f} | {c['same_exit_layer']:.4f} |" for c in data["checks"]]
     lines += ["", env_line(data["environment"]) + " The process is pinned to one core."]
     return "\n".join(lines) + "\n"
 
