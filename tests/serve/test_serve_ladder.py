@@ -59,7 +59,9 @@ def test_grid_uses_the_knobs_sweeps_and_skips_patience() -> None:
 def test_calibrate_a_tiny_fastbert_store_and_load_back(tmp_path: Path) -> None:
     model = tiny_fastbert()
     ladder = calibrate(model, encoded_toy(), batch_size=16, meta={"data": "toy", "max_length": 16})
-    assert len(ladder.settings) == len(SPEED_SWEEP) and not ladder.stuck
+    # The grid, then the speeds the per-model refinement added (issue 20: targets between the grid's savings).
+    added = ladder.meta["refined"]["speed"]
+    assert [s.knobs["speed"] for s in ladder.settings] == [*SPEED_SWEEP, *added] and not ladder.stuck
     rungs = ladder.rungs
     assert rungs and len(rungs) <= len(ladder.settings)
     # Ordered from the most accurate to the cheapest, each rung strictly cheaper and strictly less accurate.
@@ -90,13 +92,17 @@ def test_a_knob_that_cannot_move_is_reported(tmp_path: Path, toy_data_dir: Path,
 
     model = tiny_fastbert(confident=False)
     ladder = calibrate(model, encoded_toy(), batch_size=16)
-    assert ladder.stuck == ["speed"] and len(ladder.rungs) == 1  # every speed ran the whole model
+    assert ladder.stuck == ["speed"]  # every speed of the grid ran the whole model
+    grid_part = ladder.settings[:len(SPEED_SWEEP)]
+    assert all(s.mean_layers == 4 for s in grid_part)
+    # 50/50 branches: only speed 1 (entropy ≤ 1: every row leaves at the first branch) moves, the refinement's end
+    assert ladder.meta["refined"]["speed"][0] == 1.0
     folder = tmp_path / "unsure"
     model.save(folder)
     capsys.readouterr()  # saving's own progress bar
     assert main(["calibrate", str(folder), "--data", str(toy_data_dir), "--max-length", "16"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--speed does not change the cost" in err[0]
+    assert len(err) == 1 and "--speed does not change the cost" in err[0] and "--target-speedup" in err[0]
     assert load_ladder(folder).stuck == ["speed"]
 
 
