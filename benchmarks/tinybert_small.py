@@ -94,9 +94,12 @@ def main() -> None:
     ap.add_argument("--teacher-lr", default="5e-5")
     ap.add_argument("--teacher-batch-size", default="16")
     ap.add_argument("--student-layers", default="2")
-    ap.add_argument("--recipes", default="short,two-5+5,two-5+5-lr1e-4,two-5+10-lr1e-4,joint,joint-aug")
+    ap.add_argument("--recipes", default="joint,two-5+5,two-5+5-lr1e-4,short")
     ap.add_argument("--extra", action="append", default=[],
                     help="NAME=FOLDER: a finished student to report too (e.g. s3=runs/s3)")
+    ap.add_argument("--peer", action="append", default=[],
+                    help="NAME=FOLDER: a peer's student whose FOLDER/predictions.json holds its validation and test "
+                         "predictions (benchmarks/textbrewer_peer.py writes one)")
     ap.add_argument("--reference", default="two-5+5", help="the recipe every other is also paired against")
     ap.add_argument("--seeds", default="42", help="training seeds of the students, comma-separated")
     ap.add_argument("--max-length", default="64")
@@ -147,6 +150,8 @@ def main() -> None:
         students[name] = [folder]
 
     # ---- evaluation: validation (what picks) and test (what is reported), paired with the teacher --------
+    import torch
+
     from nimblebert import load
     from nimblebert.data import encode, make_loader
     from nimblebert.inference import metrics, predict_loader
@@ -170,6 +175,22 @@ def main() -> None:
                          "train_seconds": summary.get("train_seconds"), "train_rows": summary.get("train_rows"),
                          "layers": model.hf.config.num_hidden_layers})
             preds.setdefault(name, []).append(p)
+    for spec in args.peer:  # a peer run outside nimblebert: its predictions, mapped to the teacher's label ids
+        name, _, folder = spec.partition("=")
+        peer = json.loads((Path(folder) / "predictions.json").read_text())
+        to_ours = [base.teacher.label_names.index(n) for n in peer["label_names"]]
+        test_pred = torch.tensor([to_ours[i] for i in peer["test"]])
+        val_pred = torch.tensor([to_ours[i] for i in peer["validation"]])
+        p = type(base.predictions)(torch.nn.functional.one_hot(test_pred, base.teacher.num_labels).float(),
+                                   base.predictions.labels, base.predictions.layers, base.predictions.flops)
+        val_labels = predict_loader(base.teacher, val_loader).labels
+        rows.append({"recipe": name, "folder": folder, "seed": peer["options"].get("seed"), "peer": peer["peer"],
+                     "test": metrics(p, base.teacher.num_labels),
+                     "validation_accuracy": float((val_pred == val_labels).float().mean()),
+                     "vs_teacher": base.versus(p, args.bootstrap), "train_seconds": peer.get("train_seconds"),
+                     "train_rows": {"one stage": sizes["train"] if sizes else None},
+                     "layers": peer["options"]["layers"]})
+        preds.setdefault(name, []).append(p)
     ref = preds.get(args.reference, [None])[0]
     if ref is not None:
         ref_correct = (ref.predicted == ref.labels).numpy()
