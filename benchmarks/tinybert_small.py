@@ -7,22 +7,24 @@ training split; validation and test are mr's whole splits, 400 and 800 sentences
 fine-tuned on the same rows, then a ``--student-layers`` student (initialised from the teacher's layers g(m)) by
 each recipe of ``--recipes``:
 
-- ``short``: ``--recipe short`` (N = 1 augmented copy, 1 intermediate + 1 prediction epoch, --lr 3e-5);
+- ``joint``: ``--stages joint``, L_attn + L_hidn + L_pred together, lr 1e-4, 10 epochs, no augmentation (the peer's
+  recipe inside nimblebert);
 - ``two-5+5``: the issue's two stages without augmentation, 5 + 5 epochs (intermediate 5e-5 constant, prediction
   3e-5, the README's rates);
 - ``two-5+5-lr1e-4``: the same at 1e-4 in both stages (is it the learning rate?);
-- ``two-5+10-lr1e-4``: a longer prediction stage (is it the prediction stage's length?);
-- ``joint``: ``--stages joint``, L_attn + L_hidn + L_pred together, lr 1e-4, 10 epochs, no augmentation (the peer's
-  recipe inside nimblebert);
-- ``joint-aug``: the same on the N = 1 augmented set.
+- ``short``: ``--recipe short`` (N = 1 augmented copy, 1 intermediate + 1 prediction epoch, --lr 3e-5);
+- more in :data:`RECIPES` (a longer prediction stage, joint with augmentation, joint for 3 epochs).
+
+A peer trained outside nimblebert joins the table with ``--peer NAME=FOLDER`` (``textbrewer_peer.py`` writes the
+folder's ``predictions.json``).
 
 Every student and the teacher on the test split: accuracy, the paired difference from the teacher with its
 bootstrap 95% interval, and from the ``--reference`` recipe; the validation accuracy (the best checkpoint's:
-what a user would pick on) and the training time. ``--data mr`` (no ``--rows``) runs the same recipes on full
+what a user would pick on) and the training time. ``--rows 0`` runs the same recipes on the whole of
 mr, against its teacher ``runs/teacher-mr``. Nothing is timed for speed (the students' shapes are the same).
 
     python benchmarks/tinybert_small.py --rows 400     # runs/robust/tinybert-mr400/*, docs/tinybert_small.*
-    python benchmarks/tinybert_small.py --rows 0 --student-layers 3 --recipes joint,joint-3ep \\
+    python benchmarks/tinybert_small.py --rows 0 --student-layers 3 --recipes joint-3ep-noaug \\
         --extra s3=runs/s3 --reference s3 --name tinybert_small_full   # full mr, against the 3-layer runs/s3
 """
 
