@@ -278,13 +278,16 @@ def test_a_random_student_learns_the_task_from_the_teacher_alone(tmp_path, toy_d
     assert float(agree.float().mean()) >= 0.8
 
 
-def test_joint_stage_sums_the_layer_and_prediction_losses(tmp_path, teacher_dir, toy_data_dir) -> None:
+def test_joint_stage_sums_the_layer_and_prediction_losses(tmp_path, teacher_dir, toy_data_dir, capsys) -> None:
     """``--stages joint``: one task stage at --lr that trains the layers and the classifier together on
     L_attn + L_hidn + L_pred, the teacher run once; the result still loads as a plain transformers classifier."""
     model = from_base(str(teacher_dir), LABELS, "tinybert", config(tmp_path, stages="joint", augment=False))
     teacher_rows = count_rows(model.hf.bert.embeddings)
     opts = options(tmp_path, "joint", teacher_dir, lr=1e-3, epochs=2)
+    capsys.readouterr()
     (joint,) = stages(model, opts, task_data(toy_data_dir))
+    # The plan, said before the teacher's pass: rows, epochs and steps of each stage.
+    assert "tinybert: 96 training rows at batch 16: joint 2 epochs = 12 steps." in capsys.readouterr().err
     assert (joint.name, joint.schedule, joint.select, joint.lr, joint.epochs) == ("joint", "linear", "best", 1e-3, 2)
     batch = next(iter(make_loader(joint.train_data, model.tokenizer, 8, shuffle=False)))
     parts = joint.objective(model, batch)

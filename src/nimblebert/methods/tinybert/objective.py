@@ -289,6 +289,27 @@ def _general_teacher(cfg: TinyBertConfig, opts: TrainOptions, model: NimbleModel
     return _load_classifier(spec, model.label_names, model.tokenizer)
 
 
+def announce_plan(encoded: Any, data: TrainData | None, cfg: TinyBertConfig, opts: TrainOptions,
+                  task_stages: list[str]) -> None:
+    """Issue 20: before the teacher's pass over the (augmented) rows, one line says what the task stages will do:
+    rows, epochs and steps per stage, so that a default run (N = 20, 10 + 3 epochs: hours on a CPU) is announced
+    before it starts; each stage's own line adds the time estimate after its first timed steps."""
+    import math
+
+    from ...train.progress import announce
+
+    per_epoch = math.ceil(len(encoded) / opts.batch_size)
+    epochs = {"intermediate": cfg.intermediate_epochs, "joint": opts.epochs, "prediction": opts.epochs}
+    parts = [f"{s} {epochs[s]:g} epoch{'s' if epochs[s] != 1 else ''} = "
+             f"{opts.max_steps or math.ceil(per_epoch * epochs[s]):,} steps" for s in task_stages]
+    original = len(data.train) if data is not None and data.train is not None else None
+    rows = f"{len(encoded):,} training rows" + (f" ({original:,} + augmented copies, N = {cfg.aug_copies})"
+                                                if original is not None and len(encoded) > original else "")
+    announce(f"tinybert: {rows} at batch {opts.batch_size}: {'; '.join(parts)}. The teacher runs over the rows once "
+             "first (cached); each stage prints its time estimate after its first steps (--recipe short: N = 1, one "
+             "epoch per stage)")
+
+
 def stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None = None) -> list[Stage]:
     """Build the student into ``model`` and return its stages (see the module docstring).
 
@@ -325,6 +346,7 @@ def stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None = None
     if task_stages:
         encoded = encoded_training_set(data, cfg, opts, teacher_hf, model.tokenizer, model.label_names,
                                        augment_cache(cfg.cache_dir))
+        announce_plan(encoded, data, cfg, opts, task_stages)
         hidden_idx, score_idx = hidden_map(mapping), [g - 1 for g in mapping]
         cache = _teacher_cache(teacher, encoded, model, hidden_idx, score_idx,
                                "prediction" in names or "joint" in names, "intermediate" in names or "joint" in names,
