@@ -123,3 +123,27 @@ def test_a_broken_ladder_file_is_a_user_error(tmp_path: Path) -> None:
         load_ladder(tmp_path)
     assert load_ladder(tmp_path / "none") is None
     assert Ladder.from_json(Ladder([rung(0.5, 1)]).to_json()).rungs[0].accuracy == 0.5
+
+
+def test_refine_bisects_a_knob_whose_savings_bunch_at_its_end() -> None:
+    """A speed whose saving appears only above 0.995 (entropies bunched near 1): the grid 0…0.9 sees none; the
+    refinement adds values until each reachable target speed-up has a setting within the tolerance above it,
+    and stops at the targets the knob cannot reach."""
+    from nimblebert.ladder import REFINE_TARGETS, REFINE_TOLERANCE, refine
+
+    def speedup(v: float) -> float:
+        return 1.0 + 3.0 * max(0.0, (v - 0.995) / 0.005)  # 1× up to 0.995, 4× at speed 1
+
+    calls = []
+
+    def run(knobs: dict) -> float:
+        calls.append(knobs)
+        return speedup(knobs["speed"])
+
+    known = {v: 1.0 for v in SPEED_SWEEP}
+    added = refine("speed", {"speed": 0.0, "patience": 0}, run, known)
+    assert added[0] == 1.0 and len(added) == len(calls) and all(c["patience"] == 0 for c in calls)
+    for target in REFINE_TARGETS:
+        near = [s for s in known.values() if target <= s <= target * (1 + REFINE_TOLERANCE)]
+        assert bool(near) == (target <= 4.0), target  # 5× is out of reach: no probe can give it
+    assert all(0.9 < v <= 1.0 for v in added)
