@@ -24,7 +24,7 @@ what a user would pick on) and the training time. ``--rows 0`` runs the same rec
 mr, against its teacher ``runs/teacher-mr``. Nothing is timed for speed (the students' shapes are the same).
 
     python benchmarks/tinybert_small.py --rows 400     # runs/robust/tinybert-mr400/*, docs/tinybert_small.*
-    python benchmarks/tinybert_small.py --rows 0 --student-layers 3 --recipes joint-3ep-noaug \\
+    python benchmarks/tinybert_small.py --rows 0 --student-layers 3 --recipes joint-1ep-noaug \\
         --extra s3=runs/s3 --reference s3 --name tinybert_small_full   # full mr, against the 3-layer runs/s3
 """
 
@@ -52,6 +52,7 @@ RECIPES: dict[str, list[str]] = {
     "joint-aug": ["--stages", "joint", "--aug-copies", "1", "--epochs", "10", "--lr", "1e-4"],
     "joint-3ep": ["--stages", "joint", "--aug-copies", "1", "--epochs", "3", "--lr", "1e-4"],
     "joint-3ep-noaug": ["--stages", "joint", "--no-augment", "--epochs", "3", "--lr", "1e-4"],
+    "joint-1ep-noaug": ["--stages", "joint", "--no-augment", "--epochs", "1", "--lr", "1e-4"],
 }
 
 
@@ -110,6 +111,8 @@ def main() -> None:
     ap.add_argument("--name", default="tinybert_small")
     ap.add_argument("--docs", help="write the files here instead of docs/ (no docs/results.md or README update)")
     ap.add_argument("--reuse", action="store_true", help="keep finished models")
+    ap.add_argument("--train-only", action="store_true",
+                    help="train the recipes' students and stop (several runs in parallel, one report after)")
     ap.add_argument("--bootstrap", type=int, default=10000)
     ap.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     args = ap.parse_args()
@@ -147,6 +150,8 @@ def main() -> None:
             if not (args.reuse and finished(out)):
                 cli("train", "tinybert", *train_args, "--overwrite", capture=False)
             students.setdefault(recipe, []).append(out)
+    if args.train_only:
+        return
     for spec in args.extra:
         name, _, folder = spec.partition("=")
         students[name] = [folder]
