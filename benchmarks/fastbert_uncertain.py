@@ -141,6 +141,9 @@ def main() -> None:
     grid = [s for s in ladder["settings"] if s["knobs"]["speed"] not in refined]
     command = common.command_line()
     t_sum = json.loads((Path(teacher) / "train_summary.json").read_text())
+    cli_line = "; ".join(f"`{k}` gave {v['knobs']}, accuracy {v['accuracy']:.4f}, {v['mean_layers']:.2f} layers ("
+                         f"{'the same as above' if v['same_as_script'] else 'NOT the same as above'})"
+                         for k, v in cli_checks.items()) or "not run"
     md = f"""## FastBERT on an uncertain teacher: asking for 2× gives about 2×
 
 `{command}` — teacher `{teacher}`: MiniLM-L6 fine-tuned for {args.teacher_epochs} epoch(s) on {sizes['train']} `mr`
@@ -156,9 +159,7 @@ resamples).
 
 {chr(10).join(table)}
 
-Through the CLI (`nimblebert evaluate ... --split test`): {'; '.join(f"`{k}` gave {v['knobs']}, accuracy {v['accuracy']:.4f}, "
-f"{v['mean_layers']:.2f} layers ({'the same as above' if v['same_as_script'] else 'NOT the same as above'})"
-for k, v in cli_checks.items()) or 'not run'}.
+Through the CLI (`nimblebert evaluate ... --split test`): {cli_line}.
 
 {common.env_line(env)}
 """
