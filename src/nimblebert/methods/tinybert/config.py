@@ -53,10 +53,10 @@ class TinyBertConfig(AugmentOptions):
         "help": "comma-separated stages to run, in order, from general, intermediate, joint, prediction; 'auto' = "
                 "general (only with --general-data), intermediate, prediction (the official two task stages). "
                 "'joint' is one task stage that sums the intermediate and the prediction losses (TextBrewer-style "
-                "one-stage distillation) at --lr for --epochs; on a few hundred training rows it beats the two "
-                "stages (docs: tinybert_small). A run without the prediction stage keeps the projection in "
-                "nimblebert.safetensors, so a later run (--model that folder) continues with it, as the official "
-                "general and task checkpoints do"})
+                "one-stage distillation) at --lr for --epochs, e.g. --stages joint --lr 1e-4 --epochs 10 on a few "
+                "hundred rows; measured against the two stages in docs/results.md (tinybert_small). A run without "
+                "the prediction stage keeps the projection in nimblebert.safetensors, so a later run (--model that "
+                "folder) continues with it, as the official general and task checkpoints do"})
     intermediate_epochs: float = field(default=10.0, metadata={
         "help": "epochs of intermediate-layer distillation (embeddings + attention + hidden states; README: 10)"})
     intermediate_lr: float = field(default=5e-5, metadata={
