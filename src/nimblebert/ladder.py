@@ -13,6 +13,14 @@ The grid is the product of every knob's ``sweep`` values (``Knob.sweep``) over t
 model (speed × width on DynaBERT → FastBERT); knobs without a sweep, counters such as FastBERT's ``patience``,
 string knobs and TR-BERT's ``keep_threshold`` (its ``keep_fraction`` reaches every saving, where a threshold can be
 a cliff) keep their defaults. A model without knobs has a one-rung ladder.
+
+A fixed grid fits the models it was chosen on. On a model whose branches are never confident (an uncertain
+teacher: a small training set, many classes) every FastBERT ``speed`` of the grid runs every layer, and asking
+for 2× would find no rung. So continuous knobs whose cost falls monotonically with their value (:data:`REFINED`)
+are refined per model: after the grid, :func:`refine` bisects the knob's value between the grid's settings until a
+setting lands within :data:`REFINE_TOLERANCE` of each target speed-up in :data:`REFINE_TARGETS` that the knob can
+reach at all (its cheapest end, e.g. ``speed`` 1: every row leaves at the first branch). The ladder then holds
+settings near 2×, 3×, … whatever the scale of the model's entropies.
 """
 
 from __future__ import annotations
@@ -40,6 +48,15 @@ MAX_SETTINGS = 60  # the product of the knobs' sweeps is thinned to at most this
 # Not calibrated, they keep their defaults: a second exit rule (not a speed setting), and the token threshold whose
 # saving can jump from none to almost all on a new task (the keep fraction, swept instead, reaches every saving).
 NOT_SWEPT = frozenset({"patience", "keep_threshold"})
+
+# Continuous knobs whose cost falls monotonically as the value goes from the first bound to the second: (the full
+# model's end, the cheapest end). FastBERT's speed: a row leaves at the first branch with entropy ≤ speed, so a larger
+# speed never runs more layers. TR-BERT's keep fraction: fewer tokens at every cut.
+REFINED: dict[str, tuple[float, float]] = {"speed": (0.0, 1.0), "keep_fraction": (1.0, 0.05)}
+REFINE_TARGETS = (1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)  # FLOPs speed-ups the ladder should offer a setting near
+REFINE_TOLERANCE = 0.05  # a setting within 5% above a target counts as near it
+REFINE_PROBES = 12  # bisection steps per target at most (the bracket shrinks 4096×: entropies can bunch near 1)
+REFINE_BUDGET = 40  # settings one knob's refinement may add in all (each is a pass over the calibration data)
 
 
 def sweep_of(knob: Any) -> tuple[Any, ...] | None:
@@ -146,7 +163,8 @@ def stuck_knobs(settings: Sequence[Rung], rel_tol: float = 1e-6) -> list[str]:
     """Knobs that never bought speed: among settings equal in every other knob, no value of this one ran
     fewer FLOPs per sample than its first value (the grid's most accurate end). E.g. FastBERT's ``speed`` when
     no branch is ever confident on the data: every speed runs every layer, plus the branches. Knobs with a
-    single value are not reported."""
+    single value are not reported. :func:`calibrate` judges the grid's settings only (the values a user would type):
+    the ladder may still reach savings through the settings :func:`refine` added near the knob's end."""
     if not settings:
         return []
     stuck = []
@@ -164,6 +182,40 @@ def stuck_knobs(settings: Sequence[Rung], rel_tol: float = 1e-6) -> list[str]:
     return stuck
 
 
+def refine(knob: str, base: dict[str, Any], run: Any, known: dict[float, float],
+           targets: Sequence[float] = REFINE_TARGETS, tolerance: float = REFINE_TOLERANCE,
+           probes: int = REFINE_PROBES, budget: int = REFINE_BUDGET) -> list[float]:
+    """Knob values to add along ``knob`` (others as in ``base``) so that each reachable target speed-up has a setting
+    within ``tolerance`` above it.
+
+    ``known`` maps the knob values already run to their FLOPs speed-up; ``run(knobs)`` runs one more setting and
+    returns its speed-up (the caller keeps the run). The cost is monotone in the value (:data:`REFINED`), so each
+    target is bracketed by two known values and bisected, ``probes`` times at most. Returns the values added.
+    """
+    full_end, cheap_end = REFINED[knob]
+    toward = 1.0 if cheap_end > full_end else -1.0  # the direction in which the value buys speed
+    added: list[float] = []
+
+    def probe(value: float) -> None:
+        value = round(value, 6)
+        if value not in known and len(added) < budget:
+            known[value] = run({**base, knob: value})
+            added.append(value)
+
+    probe(cheap_end)  # how far the knob reaches at all
+    for target in targets:
+        for _ in range(probes):
+            ordered = sorted(known, key=lambda v: toward * v)  # from the full end to the cheapest
+            if known[ordered[-1]] < target or any(target <= known[v] <= target * (1 + tolerance) for v in ordered):
+                break  # out of reach, or a setting is near enough
+            above = next(v for v in ordered if known[v] >= target)  # the first value reaching it
+            below = max((v for v in ordered if toward * v < toward * above), key=lambda v: toward * v, default=None)
+            if below is None or abs(above - below) < 2e-6 or len(added) >= budget:
+                break
+            probe((above + below) / 2)
+    return added
+
+
 @torch.inference_mode()
 def calibrate(
     model: NimbleModel,
@@ -172,13 +224,15 @@ def calibrate(
     settings: list[dict[str, Any]] | None = None,
     measure_time: bool = False,
     meta: dict[str, Any] | None = None,
+    refine_knobs: bool = True,
 ) -> Ladder:
     """Run every setting of :func:`grid` (or ``settings``) over ``encoded`` (a labelled dataset made by
     :func:`nimblebert.data.encode`) and keep the Pareto front.
 
     ``measure_time`` adds each setting's wall time per sample over the whole split (batches bucketed by
     length, as :func:`nimblebert.inference.predict_loader` runs them); it is a rough figure for humans:
-    the server measures its own costs as it runs.
+    the server measures its own costs as it runs. ``refine_knobs`` adds the settings :func:`refine` finds for
+    every knob of :data:`REFINED` the model has (meta ``refined`` lists them).
     """
     from .bench.measure import full_model_flops
     from .data import make_loader
@@ -191,11 +245,26 @@ def calibrate(
     loader = make_loader(encoded, model.tokenizer, batch_size, shuffle=False, bucket_by_length=True)
     full_flops = torch.cat([full_model_flops(model, batch["attention_mask"]) for batch in loader]).mean()
     runs = []
-    for knobs in settings if settings is not None else grid(model):
+
+    def run(knobs: dict[str, Any]) -> float:
         t0 = time.perf_counter()
         p = predict_loader(model, loader, **knobs)
-        seconds = time.perf_counter() - t0
-        runs.append((knobs, p, seconds))
+        runs.append((knobs, p, time.perf_counter() - t0))
+        flops = float(p.flops.mean())
+        return float(full_flops) / flops if flops > 0 else 1.0
+
+    grid_settings = settings if settings is not None else grid(model)
+    for knobs in grid_settings:
+        run(knobs)
+    refined: dict[str, list[float]] = {}
+    if refine_knobs:
+        first = grid_settings[0] if grid_settings else {}
+        for name in (k for k in REFINED if k in first and isinstance(first[k], float)):
+            # Along this knob with every other knob at the grid's first (most accurate) value.
+            base = {k: v for k, v in first.items() if k != name}
+            known = {round(float(kn[name]), 6): float(full_flops) / max(float(p.flops.mean()), 1e-9)
+                     for kn, p, _ in runs if {k: v for k, v in kn.items() if k != name} == base}
+            refined[name] = refine(name, first, lambda kn: run(model.check_knobs(kn)), known)
     accuracies = [float((p.predicted == p.labels).float().mean()) for _, p, _ in runs]
     # The reference for agreement: the most accurate setting (of equals, the first, which is the grid's
     # most accurate end).
@@ -210,9 +279,10 @@ def calibrate(
             flops_speedup=float(full_flops) / flops if flops > 0 else 1.0,
             ms_per_sample=1000 * seconds / len(encoded) if measure_time else None))
     info = {"examples": len(encoded), "batch_size": batch_size, "grid_size": len(rows),
-            "agreement_with": dict(runs[ref][0]),
+            "agreement_with": dict(runs[ref][0]), "refined": refined,
             "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **(meta or {})}
-    return Ladder(rungs=pareto(rows), settings=rows, stuck=stuck_knobs(rows), meta=info)
+    # Stuck: judged on the grid, the values a user would type (a refined knob reaches savings only near its end).
+    return Ladder(rungs=pareto(rows), settings=rows, stuck=stuck_knobs(rows[:len(grid_settings)]), meta=info)
 
 
 def save_ladder(folder: str | Path, ladder: Ladder) -> Path:
@@ -268,6 +338,20 @@ def choose(ladder: Ladder, target_speedup: float | None = None, max_accuracy_los
     if target_speedup is None and target_layers is None:
         return min(ok, key=lambda r: r.flops_per_sample)
     return max(ok, key=lambda r: (r.accuracy, -r.flops_per_sample))
+
+
+def stuck_message(ladder: Ladder, name: str) -> str:
+    """One line for a knob that the grid found stuck: what it means, and what the ladder can still do."""
+    flag = f"--{name.replace('_', '-')}"
+    values = sorted({float(s.knobs[name]) for s in ladder.settings if name in s.knobs})
+    added = ladder.meta.get("refined", {}).get(name) or []
+    reach = max((r.flops_speedup for r in ladder.settings if name in r.knobs), default=1.0)
+    tail = (f"; the ladder added {len(added)} values up to {max(added, key=abs):g}, reaching {reach:.2f}× FLOPs: ask "
+            "with --target-speedup or --target-layers" if added and reach > 1.0 + 1e-6
+            else "; asking for more speed through it does nothing")
+    grid_values = [v for v in values if v not in added]
+    shown = f"{grid_values[0]:g}…{grid_values[-1]:g}" if grid_values else "its usual values"
+    return f"{flag} does not change the cost on this data at {shown} (no setting ran fewer FLOPs than the first){tail}"
 
 
 def _describe(rung: Rung) -> str:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import make_tokenizer, tiny_model
 
 from nimblebert.cli.main import main
@@ -89,3 +90,69 @@ def test_a_target_without_a_ladder_says_how_to_make_one(fast_folder: Path, toy_d
     capsys.readouterr()
     assert main(["predict", str(fast_folder), "--target-speedup", "1.5"]) == 2
     assert "calibrate it first" in capsys.readouterr().err
+
+
+
+def test_on_an_uncertain_model_a_target_speedup_gives_about_that_speedup(fast_folder: Path, toy_data_dir: Path,
+                                                                         tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    """Issue 20: a FastBERT whose branches are never confident (here by construction: every branch's output layer
+    scaled down, so its normalized entropies bunch just under 1) runs every layer at every speed of the fixed grid.
+    The ladder's per-model refinement adds speeds near 1: for 1.5× and 2× the calibration holds a setting within the
+    refinement's tolerance of the target, and ``evaluate --target-speedup`` on the same data measures at least the
+    target, exactly the chosen rung's saving, at the best accuracy any setting that fast had."""
+    import nimblebert
+    from nimblebert.ladder import REFINE_TOLERANCE
+
+    model = nimblebert.load(fast_folder)
+    with torch.no_grad():
+        for branch in model.extras["branches"]:
+            branch.out.weight.mul_(0.05)
+            branch.out.bias.zero_()
+    uncertain = tmp_path / "uncertain"
+    model.save(uncertain)
+    data = ["--data", str(toy_data_dir), "--split", "validation", "--max-length", "24"]
+    assert main(["calibrate", str(uncertain), *data]) == 0
+    ladder = json.loads((uncertain / "ladder.json").read_text())
+    grid_speeds = [s for s in ladder["settings"] if s["knobs"]["speed"] <= 0.9]
+    assert len(grid_speeds) == 10 and all(s["mean_layers"] == 3 for s in grid_speeds)  # no exit on the fixed grid
+    assert ladder["meta"]["refined"]["speed"]
+    capsys.readouterr()
+    assert main(["evaluate", str(uncertain), *data, "--json", "--speed", "0"]) == 0
+    full = json.loads(capsys.readouterr().out)["flops_per_sample"]
+    for target in (1.5, 2.0):
+        near = [s for s in ladder["settings"] if target <= s["flops_speedup"] <= target * (1 + REFINE_TOLERANCE)]
+        assert near, (target, sorted(s["flops_speedup"] for s in ladder["settings"]))
+        assert main(["evaluate", str(uncertain), *data, "--json", "--target-speedup", str(target)]) == 0
+        result = json.loads(capsys.readouterr().out)
+        measured = full / result["flops_per_sample"]
+        chosen = next(s for s in ladder["settings"] if s["knobs"]["speed"] == result["knobs"]["speed"])
+        assert measured >= target - 1e-9 and measured == pytest.approx(chosen["flops_speedup"], rel=1e-6)
+        assert result["accuracy"] == pytest.approx(
+            max(s["accuracy"] for s in ladder["settings"] if s["flops_speedup"] >= target - 1e-9))
+        assert result["mean_layers"] < 3
+
+
+def test_a_hand_turned_knob_that_saves_nothing_says_so(fast_folder: Path, toy_data_dir: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    """``--speed 0.8`` on a model whose branches are never that confident runs the whole model: one line says so
+    and names the targets; a speed that does let rows leave says nothing."""
+    import nimblebert
+
+    model = nimblebert.load(fast_folder)
+    with torch.no_grad():
+        for branch in model.extras["branches"]:
+            branch.out.weight.zero_()  # 50/50 everywhere: normalized entropy 1 at every branch
+            branch.out.bias.zero_()
+    unsure = tmp_path / "unsure"
+    model.save(unsure)
+    data = ["--data", str(toy_data_dir), "--max-length", "24", "--json"]
+    capsys.readouterr()
+    assert main(["evaluate", str(unsure), *data, "--speed", "0.8"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["mean_layers"] == 3
+    lines = [x for x in out.err.splitlines() if "saved nothing" in x]
+    assert len(lines) == 1 and "--speed 0.8" in lines[0] and "--target-speedup" in lines[0]
+    assert main(["evaluate", str(unsure), *data, "--speed", "1"]) == 0  # entropy ≤ 1: every row leaves at layer 1
+    out = capsys.readouterr()
+    assert json.loads(out.out)["mean_layers"] == 1 and "saved nothing" not in out.err

@@ -276,3 +276,38 @@ def test_a_random_student_learns_the_task_from_the_teacher_alone(tmp_path, toy_d
     with torch.no_grad():
         agree = (model.eval().infer(batch).logits.argmax(-1) == teacher.eval().infer(batch).logits.argmax(-1))
     assert float(agree.float().mean()) >= 0.8
+
+
+def test_joint_stage_sums_the_layer_and_prediction_losses(tmp_path, teacher_dir, toy_data_dir, capsys) -> None:
+    """``--stages joint``: one task stage at --lr that trains the layers and the classifier together on
+    L_attn + L_hidn + L_pred, the teacher run once; the result still loads as a plain transformers classifier."""
+    model = from_base(str(teacher_dir), LABELS, "tinybert", config(tmp_path, stages="joint", augment=False))
+    teacher_rows = count_rows(model.hf.bert.embeddings)
+    opts = options(tmp_path, "joint", teacher_dir, lr=1e-3, epochs=2)
+    capsys.readouterr()
+    (joint,) = stages(model, opts, task_data(toy_data_dir))
+    # The plan, said before the teacher's pass: rows, epochs and steps of each stage.
+    assert "tinybert: 96 training rows at batch 16: joint 2 epochs = 12 steps." in capsys.readouterr().err
+    assert (joint.name, joint.schedule, joint.select, joint.lr, joint.epochs) == ("joint", "linear", "best", 1e-3, 2)
+    batch = next(iter(make_loader(joint.train_data, model.tokenizer, 8, shuffle=False)))
+    parts = joint.objective(model, batch)
+    assert set(parts) == {"loss", "attn", "hidden", "pred"}
+    torch.testing.assert_close(parts["loss"].detach(), parts["attn"] + parts["hidden"] + parts["pred"])
+
+    train_enc, val_enc = encoded(model.tokenizer, toy_data_dir)
+    head, layers = snapshot(model.hf.classifier), snapshot(model.hf.bert.encoder)
+    rows_before = teacher_rows[0]
+    train(model, [joint], train_enc, val_enc, opts)
+    assert not same(head, snapshot(model.hf.classifier)) and not same(layers, snapshot(model.hf.bert.encoder))
+    assert teacher_rows[0] == rows_before  # two epochs, every target from the cache
+    log = [json.loads(x) for x in (tmp_path / "joint" / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "loss" in r]
+    assert steps and all({"attn", "hidden", "pred"} <= set(r) and math.isfinite(r["loss"]) for r in steps)
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "joint")
+    assert plain.config.num_hidden_layers == 2
+    batch = next(iter(make_loader(val_enc, model.tokenizer, 16, shuffle=False)))
+    with torch.no_grad():
+        a = plain.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         token_type_ids=batch["token_type_ids"]).logits
+        b = nimblebert.load(tmp_path / "joint").infer(batch).logits
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

@@ -59,7 +59,9 @@ def test_grid_uses_the_knobs_sweeps_and_skips_patience() -> None:
 def test_calibrate_a_tiny_fastbert_store_and_load_back(tmp_path: Path) -> None:
     model = tiny_fastbert()
     ladder = calibrate(model, encoded_toy(), batch_size=16, meta={"data": "toy", "max_length": 16})
-    assert len(ladder.settings) == len(SPEED_SWEEP) and not ladder.stuck
+    # The grid, then the speeds the per-model refinement added (issue 20: targets between the grid's savings).
+    added = ladder.meta["refined"]["speed"]
+    assert [s.knobs["speed"] for s in ladder.settings] == [*SPEED_SWEEP, *added] and not ladder.stuck
     rungs = ladder.rungs
     assert rungs and len(rungs) <= len(ladder.settings)
     # Ordered from the most accurate to the cheapest, each rung strictly cheaper and strictly less accurate.
@@ -90,13 +92,17 @@ def test_a_knob_that_cannot_move_is_reported(tmp_path: Path, toy_data_dir: Path,
 
     model = tiny_fastbert(confident=False)
     ladder = calibrate(model, encoded_toy(), batch_size=16)
-    assert ladder.stuck == ["speed"] and len(ladder.rungs) == 1  # every speed ran the whole model
+    assert ladder.stuck == ["speed"]  # every speed of the grid ran the whole model
+    grid_part = ladder.settings[:len(SPEED_SWEEP)]
+    assert all(s.mean_layers == 4 for s in grid_part)
+    # 50/50 branches: only speed 1 (entropy ≤ 1: every row leaves at the first branch) moves, the refinement's end
+    assert ladder.meta["refined"]["speed"][0] == 1.0
     folder = tmp_path / "unsure"
     model.save(folder)
     capsys.readouterr()  # saving's own progress bar
     assert main(["calibrate", str(folder), "--data", str(toy_data_dir), "--max-length", "16"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--speed does not change the cost" in err[0]
+    assert len(err) == 1 and "--speed does not change the cost" in err[0] and "--target-speedup" in err[0]
     assert load_ladder(folder).stuck == ["speed"]
 
 
@@ -117,3 +123,27 @@ def test_a_broken_ladder_file_is_a_user_error(tmp_path: Path) -> None:
         load_ladder(tmp_path)
     assert load_ladder(tmp_path / "none") is None
     assert Ladder.from_json(Ladder([rung(0.5, 1)]).to_json()).rungs[0].accuracy == 0.5
+
+
+def test_refine_bisects_a_knob_whose_savings_bunch_at_its_end() -> None:
+    """A speed whose saving appears only above 0.995 (entropies bunched near 1): the grid 0…0.9 sees none; the
+    refinement adds values until each reachable target speed-up has a setting within the tolerance above it,
+    and stops at the targets the knob cannot reach."""
+    from nimblebert.ladder import REFINE_TARGETS, REFINE_TOLERANCE, refine
+
+    def speedup(v: float) -> float:
+        return 1.0 + 3.0 * max(0.0, (v - 0.995) / 0.005)  # 1× up to 0.995, 4× at speed 1
+
+    calls = []
+
+    def run(knobs: dict) -> float:
+        calls.append(knobs)
+        return speedup(knobs["speed"])
+
+    known = {v: 1.0 for v in SPEED_SWEEP}
+    added = refine("speed", {"speed": 0.0, "patience": 0}, run, known)
+    assert added[0] == 1.0 and len(added) == len(calls) and all(c["patience"] == 0 for c in calls)
+    for target in REFINE_TARGETS:
+        near = [s for s in known.values() if target <= s <= target * (1 + REFINE_TOLERANCE)]
+        assert bool(near) == (target <= 4.0), target  # 5× is out of reach: no probe can give it
+    assert all(0.9 < v <= 1.0 for v in added)

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data import encode, load_task
     from ..errors import UserError
-    from ..ladder import LADDER_FILE, calibrate, grid, save_ladder
+    from ..ladder import LADDER_FILE, calibrate, grid, save_ladder, stuck_message
     from ..model import load
 
     if not Path(args.model).is_dir():
@@ -45,8 +45,7 @@ def run(args: argparse.Namespace) -> int:
                        meta={"data": args.data, "split": args.split, "max_length": args.max_length})
     path = save_ladder(args.model, ladder)
     for name in ladder.stuck:
-        sys.stderr.write(f"calibrate: --{name.replace('_', '-')} does not change the cost on this data "
-                         f"(no value ran fewer FLOPs than the first): the ladder cannot use it\n")
+        sys.stderr.write(f"calibrate: {stuck_message(ladder, name)}\n")
     if args.json:
         print(json.dumps(ladder.to_json()))
         return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from typing import Any
 
@@ -45,6 +46,28 @@ def _load_task_for(model: Any, args: argparse.Namespace) -> Any:
         raise
 
 
+def _say_when_knobs_saved_nothing(model: Any, args: argparse.Namespace, knobs: dict[str, Any], loader: Any,
+                                  preds: Any) -> None:
+    """Issue 20: a knob turned by hand (e.g. --speed 0.8 on a model whose branches are never that confident) that
+    ran every sample at the whole model's cost gets one line on stderr saying so, and what to ask instead."""
+    import torch
+
+    from ..bench.measure import full_model_flops
+    from .common import knob_values
+
+    given = knob_values(args)
+    moved = {k.name: knobs[k.name] for k in model.knobs()
+             if k.name in given and k.full is not None and knobs.get(k.name) != k.full}
+    if not moved or preds.flops.numel() == 0:
+        return
+    full = torch.cat([full_model_flops(model, batch["attention_mask"]) for batch in loader]).mean()
+    if float(preds.flops.mean()) >= float(full) * (1 - 1e-6):
+        said = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in moved.items())
+        sys.stderr.write(f"evaluate: {said} saved nothing on this data (every example ran at the whole model's cost "
+                         f"or more; mean layers {float(preds.layers.float().mean()):.2f}): ask for a cost with "
+                         "--target-speedup or --target-layers, mapped through the model's calibrated ladder\n")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..data import encode, make_loader
     from ..inference import metrics, predict_loader
@@ -59,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     preds = predict_loader(model, loader, **knobs)
     seconds = time.perf_counter() - t0
+    _say_when_knobs_saved_nothing(model, args, knobs, loader, preds)
     result = {"model": args.model, "method": model.method, "stack": model.methods, "runtime": model.runtime,
               "data": args.data, "split": split,
               **metrics(preds, model.num_labels), "knobs": knobs,

@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
               f"{(ladder.get('meta') or {}).get('split', 'validation')} data; pick one with --target-speedup, "
               "--target-layers or --max-accuracy-loss):")
         for name in ladder.get("stuck") or []:
-            print(f"  --{name.replace('_', '-')} never bought speed on that data")
+            print(f"  --{name.replace('_', '-')} never bought speed at its usual values on that data (settings the "
+                  "ladder refined near its end may: ask with a target)")
         for r in rungs:
             knobs = ", ".join(f"{k}={v}" for k, v in (r.get("knobs") or {}).items()) or "defaults"
             figures = "  ".join(f"{key} {r[key]:.4g}" for key in ("accuracy", "flops_speedup", "mean_layers")

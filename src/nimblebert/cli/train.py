@@ -122,7 +122,7 @@ def calibrate_after_training(model, val_enc, args: argparse.Namespace):
     """The trained model's ladder on the validation split (every knob setting's accuracy and cost, Pareto front),
     stored beside it, so that a user can ask for a speed-up instead of a knob value; a knob that never buys speed
     on this data is named in one line."""
-    from ..ladder import calibrate, save_ladder
+    from ..ladder import calibrate, save_ladder, stuck_message
 
     model.eval()
     ladder = calibrate(model, val_enc, meta={"data": args.data, "split": "validation", "max_length": args.max_length})
@@ -132,6 +132,5 @@ def calibrate_after_training(model, val_enc, args: argparse.Namespace):
                      f"{top.accuracy:.4f} at {top.flops_speedup:.2f}× FLOPs to {fast.accuracy:.4f} at "
                      f"{fast.flops_speedup:.2f}× (ladder.json; nimblebert info {args.out})\n")
     for name in ladder.stuck:
-        sys.stderr.write(f"ladder: --{name.replace('_', '-')} does not change the cost on this data (no setting ran "
-                         "fewer FLOPs than the first): asking for more speed through it does nothing\n")
+        sys.stderr.write(f"ladder: {stuck_message(ladder, name)}\n")
     return ladder

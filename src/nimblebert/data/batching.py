@@ -7,6 +7,7 @@ full by every layer, and our benchmarks bucket rows by length to waste even less
 from __future__ import annotations
 
 import math
+import sys
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -55,9 +56,11 @@ def encode(ds: datasets.Dataset, tokenizer: Any, max_length: int, has_pair: bool
             out["labels"] = batch["label"]
         return out
 
-    # A progress bar only where tokenizing takes a while: on small sets it is stderr noise (and the
-    # CLI promises a single stderr line when the input is bad).
-    quiet = len(ds) < PROGRESS_MIN_ROWS and datasets.is_progress_bar_enabled()
+    # A progress bar only where tokenizing takes a while and stderr is a terminal: on small sets it is stderr noise
+    # (and the CLI promises a single stderr line when the input is bad); in a pipe or a CI log its \r updates are
+    # hundreds of lines (TinyBERT's 55,159 augmented rows: one per 1,000).
+    piped = not (getattr(sys.stderr, "isatty", None) and sys.stderr.isatty())
+    quiet = (len(ds) < PROGRESS_MIN_ROWS or piped) and datasets.is_progress_bar_enabled()
     if quiet:
         datasets.disable_progress_bars()
     try:

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..data import data_home, make_loader
+from ..train.progress import progress_bar
 from .fingerprint import rows_fingerprint
 from .teacher import Targets, Teacher
 
@@ -147,7 +147,9 @@ def build_cache(
                 scores = np.memmap(tmp_inner / "scores.f16", dtype=np.float16, mode="w+",
                                    shape=(max(1, int(score_off[-1])),))
             loader = make_loader(encoded, tokenizer, batch_size, shuffle=False, bucket_by_length=True)
-            for batch in tqdm(loader, desc="teacher outputs", disable=not progress, leave=False):
+            # tqdm on a terminal, plain lines with the time left in a pipe (a CI log gets no \r updates)
+            bar = progress_bar(len(loader), 0, f"teacher outputs ({len(lengths):,} rows, once)", progress)
+            for batch in loader:
                 out = teacher.run(batch, hidden_idx if need_inner else [], score_idx if need_inner else [],
                                   logits=need_logits)
                 for r, i in enumerate(batch["index"].tolist()):
@@ -159,6 +161,8 @@ def build_cache(
                         hidden[hidden_off[i]:hidden_off[i + 1]] = block.half().cpu().numpy().reshape(-1)
                         block = torch.stack([t[r, :, :n, :n] for t in out.scores])  # (na, h, L, L)
                         scores[score_off[i]:score_off[i + 1]] = block.half().cpu().numpy().reshape(-1)
+                bar.update()
+            bar.close()
             if tmp_logits is not None:
                 np.save(tmp_logits / "logits.npy", all_logits)
                 _publish(tmp_logits, logits_folder)

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from ...distill.config import AugmentOptions, check_augment_options
 from ...errors import UserError
 
-STAGES = ("general", "intermediate", "prediction")
+STAGES = ("general", "intermediate", "joint", "prediction")
 INITS = ("auto", "teacher", "random", "model")
 
 
@@ -50,10 +50,13 @@ class TinyBertConfig(AugmentOptions):
         "help": "teacher layer g(m) (1-based, comma-separated) distilled into each student layer m = 1..M; "
                 "default: the paper's uniform map g(m) = (N/M)·m. The embeddings always map to the embeddings"})
     stages: str = field(default="auto", metadata={
-        "help": "comma-separated stages to run, in order, from general, intermediate, prediction; 'auto' = "
-                "general (only with --general-data), intermediate, prediction. A run without the prediction "
-                "stage keeps the projection in nimblebert.safetensors, so a later run (--model that folder) "
-                "continues with it, as the official general and task checkpoints do"})
+        "help": "comma-separated stages to run, in order, from general, intermediate, joint, prediction; 'auto' = "
+                "general (only with --general-data), intermediate, prediction (the official two task stages). "
+                "'joint' is one task stage that sums the intermediate and the prediction losses (TextBrewer-style "
+                "one-stage distillation) at --lr for --epochs, e.g. --stages joint --lr 1e-4 --epochs 10 on a few "
+                "hundred rows; measured against the two stages in docs/results.md (tinybert_small). A run without "
+                "the prediction stage keeps the projection in nimblebert.safetensors, so a later run (--model that "
+                "folder) continues with it, as the official general and task checkpoints do"})
     intermediate_epochs: float = field(default=10.0, metadata={
         "help": "epochs of intermediate-layer distillation (embeddings + attention + hidden states; README: 10)"})
     intermediate_lr: float = field(default=5e-5, metadata={
@@ -100,13 +103,16 @@ class TinyBertConfig(AugmentOptions):
     def stage_list(self) -> list[str]:
         """The stages to run, in the official order."""
         if self.stages.strip() == "auto":
-            return [s for s in STAGES if s != "general" or self.general_data]
+            return [s for s in STAGES if s != "joint" and (s != "general" or self.general_data)]
         chosen = [s.strip() for s in self.stages.split(",") if s.strip()]
         unknown = [s for s in chosen if s not in STAGES]
         if unknown or not chosen:
             raise UserError(f"--stages {self.stages!r}: give 'auto' or some of {', '.join(STAGES)} (comma-separated)")
         if "general" in chosen and not self.general_data:
             raise UserError("--stages general needs --general-data (a text file or a built-in name)")
+        if "joint" in chosen and "intermediate" in chosen:
+            raise UserError(f"--stages {self.stages!r}: joint already holds the intermediate losses; give "
+                            "general,joint or joint (optionally followed by prediction)")
         return [s for s in STAGES if s in chosen]  # the official order, whatever order was typed
 
 
