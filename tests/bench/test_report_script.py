@@ -106,3 +106,13 @@ def test_render_from_json_alone_writes_section_and_chart(report, tmp_path: Path,
     assert "AMD EPYC (avx512_vnni), 1 thread(s), pinned to CPU 0" in md
     assert "| **onnxruntime-int8** | int8 |" in md
     assert json.loads((tmp_path / "efficiency_mr.json").read_text())["rows"] == data["rows"]  # JSON untouched
+
+
+def test_readme_shows_the_efficiency_report_alone_once_published(report) -> None:
+    import common
+
+    names = ["efficiency_mr", "finetune_mr", "dynabert_mr", "dynabert_mr_final5", "ssa"]
+    assert sorted(names, key=common._section_rank)[0] == "efficiency_mr"  # first in docs/results.md
+    assert common.readme_sections(names) == ["efficiency_mr"]
+    # before the report exists, one headline per benchmark (DynaBERT's featured run only)
+    assert common.readme_sections(names[1:]) == ["finetune_mr", "dynabert_mr_final5", "ssa"]
