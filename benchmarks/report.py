@@ -281,6 +281,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                      "agreement_with_teacher": agree, "flops_speedup": base_flops / m["flops_per_sample"]})
         contenders[label] = nimble_contender(model, c["knobs"])
 
+    if args.accuracy_only:
+        return {}
+
     # ---- the baselines: what a user would run instead --------------------------------------------------
     onnx_dir = Path(tempfile.mkdtemp(prefix="report_onnx_"))
     sessions, onnx_report = onnx_baselines(teacher, onnx_dir)
@@ -383,7 +386,7 @@ def goal_table(result: dict[str, Any]) -> str:
     lines = ["| seed | budget (validation) | batch | fastest setting chosen | test Δ vs teacher [95% CI] (points) | "
              "× plain transformers (goal) | × onnxruntime int8 (goal 3×) |", "|---" * 7 + "|"]
     for seed in result["seeds"]:
-        for budget in [b for b in result["budgets"] if b > 0]:
+        for budget in result["budgets"]:
             goal = result["goals"].get(str(budget))
             for batch, key in ((1, "b1_speedup"), (big, f"b{big}_speedup")):
                 r = best_rows(result, seed, budget, key)
@@ -395,6 +398,25 @@ def goal_table(result: dict[str, Any]) -> str:
                 lines.append(f"| {seed} | ≤ {100 * budget:g} pt | {batch} | {r['label']} | {_pm(r['vs_teacher'])} | "
                              f"{x:.2f}×{target} | {ort:.2f}× ({ort / result['goal_vs_ort_int8']:.0%} of "
                              f"{result['goal_vs_ort_int8']:g}×) |")
+    return "\n".join(lines)
+
+
+def flops_checks(result: dict[str, Any]) -> str:
+    """Measured ÷ FLOPs speed-up per runtime and batch size: the lowest and the median over the chosen settings
+    (issue 17: ≥ 0.9 for every fp32 row; int8 rows should be above 1)."""
+    import statistics
+
+    big = result["big_batch"]
+    lines = ["| runtime | batch | lowest measured ÷ FLOPs speed-up (setting) | median | goal |", "|---" * 5 + "|"]
+    for runtime, goal in (("fp32", "≥ 0.9 every row"), ("int8", "> 1")):
+        own = [r for r in result["rows"] if r["runtime"] == runtime]
+        for batch in (1, big):
+            key = f"b{batch}_over_flops"
+            if not own:
+                continue
+            low = min(own, key=lambda r: r[key])
+            lines.append(f"| {runtime} | {batch} | {low[key]:.2f} ({low['label']}) | "
+                         f"{statistics.median(r[key] for r in own):.2f} | {goal} |")
     return "\n".join(lines)
 
 
@@ -478,6 +500,10 @@ Fastest setting per seed, budget and batch size, against the goal:
 
 ![accuracy against measured speed-up, batch 1 and {big}]({chart})
 
+Measured speed-up ÷ FLOPs speed-up over the chosen settings (1 = every saved FLOP saved time):
+
+{flops_checks(result)}
+
 Every chosen setting and the baselines:
 
 {main_table(result)}
@@ -523,6 +549,9 @@ def main() -> None:
     ap.add_argument("--sweep", action="append", default=[], metavar="KNOB=V1,V2",
                     help="the values swept for one knob instead of the default ones (repeatable)")
     ap.add_argument("--no-cache", action="store_true", help=f"re-evaluate every accuracy (no {CACHE.name})")
+    ap.add_argument("--accuracy-only", action="store_true",
+                    help=f"only fill {CACHE.name} (validation sweep, test predictions) without timing or writing "
+                         "docs: run it at low priority first, then the timed run only times")
     ap.add_argument("--docs", help="write the files here instead of docs/ (a trial: no results.md or README)")
     ap.add_argument("--render", action="store_true", help="redraw the section and chart from the JSON only")
     args = ap.parse_args()
@@ -537,6 +566,8 @@ def main() -> None:
         result = json.loads((Path(args.docs or common.DOCS) / f"{name}.json").read_text())
     else:
         result = measure(args)
+        if args.accuracy_only:
+            return
     print(publish(result, args.docs))
 
 
