@@ -28,7 +28,8 @@ def main() -> None:
     args = ap.parse_args()
 
     sizes = json.loads(cli("data", "prepare", "mr").strip().splitlines()[-1])
-    if not (args.reuse and finished(args.out)):
+    reused = args.reuse and finished(args.out)
+    if not reused:
         cli("train", "finetune", "--model", "minilm-l6", "--data", "mr", "--out", args.out, "--overwrite", *TRAIN,
             capture=False)
     summary = json.loads(open(f"{args.out}/train_summary.json").read())
@@ -47,7 +48,9 @@ def main() -> None:
     env = test["environment"]
     # The threads the training ran on: this process's setting, which its training command inherited (OMP_NUM_THREADS,
     # e.g. from --threads of the other benchmarks or a wrapper), else torch's default of one per core.
+    # A reused folder was trained by an earlier run whose threads this run cannot know: say so instead.
     threads = os.environ.get("OMP_NUM_THREADS") or env["cpu_count"]
+    trained = "in an earlier run" if reused else f"at {threads} thread(s)"
     md = f"""## Fine-tuning MiniLM-L6 on `mr` (the baseline and the teacher)
 
 `python benchmarks/finetune_mr.py` (`make demo` runs it too, into runs/demo). Data: `mr` (Pang & Lee sentence polarity),
@@ -73,7 +76,7 @@ Core ÷ faster transformers (must be ≤ 1.05): batch 1 {ratio['batch1']:.3f}, b
     b1, b32 = lat["batch1"]["nimblebert"], lat["batch32"]["nimblebert"]
     headline = (f"**Baseline** (`python benchmarks/finetune_mr.py`): MiniLM-L6 fine-tuned on `mr` — test accuracy "
                 f"{test['accuracy']:.4f} ({test['examples']} sentences), {summary['train_seconds'] / 60:.1f} min of "
-                f"training at {threads} thread(s); {b1['ms_per_sample']:.1f} ms per sentence at batch 1, "
+                f"training {trained}; {b1['ms_per_sample']:.1f} ms per sentence at batch 1, "
                 f"{b32['ms_per_sample']:.1f} ms at batch 32.\n")
     publish("finetune_mr", md, {"sizes": sizes, "train": summary, "validation": val, "test": test,
                                 "core_over_transformers": ratio, "environment": environment()}, headline,
