@@ -341,7 +341,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     env["minutes"] = round((time.time() - t_start) / 60, 1)
     env["timing_minutes"] = round(timing_minutes, 1)
     return {"data": args.data, "command": common.command_line(), "teacher": args.teacher, "length": length,
-            "seeds": seeds, "budgets": list(BUDGETS), "goals": {str(k): v for k, v in GOALS.items()},
+            "seeds": seeds, "seed_folders": {str(s): seed_runs(args.runs, args.data, s) for s in seeds},
+            "budgets": list(BUDGETS), "goals": {str(k): v for k, v in GOALS.items()},
             "goal_vs_ort_int8": GOAL_VS_ORT, "big_batch": BIG, "b1_examples": args.b1_examples,
             "big_examples": args.batch_examples, "rounds": args.rounds, "bootstrap": args.bootstrap,
             "sweeps": {k: list(v) for k, v in compose_mr.SWEEPS.items()},
@@ -472,7 +473,9 @@ def render(result: dict[str, Any], chart: str) -> tuple[str, str]:
                       if any(k in c["knobs"] for c in result["candidates"]))
     seeds = result["seeds"]
     recipe = "\n".join(f"  - {g['name']}: `{g['command']}`" for g in result["grid"] if g["seed"] == seeds[0])
-    others = ", ".join(str(s) for s in seeds[1:])
+    folders = result.get("seed_folders", {})
+    other_seeds = "".join(f"; seed {s}: the same commands with `--seed {s}`, folders under `{folders.get(str(s), '?')}/`"
+                          for s in seeds[1:])
     missing = ("\n- Not trained, left out: " + "; ".join(f"`{c}`" for c in result["missing"])) if result["missing"] \
         else ""
     data = result["data"]
@@ -508,8 +511,7 @@ Every chosen setting and the baselines:
 
 {main_table(result)}
 
-- Models, seed {seeds[0]} (each from the folder before; seed {others or '—'}: the same commands with `--seed` under
-  its own folder, listed in the JSON):
+- Models, seed {seeds[0]} (each from the folder before{other_seeds}):
 {recipe}{missing}
 """
     headline = (f"**Efficiency on `{data}`** (`{result['command']}`; teacher {tt['accuracy']:.4f} test / "
