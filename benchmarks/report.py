@@ -474,8 +474,8 @@ def render(result: dict[str, Any], chart: str) -> tuple[str, str]:
     seeds = result["seeds"]
     recipe = "\n".join(f"  - {g['name']}: `{g['command']}`" for g in result["grid"] if g["seed"] == seeds[0])
     folders = result.get("seed_folders", {})
-    other_seeds = "".join(f"; seed {s}: the same commands with `--seed {s}`, folders under `{folders.get(str(s), '?')}/`"
-                          for s in seeds[1:])
+    other_seeds = "".join(f"; seed {s}: the same commands with `--seed {s}`, folders under "
+                          f"`{folders.get(str(s), '?')}/`" for s in seeds[1:])
     missing = ("\n- Not trained, left out: " + "; ".join(f"`{c}`" for c in result["missing"])) if result["missing"] \
         else ""
     data = result["data"]
