@@ -41,7 +41,7 @@ bench: data
 	$(BIN)/python benchmarks/tinybert_mr.py
 	$(BIN)/python benchmarks/dynabert_mr.py --width-epochs 1 --depth-epochs 3 --final-epochs 5 --depth-rule last --lr 5e-5 \
 		--eval-every 50 --name dynabert_mr_final5 --out runs/dynabert-mr-final5
-	$(BIN)/python benchmarks/compose_mr.py --reuse --threads 1
+	$(BIN)/python benchmarks/report.py --train --threads 1  # the efficiency report: README's table, docs/efficiency_mr.*
 	$(BIN)/python benchmarks/int8_mr.py --teacher runs/teacher-mr --fastbert runs/fast --dynabert runs/dyna --threads 1
 	$(BIN)/python benchmarks/startup.py --model runs/teacher-mr
 	$(BIN)/python -m pip install -q -e ".[bench]"  # the plain transformers + FastAPI server serve_mr.py compares with
