@@ -261,7 +261,7 @@ def test_knob_out_of_range_is_a_user_error(knobs: dict) -> None:
 @pytest.mark.parametrize("cfg", BRANCH_KINDS, ids=lambda c: "-".join(c.values()))
 def test_branch_flops_formula_matches_the_flop_counter(cfg: dict) -> None:
     model = make_model(**cfg)
-    branch = model.extras["branches"][0]
+    branch = model.extras["branches"][0].eval()  # the inference path, whose FLOPs the runner reports
     hidden = torch.randn(1, 9, 32)
     mask = torch.ones(1, 9, dtype=torch.long)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -340,3 +340,27 @@ def test_loop_state_sanity_for_hooks() -> None:
     state.finish(torch.tensor([False, True, False]), torch.randn(3, 2))
     assert state.rows.tolist() == [0, 2] and state.hidden.shape[0] == 2
     assert state.layers_run.tolist() == [0, 1, 0]
+
+
+def test_folded_branch_equals_the_papers_branch_and_follows_weight_updates() -> None:
+    """At inference the attention branch with first-token pooling runs as folded products (modules.py): the same
+    logits as the paper's computation (the training path), padding included, and a weight update (an optimizer
+    step, a loaded state dict) refolds it."""
+    from nimblebert.methods.fastbert.modules import AttentionBranch
+
+    torch.manual_seed(0)
+    branch = AttentionBranch(32, 16, 2, 3).eval()
+    hidden = torch.randn(3, 9, 32)
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[1, 5:] = 0
+    mask[2, 2:] = 0
+    for _ in range(2):
+        paper = branch(hidden, mask)  # grad enabled: the unfolded products
+        with torch.inference_mode():
+            folded = branch(hidden, mask)
+        torch.testing.assert_close(folded, paper.detach(), atol=1e-5, rtol=1e-5)
+        with torch.no_grad():  # in place, as an optimizer step: the fold must follow
+            branch.key_value.weight.mul_(1.5)
+            branch.dense.bias.add_(0.3)
+    with torch.inference_mode():
+        assert not torch.allclose(branch(hidden, mask), folded)

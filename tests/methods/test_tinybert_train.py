@@ -84,7 +84,7 @@ def count_rows(module: torch.nn.Module) -> list[int]:
 def test_two_task_stages_static_result_and_teacher_run_once(tmp_path, teacher_dir, toy_data_dir) -> None:
     model = from_base(str(teacher_dir), LABELS, "tinybert", config(tmp_path))
     teacher = model.hf
-    teacher_rows = count_rows(teacher.bert.embeddings)
+    teacher_rows = count_rows(teacher.bert.embeddings.word_embeddings)  # called on every path (core: embed)
     opts = options(tmp_path, "tiny", teacher_dir, lr=1e-3)
     inter, pred = stages(model, opts, task_data(toy_data_dir))
 

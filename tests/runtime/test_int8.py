@@ -180,7 +180,7 @@ def test_cli_export_nimble_int8_then_evaluate_and_predict(tmp_path: Path, toy_da
     model.save(tmp_path / "fast")
     assert main(["export", str(tmp_path / "fast"), "--format", "nimble", "--int8", "--out", str(tmp_path / "q")]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["runtime"] == "int8" and report["knobs"] == ["speed", "patience"]  # the knobs stay knobs
+    assert report["runtime"] == "int8" and report["live_knobs"] == ["speed", "patience"]  # the knobs stay knobs
     assert nimblebert.load(tmp_path / "q").runtime == "int8"
     assert main(["evaluate", str(tmp_path / "q"), "--data", str(toy_data_dir), "--speed", "0.5", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -3,7 +3,9 @@
 Every model (at every knob setting given with ``--sweep``) is timed interleaved with the baselines a
 user would pick instead, on the same inputs, in the same run: the plain transformers version of the first
 model (sdpa and eager attention; the faster is the baseline every speed-up is quoted against) and, unless
-``--no-onnx``, that model exported to ONNX and run with onnxruntime in float32 and dynamic int8. Every row's
+``--no-onnx``, that model exported to ONNX and run with onnxruntime in float32 and dynamic int8 (and so is every
+other folder that exports to ONNX as it is: a static one). ``--runtime fp32,int8`` runs every folder at every knob
+setting on both of nimblebert's runtimes, so that ``pick`` chooses among settings and backends. Every row's
 accuracy is measured on the same evaluation batches. Writes ``results.jsonl`` / ``.csv`` / ``.md``,
 ``pareto.png`` and ``meta.json``; ``nimblebert pick`` reads the folder.
 """
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         from ..export.onnx import require_onnx
 
         require_onnx()  # before minutes of evaluation, not after
-    runtimes = args.runtime or [None]  # None: each folder's own runtime
+    runtimes = list(args.runtime) or [None]  # None: each folder's own runtime
     models = [load(m, runtime=runtimes[0]) for m in args.models]
     first = models[0]
     for m, path in zip(models[1:], args.models[1:], strict=True):
@@ -143,13 +145,32 @@ def run(args: argparse.Namespace) -> int:
         from ..bench.onnx import onnx_baselines
 
         sys.stderr.write("exporting the baseline to ONNX (fp32 and int8)\n")
-        sessions, onnx_report = onnx_baselines(first, out / "onnx")
+        # ONNX is exported from the float32 modules (an int8-runtime model's Linears run torch's quantized kernels).
+        def fp32(model: Any, path: str) -> Any:
+            return model if model.runtime == "fp32" else load(path, runtime="fp32")
+
+        sessions, onnx_report = onnx_baselines(fp32(first, first_path), out / "onnx")
         for name, session in sessions.items():
             contenders[name] = session
             rows.append({"name": name, "method": "onnxruntime", "runtime": "onnxruntime", **base,
                          **evaluate_logits(session, first, loader), "onnx_file": str(session.path),
                          "size_mb": round(session.path.stat().st_size / 1e6, 2)})
             sys.stderr.write(f"{name}: accuracy {rows[-1].get('accuracy', float('nan')):.4f}\n")
+        # The other folders that export to ONNX as they are (static: no knob left) are backends to choose from too.
+        for k, (path, model) in enumerate(zip(args.models[1:], models[1:], strict=True), 1):
+            if not is_static(model):
+                continue
+            label = Path(path).name if short else path
+            sys.stderr.write(f"exporting {label} to ONNX (fp32 and int8)\n")
+            sessions, _ = onnx_baselines(fp32(model, path), out / "onnx" / f"{k}-{Path(path).name}")
+            for name, session in sessions.items():
+                row_name = f"{label} [{name}]"
+                contenders[row_name] = session
+                rows.append({"name": row_name, "method": "onnxruntime", "runtime": "onnxruntime", "path": path,
+                             "static": True, "knobs": {}, "params_m": params_m(model.hf),
+                             **evaluate_logits(session, model, loader), "onnx_file": str(session.path),
+                             "size_mb": round(session.path.stat().st_size / 1e6, 2)})
+                sys.stderr.write(f"{row_name}: accuracy {rows[-1].get('accuracy', float('nan')):.4f}\n")
 
     # ---- latency of everything, interleaved on the same inputs -------------------------------------
     torch.manual_seed(0)

@@ -94,11 +94,24 @@ def add_runtime_flag(p: argparse.ArgumentParser, multiple: bool = False) -> None
     names, else fp32). With ``multiple``, repeatable: each model is run on each runtime given."""
     from ..runtime import RUNTIMES
 
-    p.add_argument("--runtime", choices=RUNTIMES, default=[] if multiple else None,
-                   action="append" if multiple else "store",
-                   help="fp32, or int8: dynamic int8 matrix products on the CPU, every knob still live (default: "
-                        "the folder's runtime, else fp32)"
-                        + ("; repeat to run each model on several" if multiple else ""))
+    help_text = ("fp32, or int8: dynamic int8 matrix products on the CPU, every knob still live (default: the "
+                 "folder's runtime, else fp32)")
+    if not multiple:
+        p.add_argument("--runtime", choices=RUNTIMES, default=None, help=help_text)
+        return
+
+    def runtimes(text: str) -> list[str]:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        bad = [n for n in names if n not in RUNTIMES]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(f"unknown runtime {(bad or [text])[0]!r}; choose from "
+                                             f"{', '.join(RUNTIMES)} (several: --runtime fp32,int8)")
+        return names
+
+    p.add_argument("--runtime", "--runtimes", dest="runtime", type=runtimes, default=[], action="extend",
+                   metavar="RUNTIME[,RUNTIME]",
+                   help=help_text + "; several, comma-separated or repeated (--runtime fp32,int8), run each model on "
+                                    "each")
 
 
 def knob_values(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """``nimblebert export DIR --out OUT [--format onnx|hf|nimble] [--int8] [--teacher-only] [knobs]``.
 
-``--format nimble`` writes a nimblebert folder that keeps every knob (``--int8``: it loads with the int8
-runtime). The other formats write a static model and check it against PyTorch. Static models (plain
+``--format nimble`` writes a nimblebert folder that keeps every knob not given (``--int8``: it loads with the int8
+runtime); ``--format hf`` the same folder with its structure fixed so that plain transformers loads it (exits and
+token cuts stay live for nimblebert); ``onnx`` a static graph. One line on stderr says which knobs were fixed at
+export, which stay live and which were dropped. Static models (plain
 fine-tunes, TinyBERT students, exported sub-networks) export as they are; a dynamic method exports at
 given knob settings once it registers a materializer (DynaBERT: ``--width 0.5 --depth 0.5``); a model with
 per-sample control flow (FastBERT) exports its teacher with ``--teacher-only``.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from .common import add_knob_flags, check_out_folder, knob_values
 
@@ -36,9 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..export import ExportOptions, export_model
+    from ..export.api import knobs_line
 
     check_out_folder(args.out)
     report = export_model(args.model, args.out, args.format, knob_values(args), args.teacher_only,
                           ExportOptions(int8=args.int8))
     print(json.dumps(report))
+    print(knobs_line(report), file=sys.stderr)  # what became of each knob, for the person at the terminal
     return 0

@@ -50,12 +50,27 @@ class EncoderOutput:
     scores: list[torch.Tensor] | None = None  # pre-softmax scores + additive mask, (B, h, T, T) per layer
     extras: dict = field(default_factory=dict)  # whatever hooks want to hand back (per-layer logits, ...)
 
-    def add_flops(self, flops: torch.Tensor) -> None:
+    def add_flops(self, flops: torch.Tensor | Callable[[], torch.Tensor]) -> None:
         """Add (B,) FLOPs of what a hook or head ran (branches, policies) to ``extras["extra_flops"]``, which
-        :func:`~nimblebert.core.flops.sample_flops` counts; each component adds its own, none overwrites."""
+        :func:`~nimblebert.core.flops.sample_flops` counts; each component adds its own, none overwrites.
+
+        ``flops`` may be a function returning them: it is called only when the FLOPs are read
+        (:meth:`extra_flops`), so that counting them costs nothing on a timed call that never asks (at batch 1,
+        a FastBERT branch's FLOPs formula took about a tenth of a millisecond per call).
+        """
+        if callable(flops):
+            self.extras.setdefault("extra_flops_lazy", []).append(flops)
+            return
         flops = flops.double().cpu()
         current = self.extras.get("extra_flops")
         self.extras["extra_flops"] = flops if current is None else current.double().cpu() + flops
+
+    def extra_flops(self) -> torch.Tensor | None:
+        """The (B,) FLOPs that hooks and heads added (:meth:`add_flops`), the deferred ones computed now; None
+        when none added any."""
+        for fn in self.extras.pop("extra_flops_lazy", []):
+            self.add_flops(fn())
+        return self.extras.get("extra_flops")
 
 
 class LoopState:
@@ -109,6 +124,18 @@ class LoopState:
     def finish(self, done: torch.Tensor, logits: torch.Tensor) -> None:
         """Rows with ``done`` (b,) True leave the batch with ``logits`` (b, C) as their answer."""
         if not bool(done.any()):
+            return
+        if bool(done.all()):  # every live row leaves (always so at batch 1): nothing left to re-index
+            self.logits[self.rows] = logits.to(self.logits.dtype)
+            self.layers_run[self.rows] = self.step
+            self.removed = True
+            # Empty views, not copies: the live batch is empty, as the general path below would leave it.
+            self.hidden, self.mask, self.rows, self.lengths = (self.hidden[:0], self.mask[:0], self.rows[:0],
+                                                               self.lengths[:0])
+            for table in (self.row_state, self.token_state):
+                for key, value in table.items():
+                    table[key] = value[:0]
+            self._mask4d_valid = False
             return
         self.logits[self.rows[done]] = logits[done].to(self.logits.dtype)
         self.layers_run[self.rows[done]] = self.step

@@ -98,8 +98,23 @@ def layer_parts(model: nn.Module, family: Family) -> list[LayerParts]:
 
 
 def embed(model: nn.Module, family: Family, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None):
-    """The family's own embedding module (word + position + type, LayerNorm, dropout)."""
-    return getattr(model, family.backbone).embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+    """The family's own embedding module (word + position + type, LayerNorm, dropout).
+
+    At inference a BERT embedding is computed here from the module's own tables, in the order transformers adds
+    them ((word + type) + position, then LayerNorm; dropout is the identity): at batch 1 ``BertEmbeddings.forward``
+    spends more time building position and type ids (slices, expands, a gather) than looking up the three tables.
+    """
+    emb = getattr(model, family.backbone).embeddings
+    absolute = getattr(model.config, "position_embedding_type", "absolute") == "absolute"
+    if family.name == "bert" and absolute and not emb.training and input_ids.dim() == 2:
+        x = emb.word_embeddings(input_ids)  # (b, t, d)
+        if token_type_ids is None:  # every token is of type 0, as transformers' buffer says
+            x = x + emb.token_type_embeddings.weight[0]
+        else:
+            x = x + emb.token_type_embeddings(token_type_ids)
+        x = x + emb.position_embeddings.weight[: input_ids.size(1)]  # absolute positions 0 .. t-1
+        return emb.LayerNorm(x)
+    return emb(input_ids=input_ids, token_type_ids=token_type_ids)
 
 
 def classify(model: nn.Module, family: Family, sequence_output: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,7 @@ def sample_flops(encoder: CoreEncoder, out: EncoderOutput) -> torch.Tensor:
     rows = out.extras.get("head_rows")
     if rows is not None and "last_hidden" not in out.extras:
         total[rows.cpu()] += head_flops(encoder)
-    extra = out.extras.get("extra_flops")
+    extra = out.extra_flops()
     if extra is not None:
         total += extra.double().cpu()
     return total

@@ -55,6 +55,26 @@ def export_model(
             os.replace(f, out / f.name)  # config.json goes last: it marks the folder finished
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    fixed = {k: v for c in static.stack for k, v in c.fixed.items()}
+    live = [k.name for k in static.knobs()]
+    dropped = [k.name for k in model.knobs() if k.name not in fixed and k.name not in live]
     return {"format": fmt, "source": str(source), "out": str(out), "method": model.method,
             "exported_method": static.method, "exported_stack": static.describe(), "teacher_only": teacher_only,
-            **report}
+            "fixed_knobs": fixed, "live_knobs": live, "dropped_knobs": dropped, **report}
+
+
+def knobs_line(report: dict[str, Any]) -> str:
+    """One line saying what became of the source's knobs in an export: fixed (at which values), still live, or
+    dropped (``--teacher-only``, or a format with no control flow)."""
+    fixed = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in report["fixed_knobs"].items())
+    live, dropped = ", ".join(report["live_knobs"]), ", ".join(report["dropped_knobs"])
+    parts = []
+    if fixed:
+        parts.append(f"fixed at export: {fixed}")
+    if live:
+        parts.append(f"still live: {live}")
+    if dropped:
+        why = "the teacher is exported as it is" if report["teacher_only"] else f"not in the {report['format']} format"
+        parts.append(f"dropped ({why}): {dropped}")
+    runtime = " (int8 runtime at load)" if report.get("runtime") == "int8" else ""
+    return f"{report['format']} export{runtime}: " + ("; ".join(parts) if parts else "a static model, no knobs")

@@ -1,11 +1,22 @@
-"""The ``nimble`` format: a nimblebert model folder, knobs kept, optionally flagged to run in int8.
+"""The ``nimble`` and ``hf`` formats: one writer for a nimblebert model folder, which is also a transformers folder.
 
-Unlike ``onnx`` and ``hf`` it keeps a dynamic model dynamic: FastBERT's exits, TR-BERT's token cuts and
-DynaBERT's widths stay knobs of the written folder (given knobs make it static first, as in every format).
-With ``--int8`` the folder still holds the float32 weights, and its config's ``nimblebert`` section says
-``"runtime": "int8"``: ``nimblebert.load`` (and ``evaluate`` / ``predict`` / ``bench``) quantize it at load
-time (:mod:`nimblebert.runtime.int8`), so nothing fixes a knob. The written folder is loaded back and its
-logits compared with the source's on a few batches.
+Every folder nimblebert writes is a Hugging Face model folder (``config.json``, ``model.safetensors``, the
+tokenizer) with what the methods added beside it (``nimblebert.safetensors``, the config's ``nimblebert``
+section). The two formats therefore write the same thing and differ only in what they fix:
+
+- ``hf``: the structure is fixed, so that plain ``AutoModelForSequenceClassification.from_pretrained`` loads
+  the network that runs. A component whose structure is a knob is materialized at the given (or default) knob
+  values (DynaBERT at ``--width 0.5``: real smaller weights); components that decide per sample (FastBERT's
+  exits, TR-BERT's token cuts) stay live beside it for ``nimblebert.load``.
+- ``nimble``: nothing is fixed that was not asked for. Without knobs the folder keeps every knob (width
+  included); given knobs are fixed as in ``hf``. With ``--int8`` its config says ``"runtime": "int8"``: the
+  folder still holds the float32 weights, and ``nimblebert.load`` (so ``evaluate``, ``predict``, ``bench``,
+  ``pick``'s commands, ``serve``) quantizes them at load time (:mod:`nimblebert.runtime.int8`), every knob
+  still live.
+
+The written folder is checked twice: plain transformers must reproduce the model's own network (``model.hf``)
+exactly, and ``nimblebert.load`` must reproduce the whole model (exactly in float32; in int8 the largest logit
+difference and the agreement of the predictions are reported).
 """
 
 from __future__ import annotations
@@ -18,45 +29,62 @@ import torch
 
 from ..errors import UserError
 from ..model import NimbleModel
-from .onnx import check_batches
+from .onnx import check_batches, input_names
 from .registry import Exporter, ExportOptions, register_exporter
 
 
 def write(model: NimbleModel, folder: Path, options: ExportOptions) -> dict[str, Any]:
-    """``model.save`` into ``folder`` with the runtime flag, then load it back and compare logits."""
+    """``model.save`` into ``folder`` (flagged for the int8 runtime with ``options.int8``), then both checks."""
+    from transformers import AutoModelForSequenceClassification
+
     from ..model import load
 
+    runtime = "int8" if options.int8 else "fp32"
     previous = model.runtime
-    model.runtime = "int8" if options.int8 else "fp32"  # only the saved flag: the weights written are float32
+    model.runtime = runtime  # only the saved flag: the weights written are float32
     try:
         model.save(folder)
     finally:
         model.runtime = previous
-    report: dict[str, Any] = {"runtime": "int8" if options.int8 else "fp32",
-                              "knobs": [k.name for k in model.knobs()],
+    report: dict[str, Any] = {"runtime": runtime,
                               "files": {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}}
     if options.check:
+        batches = check_batches(model.tokenizer, model.hf.config)
+        plain = AutoModelForSequenceClassification.from_pretrained(folder).eval()
         reloaded = load(folder)
-        diff, agree, total = 0.0, 0, 0
+        names = input_names(model.hf)
+        plain_diff, diff, agree, total = 0.0, 0.0, 0, 0
         with torch.inference_mode():
-            for b in check_batches(model.tokenizer, model.hf.config):
+            for b in batches:
+                feed = {n: b[n] for n in names}
+                plain_diff = max(plain_diff, float((plain(**feed).logits - model.hf(**feed).logits).abs().max()))
                 ours, ref = reloaded.infer(b).logits, model.infer(b).logits
                 diff = max(diff, float((ours - ref).abs().max()))
                 agree += int((ours.argmax(-1) == ref.argmax(-1)).sum())
                 total += ref.size(0)
+        report["reload_max_abs_diff"] = plain_diff
         report["check"] = {"max_abs_diff": diff, "argmax_agreement": agree / total, "examples": total}
-        if not options.int8 and diff > 1e-5:
-            raise UserError(f"the exported folder does not reproduce the model (max |logits diff| {diff:.2e}); "
-                            "please report it")
+        if plain_diff > 1e-5 or (runtime == "fp32" and diff > 1e-5):
+            raise UserError(f"the exported folder does not reproduce the model (max |logits diff| "
+                            f"{max(plain_diff, diff):.2e}); please report it")
     (folder / "export.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 
 NIMBLE = register_exporter(Exporter(
     name="nimble",
-    help="a nimblebert model folder with its knobs kept; --int8 flags it to load with the int8 runtime "
-         "(float32 weights stored, quantized at load)",
+    help="a nimblebert model folder with every knob kept (given knobs are fixed); --int8: it loads with the int8 "
+         "runtime (float32 weights stored, quantized at load)",
     write=write,
     supports_int8=True,
+    keep_modules=True,
     extra={"keeps_knobs": True},
+))
+
+HF = register_exporter(Exporter(
+    name="hf",
+    help="a plain transformers model folder (safetensors + config + tokenizer) of the network that runs: structure "
+         "knobs fixed (given or default), per-sample exits and token cuts kept live beside it for nimblebert",
+    write=write,
+    keep_modules=True,
 ))

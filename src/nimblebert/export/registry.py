@@ -68,7 +68,7 @@ def register_exporter(exporter: Exporter) -> Exporter:
 
 
 def _load_builtin() -> None:
-    from . import hf, nimble, onnx  # noqa: F401  (importing registers the built-in formats)
+    from . import nimble, onnx  # noqa: F401  (importing registers the built-in formats: nimble, hf, onnx)
 
 
 def get_exporter(name: str) -> Exporter:

@@ -61,6 +61,8 @@ class AttentionBranch(nn.Module):
         """
         if mask4d is FROM_MASK:
             mask4d = attention_mask4d(mask)
+        if self.pooling == "first" and not self.training and not torch.is_grad_enabled():
+            return self._folded_forward(hidden, mask4d)
         b, t, _ = hidden.shape
         x = torch.tanh(self.proj(hidden))  # (b, t, w)
         kv = self.key_value(x).view(b, t, 2, self.heads, self.head_dim)  # (b, t, 2, h, dh)
@@ -80,13 +82,64 @@ class AttentionBranch(nn.Module):
         pooled = ctx[:, 0] if self.pooling == "first" else masked_mean(ctx, mask)  # (b, w)
         return self.out(torch.tanh(self.dense(pooled)))  # (b, C)
 
+    # ---- inference with first-token pooling: the same function, folded into fewer and smaller products --------
+    #
+    # With one query (token 0) the attention is linear in x = tanh(W₀h) around one softmax, so the products on
+    # either side of it fold into matrices made once from the weights (per head h, scale s = dh^-1/2):
+    #   scores_h,j = s·(W_Q,h x₀ + b_Q,h)ᵀ(W_K,h x_j + b_K,h) = u_hᵀ x_j + const_h,  u_h = s·W_K,hᵀ(W_Q,h x₀ + b_Q,h)
+    #     (the constant is the same for every j and cancels in the softmax): u = A x₀ + a, A (h·w, w);
+    #   ctx_h = Σ_j p_h,j (W_V,h x_j + b_V,h) = W_V,h x̄_h + b_V,h,  x̄_h = Σ_j p_h,j x_j;
+    #   dense(attn_out(ctx)) = W_D(W_O ctx + b_O) + b_D = M x̄ + m, M (w, h·w) (no non-linearity in between).
+    # K and V are then never computed for every token (4·t·w² FLOPs), and a call at batch 1 runs 11 operations
+    # instead of about 20: the branch after a layer should cost far less than the layer.
+
+    def _folded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(A, a, M, m) above, made from the current weights; remade when any of them changed (training, loading
+        a state dict: both bump the tensors' version counters)."""
+        tensors = (self.query.weight, self.query.bias, self.key_value.weight, self.key_value.bias,
+                   self.attn_out.weight, self.attn_out.bias, self.dense.weight, self.dense.bias)
+        key = tuple((t.data_ptr(), t._version) for t in tensors)
+        cached = getattr(self, "_fold_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with torch.inference_mode(False), torch.no_grad():
+            h, dh, w = self.heads, self.head_dim, self.width
+            wq, bq, wkv, bkv, wo, bo, wd, bd = (t.detach().double() for t in tensors)
+            wk, wv, bv = wkv[:w].view(h, dh, w), wkv[w:].view(h, dh, w), bkv[w:]
+            s = dh**-0.5
+            big_a = s * torch.einsum("hdk,hdi->hki", wk, wq.view(h, dh, w)).reshape(h * w, w)  # (h·w, w)
+            small_a = s * torch.einsum("hdk,hd->hk", wk, bq.view(h, dh)).reshape(h * w)  # (h·w,)
+            # ctx (w,) = blockdiag(W_V,h) x̄ + b_V; then W_D W_O ctx: M = W_D W_O blockdiag(W_V,h)
+            wdo = wd @ wo  # (w, w)
+            big_m = torch.einsum("ohd,hdk->ohk", wdo.view(w, h, dh), wv).reshape(w, h * w)
+            small_m = wdo @ bv + wd @ bo + bd  # (w,)
+            dtype = self.query.weight.dtype
+            folded = tuple(t.to(dtype).contiguous() for t in (big_a, small_a, big_m, small_m))
+        object.__setattr__(self, "_fold_cache", (key, folded))  # derived, not a buffer: kept out of state_dict
+        return folded  # type: ignore[return-value]
+
+    def _folded_forward(self, hidden: torch.Tensor, mask4d: torch.Tensor | None) -> torch.Tensor:
+        big_a, small_a, big_m, small_m = self._folded()
+        b = hidden.size(0)
+        x = torch.tanh(self.proj(hidden))  # (b, t, w)
+        u = F.linear(x[:, 0], big_a, small_a).view(b, self.heads, self.width)  # (b, h, w)
+        scores = torch.bmm(u, x.transpose(1, 2))  # (b, h, t), scaled through A
+        if mask4d is not None:  # (b, 1, 1, t) -> (b, 1, t)
+            scores = scores.masked_fill(~mask4d[:, 0], torch.finfo(scores.dtype).min)
+        mean = torch.bmm(torch.softmax(scores, dim=-1), x)  # (b, h, w): x̄ per head
+        return self.out(torch.tanh(F.linear(mean.view(b, -1), big_m, small_m)))  # (b, C)
+
     def flops(self, tokens: torch.Tensor, hidden: int) -> torch.Tensor:
-        """FLOPs on ``tokens`` (b,) real tokens each: W₀ 2tdw, K/V 4tw², Q 2·tq·w², scores and context
-        4·tq·t·w, attention output 2·tq·w², dense 2w², labels 2wC (tq = 1 with first-token pooling)."""
+        """FLOPs of an inference call on ``tokens`` (b,) real tokens each.
+
+        First-token pooling (folded, see above): W₀ 2tdw, A 2·h·w², scores and x̄ 4·h·t·w, M 2·h·w², labels 2wC.
+        Mean pooling: W₀ 2tdw, K/V 4tw², Q 2tw², scores and context 4t²w, attention output 2tw², dense 2w²,
+        labels 2wC."""
         t = tokens.double()
-        w = self.width
-        tq = torch.ones_like(t) if self.pooling == "first" else t
-        return (2 * t * hidden * w + 4 * t * w * w + 4 * tq * w * w + 4 * tq * t * w
+        w, h = self.width, self.heads
+        if self.pooling == "first":
+            return 2 * t * hidden * w + 4 * h * w * w + 4 * h * t * w + 2 * w * self.labels
+        return (2 * t * hidden * w + 4 * t * w * w + 4 * t * w * w + 4 * t * t * w
                 + 2 * w * w + 2 * w * self.labels)
 
 

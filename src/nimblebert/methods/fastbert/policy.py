@@ -35,7 +35,7 @@ class ExitHook:
     """
 
     def __init__(self, branches: nn.ModuleList, speed: float, patience: int) -> None:
-        self.branches = branches
+        self.branches = list(branches)  # a list: indexing a ModuleList costs more than a branch's smallest op
         self.speed = speed
         self.patience = patience
         self.previous: torch.Tensor | None = None  # (B,) last branch prediction per original row
@@ -96,7 +96,7 @@ def contribute(model: NimbleModel, batch: dict[str, torch.Tensor], knobs: dict) 
     if speed <= 0 and patience <= 0:
         return Contribution()
     hook = ExitHook(model.extras["branches"], speed, patience)
-    return Contribution(hooks=[hook], after=[lambda out: out.add_flops(branch_flops(model, out))])
+    return Contribution(hooks=[hook], after=[lambda out: out.add_flops(lambda: branch_flops(model, out))])
 
 
 def check_together(model: NimbleModel, knobs: dict) -> None:
