@@ -543,7 +543,7 @@ def main() -> None:
     ap.add_argument("--train", action="store_true", help="train the students that are missing (slow)")
     ap.add_argument("--only", help="comma-separated model names of the grid to include (a trial)")
     ap.add_argument("--max-length", type=int, default=64, help="when the teacher's train_summary.json does not say")
-    ap.add_argument("--b1-examples", type=int, default=100)
+    ap.add_argument("--b1-examples", type=int, default=200)
     ap.add_argument("--batch-examples", type=int, default=640, help=f"examples timed at batch {BIG}")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--bootstrap", type=int, default=10000)
