@@ -447,6 +447,17 @@ def main_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+SHORT = ((" (width live)", ""), ("tinybert3", "tiny3"), ("dynabert", "dyna"), ("fastbert", "fast"), (" → ", "→"),
+         (" @ ", " "), ("speed ", "s"), ("width ", "w"), (" · seed ", " · s"))
+
+
+def short(label: str) -> str:
+    """A chart label short enough not to squeeze the axes: ``dyna→fast s0.8, w0.5 · int8 · s42``."""
+    for old, new in SHORT:
+        label = label.replace(old, new)
+    return label
+
+
 def chart_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     """The rows as :func:`nimblebert.bench.pareto.plot_pareto` reads them: colour = runtime, the plain transformers
     model as the baseline star, onnxruntime int8 as the reference diamond."""
@@ -457,7 +468,7 @@ def chart_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                     "b32_speedup": r[f"b{big}_speedup"], "method": r["group"],
                     "baseline": r["group"] == "transformers", "reference": r["label"] == ORT_INT8})
     for r in result["rows"]:
-        out.append({"name": r["label"], "accuracy": r["accuracy"], "b1_speedup": r["b1_speedup"],
+        out.append({"name": short(r["label"]), "accuracy": r["accuracy"], "b1_speedup": r["b1_speedup"],
                     "b32_speedup": r[f"b{big}_speedup"], "method": f"nimblebert {r['runtime']}"})
     return out
 
