@@ -2,7 +2,9 @@
 #   make demo   fine-tune MiniLM-L6 on the built-in `mr` data, evaluate it, print accuracy and speed,
 #               then a short FastBERT run and its speed sweep (6.6 minutes measured on 2 CPU cores)
 #   make test   run the test suite (offline, tiny random models)
-# and one regenerates every measured figure in docs/results.md from scratch (about 7 hours on 2 cores):
+# and one regenerates every measured figure in docs/results.md from scratch (about 8 hours on 2 cores; the efficiency
+# report about 110 min of it: its two seeds' trainings 2 x 43 min (the folders' train_seconds), its accuracy sweep
+# about 6 min per seed and its timed run 10 min, measured on 2026-12-03 at 1 thread):
 #   make bench
 PYTHON ?= python3
 VENV   ?= .venv
@@ -41,7 +43,7 @@ bench: data
 	$(BIN)/python benchmarks/tinybert_mr.py
 	$(BIN)/python benchmarks/dynabert_mr.py --width-epochs 1 --depth-epochs 3 --final-epochs 5 --depth-rule last --lr 5e-5 \
 		--eval-every 50 --name dynabert_mr_final5 --out runs/dynabert-mr-final5
-	$(BIN)/python benchmarks/compose_mr.py --reuse --threads 1
+	$(BIN)/python benchmarks/report.py --train --threads 1  # the efficiency report: README's table, docs/efficiency_mr.*
 	$(BIN)/python benchmarks/int8_mr.py --teacher runs/teacher-mr --fastbert runs/fast --dynabert runs/dyna --threads 1
 	$(BIN)/python benchmarks/startup.py --model runs/teacher-mr
 	$(BIN)/python -m pip install -q -e ".[bench]"  # the plain transformers + FastAPI server serve_mr.py compares with

@@ -27,12 +27,15 @@ if importlib.util.find_spec("nimblebert") is None:  # not installed: run from th
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
 DOCS = ROOT / "docs"
 SECTIONS = DOCS / "sections"
-ORDER = ["finetune_mr", "compose_mr", "report_mr", "fastbert_mr", "fastbert_chnsenti", "tinybert_mr", "dynabert_mr",
-         "dynabert_mr_last", "trbert_mr_long", "ssa"]
+ORDER = ["efficiency", "finetune_mr", "compose_mr", "report_mr", "fastbert_mr", "fastbert_chnsenti", "tinybert_mr",
+         "dynabert_mr", "dynabert_mr_last", "trbert_mr_long", "ssa"]
 # Methods whose many runs (recipe variants, seeds) would crowd the README: it shows only this run's headline for
 # the method (the first word of a section's name); docs/results.md keeps every run. DynaBERT: the recipe that met
 # issue 5's targets.
 README_FEATURED = {"dynabert": "dynabert_mr_final5"}
+# The efficiency report (benchmarks/report.py) is the one source of truth: once published, the README's results block
+# shows its table alone (per dataset), not one line of prose per benchmark; docs/results.md keeps every section.
+README_ONLY = "efficiency"
 
 
 def command_line() -> str:
@@ -204,8 +207,13 @@ def _section_rank(name: str) -> tuple[int, bool, str]:
 
 
 def readme_sections(names: list[str]) -> list[str]:
-    """The sections whose headlines the README shows: all of them, except that a method in
-    :data:`README_FEATURED` shows only its featured run (when that run has been published)."""
+    """The sections whose headlines the README shows: the efficiency report's alone once it is published
+    (:data:`README_ONLY`); before that all of them, except that a method in :data:`README_FEATURED` shows only its
+    featured run (when that run has been published)."""
+    only = [n for n in names if n.split("_")[0] == README_ONLY]
+    if only:
+        return only
+
     def shown(name: str) -> bool:
         featured = README_FEATURED.get(name.split("_")[0])
         return featured is None or featured not in names or name == featured
@@ -217,6 +225,19 @@ HISTORY_INTRO = ("# nimblebert — earlier runs\n",
                  "Runs kept for the record, not the current figures (those are in [results.md](results.md)): recipe "
                  "explorations and reports measured with models or teachers that later runs replaced. Each section "
                  "still names the script and the machine that produced it.\n")
+
+
+def teacher_note() -> str:
+    """The history's note on the teacher: sections there quoting another accuracy for `runs/teacher-mr` than the
+    current one (read from docs/finetune_mr.json, which trained it) were measured with an earlier teacher."""
+    try:
+        ft = json.loads((DOCS / "finetune_mr.json").read_text())
+        test, val = ft["test"], ft["validation"]
+    except (OSError, KeyError, ValueError):
+        return ""
+    return (f"A section here that quotes another accuracy for `{test['model']}` than today's {test['accuracy']:.4f} "
+            f"(test) / {val['accuracy']:.4f} (validation) was measured with an earlier teacher in that folder, since "
+            "replaced: now one teacher per dataset, trained once, serves every benchmark.\n")
 
 
 def _section_names(folder: Path) -> list[str]:
@@ -235,8 +256,8 @@ def rebuild_results() -> None:
     (DOCS / "results.md").write_text("\n".join(parts))
     old = _section_names(HISTORY) if HISTORY.is_dir() else []
     if old:
-        (DOCS / "history.md").write_text("\n".join([*HISTORY_INTRO, *((HISTORY / f"{n}.md").read_text()
-                                                                     for n in old)]))
+        sections = [(HISTORY / f"{n}.md").read_text() for n in old]
+        (DOCS / "history.md").write_text("\n".join([*HISTORY_INTRO, teacher_note(), *sections]))
     # The README shows each benchmark's headline between its markers.
     headlines = [(SECTIONS / f"{n}.headline.md").read_text() for n in readme_sections(names)
                  if (SECTIONS / f"{n}.headline.md").exists()]

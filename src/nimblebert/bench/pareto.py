@@ -176,7 +176,8 @@ def _place_labels(ax: Any, points: list[tuple[float, float, str]], markers: list
 def plot_pareto(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> None:
     """Accuracy against measured speed-up over the baseline (log x), batch 1 and batch 32 side by side.
 
-    One colour per method, the frontier as a step line, the baseline (speed-up 1 by definition) as a star.
+    One colour per method, the frontier as a step line, the baseline (speed-up 1 by definition) as a star, a row
+    marked ``reference`` (a competitor to beat) as a diamond with a dotted line at its speed-up.
     """
     # The object API with the Agg canvas: no pyplot global state, no display needed (servers, tests).
     from matplotlib import colormaps
@@ -213,10 +214,13 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> 
         for i, (r, x, y) in enumerate(drawn):
             base = r.get("baseline")
             is_base = f"b{batch}" in base if isinstance(base, list) else bool(base)
-            ax.scatter(x, y, s=220 if is_base else 55, marker="*" if is_base else "o",
-                       color=colour[str(r.get("method"))], edgecolors="black" if i in front else "none",
-                       linewidths=1.2, zorder=4 if is_base else 3)
-            if label_all or i in front or is_base:
+            is_ref = bool(r.get("reference"))  # a point to beat (e.g. onnxruntime int8), always named
+            ax.scatter(x, y, s=220 if is_base else 90 if is_ref else 55, marker="*" if is_base else "D" if is_ref
+                       else "o", color=colour[str(r.get("method"))], edgecolors="black" if i in front else "none",
+                       linewidths=1.2, zorder=4 if is_base or is_ref else 3)
+            if is_ref:
+                ax.axvline(x, color=colour[str(r.get("method"))], lw=0.8, ls=":", zorder=1)
+            if label_all or i in front or is_base or is_ref:
                 labels.append((x, y, str(r.get("name"))))
         if front:
             pts = sorted((drawn[i][1], drawn[i][2]) for i in front)
@@ -230,6 +234,8 @@ def plot_pareto(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> 
         placements.append((ax, labels, [(x, y) for _, x, y in drawn]))
     axes[0].set_ylabel("accuracy")
     handles = [Line2D([], [], marker="o", ls="", color=colour[m], label=m) for m in methods]
+    if any(r.get("reference") for r in rows):
+        handles.append(Line2D([], [], marker="D", ls=":", color="0.4", label="reference"))
     handles += [Line2D([], [], marker="*", ls="", color="0.4", markersize=12, label="baseline"),
                 Line2D([], [], marker="o", ls="", mfc="none", mec="black", label="on the frontier"),
                 Line2D([], [], color="0.35", ls="--", label="Pareto frontier")]

@@ -1,0 +1,118 @@
+"""benchmarks/report.py's bookkeeping on hand-written results: which folder and command a seed's model has, which
+setting the goal table names, and that the section and chart are drawn from the JSON alone. Nothing is trained or
+timed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def report():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import report
+
+        yield report
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_seed_folders_and_commands(report) -> None:
+    assert report.seed_runs("runs", "mr", 42) == "runs"
+    assert report.seed_runs("runs", "mr", 43) == "runs/seed43"
+    assert report.seed_runs("runs", "chnsenti", 43) == "runs/chnsenti/seed43"
+    grid = {g["name"]: g for g in report.grid_of("runs", "runs/teacher-chnsenti", "chnsenti", 128, 43)}
+    dyna = grid["dynabert"]
+    assert dyna["out"] == "runs/chnsenti/seed43/dyna"
+    # the dataset, the importance data and the length follow the teacher; the seed is given
+    assert "--data chnsenti" in dyna["command"] and "--importance-data chnsenti" in dyna["command"]
+    assert "--max-length 128" in dyna["command"] and dyna["command"].endswith("--seed 43")
+    assert "--model runs/teacher-chnsenti" in dyna["command"]
+    # an export is not training: no seed
+    assert "--seed" not in grid["dynabert w0.5"]["command"]
+    assert grid["dynabert w0.5 → fastbert"]["command"].startswith(
+        "nimblebert train fastbert --model runs/chnsenti/seed43/dyna-w50 ")
+    # seed 42 is the default every recipe already trains with: its commands are the published ones
+    assert "--seed" not in report.grid_of("runs", "runs/teacher-mr", "mr", 64, 42)[0]["command"]
+
+
+def row(label: str, seed: int, budgets: list[float], b1: float, b32: float, runtime: str = "int8",
+        diff: float = -0.005, ort: tuple[float, float] = (1.0, 1.0)) -> dict:
+    return {"label": label, "name": label.split(" @")[0].split(" ·")[0], "knobs": {}, "seed": seed,
+            "runtime": runtime, "budgets": budgets, "accuracy": 0.80, "mean_layers": 3.0, "flops_speedup": 2.0,
+            "vs_teacher": {"diff": diff, "low": diff - 0.01, "high": diff + 0.01}, "b1_p50_ms": 2.0,
+            "b1_mean_ms": 2.1, "b1_p90_ms": 3.0, "b1_speedup": b1, "b1_mean_speedup": b1, "b32_ms_per_sample": 1.0,
+            "b32_speedup": b32, "b1_over_flops": b1 / 2, "b32_over_flops": b32 / 2,
+            "vs_ort_int8": {"b1": ort[0], "b32": ort[1]}}
+
+
+def result() -> dict:
+    base = {"kind": "baseline", "accuracy": 0.8087, "mean_layers": 6.0, "flops_speedup": 1.0,
+            "vs_teacher": {"diff": 0.0, "low": 0.0, "high": 0.0}, "b1_p50_ms": 10.0, "b1_mean_ms": 10.0,
+            "b1_p90_ms": 12.0, "b1_mean_speedup": 1.0, "b32_ms_per_sample": 5.0, "b1_over_flops": 1.0,
+            "b32_over_flops": 1.0}
+    return {
+        "data": "mr", "command": "python benchmarks/report.py --threads 1", "teacher": "runs/teacher-mr",
+        "length": 64, "seeds": [42, 43], "budgets": [0.0, 0.01, 0.03], "goals": {"0.01": 10.0, "0.03": 20.0},
+        "goal_vs_ort_int8": 3.0, "big_batch": 32, "b1_examples": 100, "big_examples": 640, "rounds": 3,
+        "bootstrap": 1000, "sweeps": {"speed": [0.5, 0.9]},
+        "teacher_test": {"accuracy": 0.8087, "flops_per_sample": 5.88e8}, "teacher_validation": {"accuracy": 0.8075},
+        "validation_examples": 400, "test_examples": 800, "missing": [],
+        "grid": [{"name": "fastbert", "seed": 42, "command": "nimblebert train fastbert ..."},
+                 {"name": "dynabert", "seed": 42, "command": "nimblebert train dynabert ..."}],
+        "candidates": [{"knobs": {"speed": 0.5}}],
+        "latency": {"batch1": {"transformers-sdpa": {"p50_ms": 10.0}, "transformers-eager": {"p50_ms": 11.0}}},
+        "baselines": [{**base, "label": "transformers-sdpa", "group": "transformers", "runtime": "fp32 (sdpa)",
+                       "b1_speedup": 1.0, "b32_speedup": 1.0, "vs_ort_int8": {"b1": 0.25, "b32": 0.3}},
+                      {**base, "label": "onnxruntime-int8", "group": "onnxruntime", "runtime": "int8",
+                       "b1_speedup": 4.0, "b32_speedup": 3.3, "vs_ort_int8": {"b1": 1.0, "b32": 1.0}}],
+        "rows": [row("fastbert @ speed 0.5 · int8 · seed 42", 42, [0.01, 0.03], 5.0, 4.0, ort=(1.25, 1.21)),
+                 row("dynabert @ width 0.5 · int8 · seed 42", 42, [0.03], 4.0, 8.0, diff=-0.02, ort=(1.0, 2.42)),
+                 row("fastbert @ speed 0.9 · fp32 · seed 43", 43, [0.03], 3.0, 2.0, runtime="fp32")],
+        "environment": {"cpu_model": "AMD EPYC", "isa": "avx512_vnni", "threads": 1, "affinity": [0],
+                        "torch": "2.13.0", "date": "today", "minutes": 20, "timing_minutes": 9},
+    }
+
+
+def test_goal_table_names_the_fastest_setting_within_each_budget(report) -> None:
+    lines = report.goal_table(result()).splitlines()
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    by = {(c[0], c[1], c[2]): c for c in cells}
+    # seed 42 within 3 points: the fastest at batch 1 is FastBERT, at batch 32 DynaBERT (each batch its own)
+    assert by[("42", "≤ 3 pt", "1")][3].startswith("fastbert @ speed 0.5")
+    assert by[("42", "≤ 3 pt", "32")][3].startswith("dynabert @ width 0.5")
+    assert by[("42", "≤ 3 pt", "32")][5] == "8.00× (40% of 20×)" and by[("42", "≤ 3 pt", "32")][6].startswith("2.42×")
+    assert by[("42", "≤ 1 pt", "1")][5] == "5.00× (50% of 10×)"
+    # nothing of seed 43 was chosen within 1 point: the table says so instead of leaving the seed out
+    assert by[("43", "≤ 1 pt", "1")][3] == "none within the budget"
+    assert by[("43", "≤ 3 pt", "1")][3].startswith("fastbert @ speed 0.9 · fp32")
+
+
+def test_render_from_json_alone_writes_section_and_chart(report, tmp_path: Path, monkeypatch) -> None:
+    data = result()
+    (tmp_path / "efficiency_mr.json").write_text(json.dumps(data))
+    monkeypatch.setattr(sys, "argv", ["report.py", "--render", "--docs", str(tmp_path)])
+    report.main()
+    md = (tmp_path / "efficiency_mr.md").read_text()
+    assert (tmp_path / "efficiency_mr.png").read_bytes()[:4] == b"\x89PNG"
+    assert "0.8087 on the 800 test" in md and "0.8075 on the 400 validation" in md
+    assert "AMD EPYC (avx512_vnni), 1 thread(s), pinned to CPU 0" in md
+    assert "| **onnxruntime-int8** | int8 |" in md
+    assert json.loads((tmp_path / "efficiency_mr.json").read_text())["rows"] == data["rows"]  # JSON untouched
+
+
+def test_readme_shows_the_efficiency_report_alone_once_published(report) -> None:
+    import common
+
+    names = ["efficiency_mr", "finetune_mr", "dynabert_mr", "dynabert_mr_final5", "ssa"]
+    assert sorted(names, key=common._section_rank)[0] == "efficiency_mr"  # first in docs/results.md
+    assert common.readme_sections(names) == ["efficiency_mr"]
+    # before the report exists, one headline per benchmark (DynaBERT's featured run only)
+    assert common.readme_sections(names[1:]) == ["finetune_mr", "dynabert_mr_final5", "ssa"]
