@@ -57,14 +57,15 @@ def op_name(spec: OpSpec) -> str:
 
 
 def space_ops(space: Space) -> list[OpSpec]:
-    """Every op the space can put in a searched network, transfers included (teacher ↔ h and h → h')."""
+    """Every op the space can put in a searched network, transfers included (teacher ↔ h, h → h' and, for block
+    transfers, h → h and teacher → teacher)."""
     from .space import LAYER_KINDS
 
     d = space.teacher_hidden
     specs = [space.spec(k, h) for h in space.hidden_sizes for k in LAYER_KINDS]
     specs += [OpSpec("linear", d, h) for h in space.hidden_sizes] + [OpSpec("linear", h, d) for h in space.hidden_sizes]
-    specs += [OpSpec("linear", a, b) for a in space.hidden_sizes for b in space.hidden_sizes if a != b]
-    return specs
+    specs += [OpSpec("linear", a, b) for a in space.hidden_sizes for b in space.hidden_sizes]
+    return specs + [OpSpec("linear", d, d)]
 
 
 def _median_ms(fn: Any, repeats: int, warmup: int = 2) -> float:
@@ -118,7 +119,9 @@ def table_matches(table: dict[str, Any], space: Space, lengths: list[int], batch
     s = table.get("space", {})
     same_space = (s.get("teacher_hidden") == space.teacher_hidden and s.get("sizes") == list(space.hidden_sizes)
                   and s.get("head_dim") == space.head_dim)
-    return same_cpu and same_space and set(lengths) <= set(table.get("lengths", [])) \
+    names = {op_name(s) for s in space_ops(space)}
+    has_ops = all(names <= set(table.get("ops_ms", {}).get(f"b{b}", {})) for b in batches)  # older tables lack some
+    return same_cpu and same_space and has_ops and set(lengths) <= set(table.get("lengths", [])) \
         and set(batches) <= set(table.get("batches", []))
 
 

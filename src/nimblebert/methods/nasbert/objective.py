@@ -47,7 +47,8 @@ def config_of(model: NimbleModel) -> NasBertConfig:
 def space_of(model: NimbleModel) -> Space:
     """The search space recorded in the model's config (the teacher's sizes are stored: a net has no teacher)."""
     c = model.method_config
-    return Space(c["teacher_hidden"], c["teacher_layers"], c["head_dim"], tuple(c["space_sizes"]), c["space_blocks"])
+    return Space(c["teacher_hidden"], c["teacher_layers"], c["head_dim"], tuple(c["space_sizes"]), c["space_blocks"],
+                 block_transfers=bool(c.get("block_transfers", False)))  # absent: folders written before the option
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -201,8 +202,9 @@ def supernet_stages(model: NimbleModel, opts: TrainOptions, data: TrainData | No
 # ---- the searched network ------------------------------------------------------------------------------------
 
 
-def net_hidden(model: NimbleModel, batch: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Each block's output of a searched network, projected to the teacher's size, and its logits."""
+def net_hidden(model: NimbleModel, batch: dict[str, torch.Tensor]) -> tuple[list[tuple[int, torch.Tensor]],
+                                                                          torch.Tensor]:
+    """(block index, that block's output projected to the teacher's size) of a searched network, and its logits."""
     from .policy import net_plan
 
     space = space_of(model)
@@ -213,8 +215,10 @@ def net_hidden(model: NimbleModel, batch: dict[str, torch.Tensor]) -> tuple[list
     proj = model.extras["proj"]
     blocks = []
     for n, end in enumerate(block_ends(space, arch)):
+        if end is None:
+            continue  # an identity block with block transfers has no hidden state of its own (see block_ends)
         h = hs[end + 1]
-        blocks.append(proj[f"p{n}"](h, None, None) if f"p{n}" in proj else h)
+        blocks.append((n, proj[f"p{n}"](h, None, None) if f"p{n}" in proj else h))
     return blocks, out.logits
 
 
@@ -234,7 +238,7 @@ class NetObjective:
         total = logits.new_zeros(())
         if self.hidden:
             ys = teacher_blocks(self.teacher, batch, self.space)
-            hidden = sum((masked_mse(s, t, mask) for s, t in zip(blocks, ys[1:], strict=True)), total)
+            hidden = sum((masked_mse(s, ys[n + 1], mask) for n, s in blocks), total)
             parts["hidden"] = hidden.detach()
             total = total + hidden
         if self.prediction:
