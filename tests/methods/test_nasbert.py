@@ -324,3 +324,34 @@ def test_hooks_run_after_every_op_and_rows_can_leave() -> None:
     torch.testing.assert_close(out.logits[1:], full.logits[1:])
     flops = sample_flops(model.encoder, out)
     assert flops[0] < sample_flops(model.encoder, full)[0]
+
+
+def test_net_distillation_reads_cached_teacher_targets_like_the_teacher(tmp_path, monkeypatch) -> None:
+    import datasets
+
+    from nimblebert.data import make_loader
+    from nimblebert.distill.teacher import Teacher
+    from nimblebert.methods.nasbert.objective import NetObjective, net_targets
+    from nimblebert.methods.nasbert.search import build_searched
+    from nimblebert.methods.tinybert.objective import TargetSource
+    from nimblebert.train.stages import TrainOptions
+
+    monkeypatch.setenv("NIMBLEBERT_HOME", str(tmp_path))
+    model = _supernet(layers=4, hidden_sizes="8,16").eval()
+    space = default_space(model.hf.config, 0, (8, 16))
+    torch.manual_seed(0)
+    rows = [torch.randint(5, 99, (n,)).tolist() for n in (7, 3, 9, 5, 4, 8)]
+    encoded = datasets.Dataset.from_dict({"input_ids": rows, "token_type_ids": [[0] * len(r) for r in rows],
+                                          "attention_mask": [[1] * len(r) for r in rows], "labels": [0, 1] * 3})
+    batch = next(iter(make_loader(encoded, model.tokenizer, 4, shuffle=True, seed=1)))  # padded, shuffled rows
+    opts = TrainOptions(out=str(tmp_path / "x"), progress=False)
+    # "16:/8:" — identity then one op; "8:/16:" — only identities: the last block's output still has a target.
+    for text in ("16:mha,conv3/8:ffn", "16:/8:ffn", "8:/16:"):
+        net = build_searched(model, parse_arch(text, space), "supernet").eval()
+        (cached,) = net_targets(model.hf, space, [encoded], model.tokenizer, opts)
+        live = TargetSource(Teacher(model.hf), None, space.teacher_boundaries(), [])
+        for hidden, prediction in ((True, False), (False, True)):
+            got = NetObjective(cached, hidden, prediction, 1.0)(net, batch)
+            want = NetObjective(live, hidden, prediction, 1.0)(net, batch)
+            assert got["loss"].requires_grad and float(got["loss"].detach()) > 0
+            torch.testing.assert_close(got["loss"], want["loss"], rtol=2e-3, atol=1e-5)  # float16 cache

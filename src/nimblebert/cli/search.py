@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "supernet trained without shrinking keeps thousands)")
     s.add_argument("--held-out-batches", type=positive(int, "--held-out-batches"), default=5,
                    help="validation batches that score block losses (paper: 5)")
+    s.add_argument("--ignore-shrinking", action="store_true",
+                   help="draw block candidates from the whole space, also the architectures progressive shrinking "
+                        "removed (the ablation 'without shrinking' on one supernet)")
     s.add_argument("--search-only", action="store_true", help="print the search's result; train and save nothing")
     s.add_argument("--arch", default="",
                    help="skip the search: train this architecture (e.g. a hand-designed BERT-shaped baseline "
@@ -67,6 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="learning rate of every distillation stage (the chain starts from the supernet, not from a "
                         "pre-trained model: on mr, 1e-4 for 60 + 60 steps stayed at chance, 5e-4 for 150 + 150 "
                         "reached 0.635)")
+    t.add_argument("--prediction-epochs", type=positive(float, "--prediction-epochs"), default=None,
+                   help="epochs of the prediction stage (default: --epochs)")
     t.add_argument("--temperature", type=positive(float, "--temperature"), default=1.0)
     t.add_argument("--batch-size", type=positive(int, "--batch-size"), default=32)
     t.add_argument("--max-steps", type=positive(int, "--max-steps"), default=None, help="optimizer steps per stage")
@@ -148,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
         found = search(supernet, val_enc, table, batch=args.batch, length=length,
                        max_latency_ms=args.max_latency_ms, max_params=args.max_params, top=args.top, beam=args.beam,
                        block_candidates=args.block_candidates, held_out=args.held_out_batches,
-                       batch_size=args.batch_size, seed=args.seed, block_transfers=block_transfers)
+                       batch_size=args.batch_size, seed=args.seed, block_transfers=block_transfers,
+                       shrunk=not args.ignore_shrinking)
         best = found["best"]
         best_arch = best.arch
         report = {"arch": format_arch(best.arch), "params": best.params, "block_loss": best.loss,
@@ -157,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
                   "candidates": [c.as_dict() for c in found["candidates"]], "feasible": found["feasible"],
                   "block_candidates": found["block_candidates"], "search_seconds": found["search_seconds"],
                   "lookup_seconds": found["lookup_seconds"], "latency_table": str(table_path),
+                  "shrunk_space": not args.ignore_shrinking,
                   "supernet": args.supernet, "environment": cpu_identity()}
         if not args.search_only:
             chosen_file.parent.mkdir(parents=True, exist_ok=True)
@@ -172,8 +179,8 @@ def run(args: argparse.Namespace) -> int:
                 general = general_dataset(args.general_data, model.tokenizer, args.max_length)
             else:  # the task's own texts, unlabelled
                 general = train_enc.remove_columns([c for c in ("labels",) if c in train_enc.column_names])
-        stages = net_stages(model, supernet.encoder, opts, TrainData(task, train_enc, val_enc), general,
-                            args.general_epochs, args.epochs, args.lr, args.temperature)
+        stages = net_stages(model, supernet.hf, opts, TrainData(task, train_enc, val_enc), general,
+                            args.general_epochs, args.epochs, args.lr, args.temperature, args.prediction_epochs)
         summary = train(model, stages, train_enc, val_enc, opts)
         measured = measure_model(model, args.batch, length)
         predicted = predict_latency(table, space_of(model), best_arch, args.batch, length)

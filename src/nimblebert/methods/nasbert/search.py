@@ -49,8 +49,9 @@ class Candidate:
 
 
 def block_tables(supernet: NimbleModel, validation: Any, batch_size: int, batches: int, block_candidates: int,
-                 seed: int) -> list[tuple[list[BlockArch], torch.Tensor]]:
-    """Per block: the candidate architectures and their block losses on ``batches`` held-out batches."""
+                 seed: int, shrunk: bool = True) -> list[tuple[list[BlockArch], torch.Tensor]]:
+    """Per block: the candidate architectures and their block losses on ``batches`` held-out batches. ``shrunk``
+    False draws from every architecture of the space, also those progressive shrinking removed (the ablation)."""
     space = space_of(supernet)
     state = supernet.extras["shrink"]
     held = held_out_batches(validation, supernet.tokenizer, batch_size, batches)
@@ -59,7 +60,7 @@ def block_tables(supernet: NimbleModel, validation: Any, batch_size: int, batche
     generator = torch.Generator().manual_seed(seed)
     tables = []
     for n in range(space.blocks):
-        live = state.alive(n).nonzero().squeeze(1)
+        live = (state.alive(n) if shrunk else torch.ones_like(state.alive(n))).nonzero().squeeze(1)
         if len(live) > block_candidates:
             live = live[torch.randperm(len(live), generator=generator)[:block_candidates]].sort().values
         archs = [state.archs[int(i)] for i in live]
@@ -137,15 +138,16 @@ def combine(space: Space, tables: list[tuple[list[BlockArch], torch.Tensor]], ta
 
 def search(supernet: NimbleModel, validation: Any, table: dict[str, Any], *, batch: int, length: float,
            max_latency_ms: float | None, max_params: int | None, top: int, beam: int, block_candidates: int,
-           held_out: int, batch_size: int, seed: int, block_transfers: bool = True) -> dict[str, Any]:
+           held_out: int, batch_size: int, seed: int, block_transfers: bool = True, shrunk: bool = True
+           ) -> dict[str, Any]:
     """Steps 1-3 of the module docstring; returns the chosen candidate, the evaluated ones and the timings.
     ``block_transfers``: the transfers of the network to be built (:class:`~.space.Space`), which its latency and
-    parameters count."""
+    parameters count. ``shrunk``: see :func:`block_tables`."""
     if max_latency_ms is None and max_params is None:
         raise UserError("give a budget: --max-latency-ms and/or --max-params")
     space = dataclasses.replace(space_of(supernet), block_transfers=block_transfers)
     started = time.time()
-    tables = block_tables(supernet, validation, batch_size, held_out, block_candidates, seed)
+    tables = block_tables(supernet, validation, batch_size, held_out, block_candidates, seed, shrunk)
     lookup_s = time.time() - started
     found = combine(space, tables, table, batch, length, max_latency_ms, max_params, beam)
     if not found:
