@@ -89,6 +89,10 @@ def test_cli_supernet_then_search_then_evaluate_and_predict(teacher_dir: Path, t
     assert table.exists() and json.loads(table.read_text())["cpu"]
     model = nimblebert.load(net)
     assert model.method_config["role"] == "net" and model.method_config["arch"] == report["arch"]
+    teacher_emb = nimblebert.load(teacher_dir).hf.base_model.embeddings.state_dict()
+    for k, v in model.hf.base_model.embeddings.state_dict().items():  # kept as they were (no --train-embeddings)
+        torch.testing.assert_close(v, teacher_emb[k], rtol=0, atol=0, msg=k)
+    assert report["validation"]["nasbert-prediction"]["accuracy"] >= 0
     assert main(["evaluate", str(net), "--data", str(toy_data_dir), "--max-length", "24", "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert 0 <= metrics["accuracy"] <= 1 and metrics["flops_per_sample"] > 0

@@ -72,6 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "reached 0.635)")
     t.add_argument("--prediction-epochs", type=positive(float, "--prediction-epochs"), default=None,
                    help="epochs of the prediction stage (default: --epochs)")
+    t.add_argument("--train-embeddings", action="store_true",
+                   help="also train the teacher's embeddings (default: kept as they are; the first transfer adapts)")
     t.add_argument("--temperature", type=positive(float, "--temperature"), default=1.0)
     t.add_argument("--batch-size", type=positive(int, "--batch-size"), default=32)
     t.add_argument("--max-steps", type=positive(int, "--max-steps"), default=None, help="optimizer steps per stage")
@@ -180,12 +182,13 @@ def run(args: argparse.Namespace) -> int:
             else:  # the task's own texts, unlabelled
                 general = train_enc.remove_columns([c for c in ("labels",) if c in train_enc.column_names])
         stages = net_stages(model, supernet.hf, opts, TrainData(task, train_enc, val_enc), general,
-                            args.general_epochs, args.epochs, args.lr, args.temperature, args.prediction_epochs)
+                            args.general_epochs, args.epochs, args.lr, args.temperature, args.prediction_epochs,
+                            args.train_embeddings)
         summary = train(model, stages, train_enc, val_enc, opts)
         measured = measure_model(model, args.batch, length)
         predicted = predict_latency(table, space_of(model), best_arch, args.batch, length)
         report.update(validation=summary["stages"], train_seconds=summary["train_seconds"], init=args.init,
-                      transfers=args.transfers,
+                      transfers=args.transfers, train_embeddings=args.train_embeddings,
                       measured_ms=round(measured, 4), out=args.out,
                       latency_error_pct=round(100 * (predicted - measured) / measured, 1))
         from ..methods.nasbert.space import is_bert_shaped

@@ -269,21 +269,29 @@ def net_targets(teacher_hf: Any, space: Space, encoded: list[Any], tokenizer: An
 
 def net_stages(model: NimbleModel, teacher_hf: Any, opts: TrainOptions, data: TrainData, general_data: Any,
                general_epochs: float, task_epochs: float, lr: float, temperature: float = 1.0,
-               prediction_epochs: float | None = None) -> list[Stage]:
+               prediction_epochs: float | None = None, train_embeddings: bool = False) -> list[Stage]:
     """General distillation on ``general_data`` (unlabelled, skipped when None), then intermediate (block hidden
     states) and prediction distillation on the task's training set, each from the previous one's weights.
-    ``prediction_epochs``: the prediction stage's epochs when not ``task_epochs``."""
+    ``prediction_epochs``: the prediction stage's epochs when not ``task_epochs``. ``train_embeddings`` False keeps
+    the teacher's embeddings as they are (the network's first transfer adapts to them): on a small task set the
+    30k × d word embeddings gain little from a few thousand sentences, and their optimizer update was the largest
+    part of a step of a small network."""
     space = space_of(model)
+    embeddings = {id(p) for p in model.hf.base_model.embeddings.parameters()}
+
+    def trainable(m: NimbleModel) -> list[torch.nn.Parameter]:
+        return [p for p in m.parameters() if train_embeddings or id(p) not in embeddings]
+
     sets = [data.train] + ([general_data] if general_data is not None else [])
     task_targets, *general_targets = net_targets(teacher_hf, space, sets, model.tokenizer, opts)
     result = []
     if general_data is not None:
         result.append(Stage("nasbert-general", NetObjective(general_targets[0], True, False, temperature), lr=lr,
-                            epochs=general_epochs, select="last", train_data=general_data))
+                            epochs=general_epochs, select="last", train_data=general_data, trainable=trainable))
     result.append(Stage("nasbert-intermediate", NetObjective(task_targets, True, False, temperature), lr=lr,
-                        epochs=task_epochs, select="last"))
+                        epochs=task_epochs, select="last", trainable=trainable))
     result.append(Stage("nasbert-prediction", NetObjective(task_targets, False, True, temperature), lr=lr,
-                        epochs=prediction_epochs or task_epochs, select="best"))
+                        epochs=prediction_epochs or task_epochs, select="best", trainable=trainable))
     return result
 
 
