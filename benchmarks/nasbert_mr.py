@@ -81,19 +81,20 @@ def train_phase(args: argparse.Namespace, runs: Path, length: int, teacher_ms: f
                     "--top", args.top]
     space = space_of(load(supernet))
     table = json.loads(default_table_path(space).read_text())  # measured by the first search when missing
+    parts = set(args.parts.split(","))
     for frac in (float(f) for f in args.fractions.split(",")):
         budget = round(teacher_ms / frac, 4)
         out = runs / f"nas-div{frac:g}"
-        if not (args.reuse and finished(out)):
+        if "nas" in parts and not (args.reuse and finished(out)):
             cli("search", str(supernet), "--max-latency-ms", str(budget), *search_flags, *common_flags,
                 "--out", str(out))
-        if not (args.reuse and (runs / f"noshrink-div{frac:g}.json").exists()):
+        if "noshrink" in parts and not (args.reuse and (runs / f"noshrink-div{frac:g}.json").exists()):
             report = cli_json("search", str(supernet), "--max-latency-ms", str(budget), *search_flags,
                               "--ignore-shrinking", "--search-only", *common_flags, "--out", str(out) + "-unused")
             (runs / f"noshrink-div{frac:g}.json").write_text(json.dumps(report, indent=2) + "\n")
         table = json.loads(default_table_path(space).read_text())
         hand = runs / f"hand-div{frac:g}"
-        if not (args.reuse and finished(hand)):
+        if "hand" in parts and not (args.reuse and finished(hand)):
             cli("search", str(supernet), "--arch", hand_designed(table, space, budget, length), "--init", "random",
                 "--transfers", "size", *common_flags, "--out", str(hand))
 
@@ -198,8 +199,8 @@ def markdown(data: dict, args: argparse.Namespace) -> str:
         lines.append(f"| 1/{a['fraction']:g} = {data['teacher_b1_ms'] / a['fraction']:.2f} ms | "
                      f"{s['search_seconds']:.0f} | {s['best_validation']:.4f} / {w['best_validation']:.4f} | "
                      f"`{w['arch']}` |")
-    lines += ["", f"Commands: `{data['train_command']}` (training, on the shared core) and `{data['command']}` "
-              "(timing, pinned)."]
+    lines += ["", "Training (on the shared cores, low priority): " + "; ".join(f"`{c}`" for c in data["train_commands"])
+              + f". Timing (pinned): `{data['command']}`."]
     return "\n".join(lines) + "\n"
 
 
@@ -222,9 +223,12 @@ def main() -> None:
     ap.add_argument("--held-out-batches", default="2")
     ap.add_argument("--top", default="5")
     ap.add_argument("--fractions", default="3,6,10", help="budgets: teacher batch-1 latency divided by these")
+    ap.add_argument("--parts", default="nas,noshrink,hand",
+                    help="train phase: what to train (searched networks, the ablation's searches, hand-designed "
+                         "students); several train phases with different --parts/--fractions may run at once")
     ap.add_argument("--general-epochs", default="1")
     ap.add_argument("--epochs", default="1", help="epochs of the intermediate stage")
-    ap.add_argument("--prediction-epochs", default="4")
+    ap.add_argument("--prediction-epochs", default="3")
     ap.add_argument("--lr", default="5e-4")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
@@ -242,12 +246,14 @@ def main() -> None:
     if args.phase in ("train", "all"):
         teacher_ms = args.teacher_ms or measure_model(teacher, 1, length)
         train_phase(args, runs, length, teacher_ms)
-        (runs / "train_command.txt").write_text(common.command_line() + "\n")
+        done = runs / "train_commands.txt"  # every train phase that ran (they may run side by side)
+        lines = done.read_text().splitlines() if done.exists() else []
+        done.write_text("\n".join(dict.fromkeys([*lines, common.command_line()])) + "\n")
     if args.phase in ("measure", "all"):
         base = common.teacher_baseline(args.teacher, args.data, int(args.max_length))
         data = measure_phase(args, runs, length, base)
         data.update(environment=environment(), command=common.command_line(),
-                    train_command=(runs / "train_command.txt").read_text().strip(),
+                    train_commands=(runs / "train_commands.txt").read_text().splitlines(),
                     wall_seconds=round(time.time() - started, 1))
         text = markdown(data, args)
         best = max((r for r in data["rows"] if r["kind"] == "NAS-BERT"), key=lambda r: r["b1"]["speedup"])
