@@ -355,3 +355,25 @@ def test_net_distillation_reads_cached_teacher_targets_like_the_teacher(tmp_path
             want = NetObjective(live, hidden, prediction, 1.0)(net, batch)
             assert got["loss"].requires_grad and float(got["loss"].detach()) > 0
             torch.testing.assert_close(got["loss"], want["loss"], rtol=2e-3, atol=1e-5)  # float16 cache
+
+
+def test_searched_network_exports_to_onnx_through_the_core(tmp_path) -> None:
+    """A network that is not BERT-shaped has no transformers form, but ONNX traces the core's chain: fp32 equal to
+    PyTorch on padded batches of other sizes, int8 written too; the transformers format still refuses it."""
+    pytest.importorskip("onnxruntime")
+    from nimblebert.export import ExportOptions, export_model
+    from nimblebert.methods.nasbert.search import build_searched
+
+    model = _supernet(layers=4, hidden_sizes="16,24").eval()
+    space = default_space(model.hf.config, 0, (16, 24))
+    net = build_searched(model, parse_arch("16:conv3,mha/24:ffn,conv5", space), "supernet").eval()
+    for p in net.extras.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    net.save(tmp_path / "net")
+    report = export_model(tmp_path / "net", tmp_path / "onnx", "onnx", options=ExportOptions(int8=True))
+    assert report["fp32"]["max_abs_diff"] < 1e-4 and report["fp32"]["argmax_agreement"] == 1.0
+    assert (tmp_path / "onnx" / "model.onnx").exists() and (tmp_path / "onnx" / "model_int8.onnx").exists()
+    assert report["int8"]["examples"] == report["fp32"]["examples"]
+    with pytest.raises(UserError, match="not BERT-shaped"):
+        export_model(tmp_path / "net", tmp_path / "hf", "hf")
+    assert not (tmp_path / "hf" / "config.json").exists()
