@@ -30,7 +30,8 @@ def to_plain(model: NimbleModel) -> NimbleModel:
         raise UserError(
             f"{model.method_config.get('arch')} is not BERT-shaped (every block at the teacher's size "
             f"{space.teacher_hidden}, ops alternating mha, ffn): it has no plain transformers form, so it stays a "
-            "nimblebert folder that evaluate, predict and bench run, and `nimblebert export --format onnx [--int8]` exports")
+            "nimblebert folder that evaluate, predict and bench run, and `nimblebert export --format onnx [--int8]` "
+            "exports")
     chain = model.extras["chain"]
     layers = len(chain) // 2
     config = copy.deepcopy(model.hf.config)
