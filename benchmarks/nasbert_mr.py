@@ -159,8 +159,8 @@ def measure_phase(args: argparse.Namespace, runs: Path, length: int, base) -> di
         shrunk = json.loads((runs / f"nas-div{frac:g}" / "search.json").read_text())
         whole = json.loads((runs / f"noshrink-div{frac:g}.json").read_text())
         ablation.append({"fraction": frac, **{key: {"arch": r["arch"], "best_validation": max(
-            c["accuracy"] for c in r["candidates"]), "search_seconds": r["search_seconds"],
-            "block_candidates": r["block_candidates"]} for key, r in (("shrunk", shrunk), ("whole", whole))}})
+            (c["accuracy"] for c in r["candidates"]), default=None), "search_seconds": r["search_seconds"],
+            "block_candidates": r.get("block_candidates")} for key, r in (("shrunk", shrunk), ("whole", whole))}})
     supernet = runs / "supernet"
     summary = json.loads((supernet / "train_summary.json").read_text())
     live = json.loads((supernet / "config.json").read_text())
@@ -183,8 +183,8 @@ def markdown(data: dict, args: argparse.Namespace) -> str:
              f"{data['teacher_encoder_params'] / 1e6:.2f} M parameters. Supernet: {args.supernet_steps} steps of "
              f"block-wise distillation, {data['supernet_train_seconds'] / 60:.0f} min wall time on a shared core at "
              f"low priority. Each network: general distillation {args.general_epochs} epoch(s) on mr's own "
-             f"training texts, intermediate {args.epochs}, prediction {args.prediction_epochs}, lr {args.lr}. CPU: "
-             f"{common.env_line(env)}.", "",
+             f"training texts, intermediate {args.epochs}, prediction {args.prediction_epochs}, lr {args.lr}. "
+             f"{common.env_line(env).rstrip('.')}.", "",
              "| network | architecture | encoder params | predicted / measured b1 ms (error) | accuracy | "
              "Δ vs teacher [95% CI] | speed-up b1 / b32 |", "|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: -r["b1"]["speedup"]):
@@ -204,7 +204,7 @@ def markdown(data: dict, args: argparse.Namespace) -> str:
     for a in data["ablation"]:
         s, w = a["shrunk"], a["whole"]
         lines.append(f"| 1/{a['fraction']:g} = {data['teacher_b1_ms'] / a['fraction']:.2f} ms | "
-                     f"{s['search_seconds']:.0f} | {s['best_validation']:.4f} / {w['best_validation']:.4f} | "
+                     f"{s['search_seconds']:.0f} | {s['best_validation'] or 0:.4f} / {w['best_validation'] or 0:.4f} | "
                      f"`{w['arch']}` |")
     lines += ["", "Training (on the shared cores, low priority): " + "; ".join(f"`{c}`" for c in data["train_commands"])
               + f". Timing (pinned): `{data['command']}`."]
