@@ -157,17 +157,23 @@ def measure_phase(args: argparse.Namespace, runs: Path, length: int, base) -> di
     ablation = []
     for frac in (float(f) for f in args.fractions.split(",")):
         shrunk = json.loads((runs / f"nas-div{frac:g}" / "search.json").read_text())
-        whole = json.loads((runs / f"noshrink-div{frac:g}.json").read_text())
+        path = runs / f"noshrink-div{frac:g}.json"
+        if not path.exists():  # the ablation's searches were not run (--parts without noshrink)
+            continue
+        whole = json.loads(path.read_text())
         ablation.append({"fraction": frac, **{key: {"arch": r["arch"], "best_validation": max(
             (c["accuracy"] for c in r["candidates"]), default=None), "search_seconds": r["search_seconds"],
             "block_candidates": r.get("block_candidates")} for key, r in (("shrunk", shrunk), ("whole", whole))}})
     supernet = runs / "supernet"
     summary = json.loads((supernet / "train_summary.json").read_text())
     live = json.loads((supernet / "config.json").read_text())
+    log = [json.loads(x) for x in (supernet / "train_log.jsonl").read_text().splitlines() if x.strip()]
+    resumed = [e["step"] for e in log if e.get("event") == "resume"]
     return {"teacher": args.teacher, "teacher_accuracy": base.metrics["accuracy"], "teacher_b1_ms": teacher_ms,
             "teacher_encoder_params": sum(p.numel() for p in base.teacher.hf.base_model.encoder.parameters()),
             "length": length, "supernet_train_seconds": summary["train_seconds"],
-            "supernet_options": summary.get("options"), "supernet_config": live.get("nimblebert"),
+            "supernet_options": summary.get("options"), "supernet_resumed_at": resumed,
+            "supernet_validation": summary.get("stages"), "supernet_config": live.get("nimblebert"),
             "rows": list(rows.values()), "ablation": ablation, "torch_threads": torch.get_num_threads()}
 
 
@@ -182,7 +188,9 @@ def markdown(data: dict, args: argparse.Namespace) -> str:
              f"{data['teacher_b1_ms']:.2f} ms at length {data['length']} (the validation median), encoder "
              f"{data['teacher_encoder_params'] / 1e6:.2f} M parameters. Supernet: {args.supernet_steps} steps of "
              f"block-wise distillation, {data['supernet_train_seconds'] / 60:.0f} min wall time on a shared core at "
-             f"low priority. Each network: general distillation {args.general_epochs} epoch(s) on mr's own "
+             f"low priority" + (f" (killed and resumed at step {data['supernet_resumed_at'][0]}: the first steps ran "
+                                "under a longer run's learning-rate schedule)" if data["supernet_resumed_at"] else "")
+             + f". Each network: general distillation {args.general_epochs} epoch(s) on mr's own "
              f"training texts, intermediate {args.epochs}, prediction {args.prediction_epochs}, lr {args.lr}. "
              f"{common.env_line(env).rstrip('.')}.", "",
              "| network | architecture | encoder params | predicted / measured b1 ms (error) | accuracy | "
@@ -196,11 +204,16 @@ def markdown(data: dict, args: argparse.Namespace) -> str:
     if any(r["kind"] == "diagnosis" for r in rows):
         lines += ["", "Diagnosis rows (why the trial reached 0.635): a hand-designed 4 × 192 stack with the trial's "
                   "recipe — teacher embeddings trained, one epoch of each stage (A), or four prediction epochs (B)."]
+    lines += ["", "Search seconds per budget (predicted-latency budget): " + ", ".join(
+        f"1/{r['fraction']:g} = {r['budget_ms']:.2f} ms: {r['search_seconds']:.0f} s" for r in rows
+        if r["kind"] == "NAS-BERT")]
+    if not data["ablation"]:
+        lines += ["", "The shrinking ablation was not run in this measurement (--parts without noshrink)."]
     lines += ["", "Budgets (predicted b1 ms) and search cost; the ablation: the same search drawing block candidates "
               "from the whole space instead of the architectures progressive shrinking kept (best candidate's "
               "supernet-path validation accuracy, before any distillation of the network):", "",
               "| budget | search s (shrunk) | best candidate val. acc. shrunk / whole space | architecture, whole "
-              "space |", "|---|---|---|---|"]
+              "space |", "|---|---|---|---|"] if data["ablation"] else []
     for a in data["ablation"]:
         s, w = a["shrunk"], a["whole"]
         lines.append(f"| 1/{a['fraction']:g} = {data['teacher_b1_ms'] / a['fraction']:.2f} ms | "
@@ -226,7 +239,7 @@ def main() -> None:
     ap.add_argument("--shrink-every", default="75")
     ap.add_argument("--shrink-samples", default="32")
     ap.add_argument("--shrink-batches", default="1")
-    ap.add_argument("--block-candidates", default="300")
+    ap.add_argument("--block-candidates", default="150")
     ap.add_argument("--held-out-batches", default="2")
     ap.add_argument("--top", default="5")
     ap.add_argument("--fractions", default="3,6,10", help="budgets: teacher batch-1 latency divided by these")
@@ -235,7 +248,7 @@ def main() -> None:
                          "students); several train phases with different --parts/--fractions may run at once")
     ap.add_argument("--general-epochs", default="1")
     ap.add_argument("--epochs", default="1", help="epochs of the intermediate stage")
-    ap.add_argument("--prediction-epochs", default="3")
+    ap.add_argument("--prediction-epochs", default="1")
     ap.add_argument("--lr", default="5e-4")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
