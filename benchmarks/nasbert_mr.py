@@ -119,6 +119,9 @@ def measure_phase(args: argparse.Namespace, runs: Path, length: int, base) -> di
     models: dict[str, tuple] = {}  # name → (model, knobs, kind, extra)
     for frac in (float(f) for f in args.fractions.split(",")):
         for kind, folder in (("NAS-BERT", runs / f"nas-div{frac:g}"), ("hand-designed", runs / f"hand-div{frac:g}")):
+            if not finished(folder):
+                print(f"{folder} is not finished: left out", flush=True)
+                continue
             report = json.loads((folder / "search.json").read_text())
             models[f"{kind} 1/{frac:g}"] = (nimblebert.load(folder), {}, kind, {"fraction": frac, **report})
     for folder in sorted(runs.glob("diag-*")):  # the diagnosis runs of the README, when present and finished
@@ -156,6 +159,8 @@ def measure_phase(args: argparse.Namespace, runs: Path, length: int, base) -> di
                                    "speedup": timed["teacher"]["p50_ms"] / timed[name]["p50_ms"]}
     ablation = []
     for frac in (float(f) for f in args.fractions.split(",")):
+        if not finished(runs / f"nas-div{frac:g}"):
+            continue
         shrunk = json.loads((runs / f"nas-div{frac:g}" / "search.json").read_text())
         path = runs / f"noshrink-div{frac:g}.json"
         if not path.exists():  # the ablation's searches were not run (--parts without noshrink)
@@ -276,10 +281,11 @@ def main() -> None:
                     train_commands=(runs / "train_commands.txt").read_text().splitlines(),
                     wall_seconds=round(time.time() - started, 1))
         text = markdown(data, args)
-        best = max((r for r in data["rows"] if r["kind"] == "NAS-BERT"), key=lambda r: r["b1"]["speedup"])
+        searched = [r for r in data["rows"] if r["kind"] == "NAS-BERT"]
+        best = max(searched, key=lambda r: r["b1"]["speedup"]) if searched else None
         headline = (f"NAS-BERT ({args.data}): searched at 1/{best['fraction']:g} of the teacher's latency, "
                     f"×{best['b1']['speedup']:.1f} at batch 1, {100 * best['vs_teacher']['diff']:+.1f} points; "
-                    f"see docs/{args.name}.md")
+                    f"see docs/{args.name}.md") if best else f"NAS-BERT ({args.data}): see docs/{args.name}.md"
         common.publish(args.name, text, data, headline, Path(args.docs) if args.docs else None)
         print(text)
 
