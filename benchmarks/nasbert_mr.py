@@ -142,7 +142,8 @@ def measure_phase(args: argparse.Namespace, runs: Path, length: int, base) -> di
             table = json.loads(default_table_path(space).read_text())
             measured = statistics.median(measure_model(model, 1, length) for _ in range(3))
             predicted = predict_latency(table, space, arch, 1, length)
-            budget = round(teacher_ms / extra["fraction"], 4) if extra["fraction"] else None
+            # the budget the search was given (from the train phase's --teacher-ms), not this run's teacher timing
+            budget = (extra.get("budget") or {}).get("max_latency_ms") if extra["fraction"] else None
             row.update(arch=extra["arch"], fraction=extra["fraction"], budget_ms=budget,
                        predicted_ms=round(predicted, 4), measured_ms=round(measured, 4),
                        latency_error_pct=round(100 * (predicted - measured) / measured, 1),
@@ -166,8 +167,10 @@ def measure_phase(args: argparse.Namespace, runs: Path, length: int, base) -> di
         if not path.exists():  # the ablation's searches were not run (--parts without noshrink)
             continue
         whole = json.loads(path.read_text())
-        ablation.append({"fraction": frac, **{key: {"arch": r["arch"], "best_validation": max(
+        ablation.append({"fraction": frac, "budget_ms": shrunk["budget"]["max_latency_ms"], **{key: {
+            "arch": r["arch"], "best_validation": max(
             (c["accuracy"] for c in r["candidates"]), default=None), "search_seconds": r["search_seconds"],
+            "min_block_loss": min((c["block_loss"] for c in r["candidates"]), default=None),
             "block_candidates": r.get("block_candidates")} for key, r in (("shrunk", shrunk), ("whole", whole))}})
     supernet = runs / "supernet"
     summary = json.loads((supernet / "train_summary.json").read_text())
@@ -207,23 +210,25 @@ def markdown(data: dict, args: argparse.Namespace) -> str:
         lines.append(f"| {r['name']} | {arch} | {r['params'] / 1e6:.2f} M | {lat} | {r['accuracy']:.4f} | "
                      f"{ci(r['vs_teacher'])} | ×{r['b1']['speedup']:.2f} / ×{r['b32']['speedup']:.2f} |")
     if any(r["kind"] == "diagnosis" for r in rows):
-        lines += ["", "Diagnosis rows (why the trial reached 0.635): a hand-designed 4 × 192 stack with the trial's "
-                  "recipe — teacher embeddings trained, one epoch of each stage (A), or four prediction epochs (B)."]
+        lines += ["", "Diagnosis row (why the trial reached 0.635, docs/nasbert/trial): a hand-designed 4 × 192 stack "
+                  "through the trial's kind of recipe — teacher embeddings trained, one epoch of each stage."]
     lines += ["", "Search seconds per budget (predicted-latency budget): " + ", ".join(
         f"1/{r['fraction']:g} = {r['budget_ms']:.2f} ms: {r['search_seconds']:.0f} s" for r in rows
-        if r["kind"] == "NAS-BERT")]
+        if r["kind"] == "NAS-BERT") + " (wall time on the shared cores; almost all of it the block-loss lookup)."]
     if not data["ablation"]:
         lines += ["", "The shrinking ablation was not run in this measurement (--parts without noshrink)."]
     lines += ["", "Budgets (predicted b1 ms) and search cost; the ablation: the same search drawing block candidates "
-              "from the whole space instead of the architectures progressive shrinking kept (best candidate's "
-              "supernet-path validation accuracy, before any distillation of the network):", "",
-              "| budget | search s (shrunk) | best candidate val. acc. shrunk / whole space | architecture, whole "
-              "space |", "|---|---|---|---|"] if data["ablation"] else []
+              "from the whole space instead of the architectures progressive shrinking kept: the lowest summed block "
+              "loss found under the budget (held-out validation batches, the same for both) and the best candidate's "
+              "supernet-path validation accuracy (before any distillation of the network):", "",
+              "| budget | search s shrunk / whole | lowest block loss shrunk / whole | best candidate val. acc. "
+              "shrunk / whole | architecture, whole space |", "|---|---|---|---|---|"] if data["ablation"] else []
     for a in data["ablation"]:
         s, w = a["shrunk"], a["whole"]
-        lines.append(f"| 1/{a['fraction']:g} = {data['teacher_b1_ms'] / a['fraction']:.2f} ms | "
-                     f"{s['search_seconds']:.0f} | {s['best_validation'] or 0:.4f} / {w['best_validation'] or 0:.4f} | "
-                     f"`{w['arch']}` |")
+        lines.append(f"| 1/{a['fraction']:g} = {a['budget_ms']:.2f} ms | "
+                     f"{s['search_seconds']:.0f} / {w['search_seconds']:.0f} | "
+                     f"{s['min_block_loss'] or 0:.3f} / {w['min_block_loss'] or 0:.3f} | "
+                     f"{s['best_validation'] or 0:.4f} / {w['best_validation'] or 0:.4f} | `{w['arch']}` |")
     lines += ["", "Training (on the shared cores, low priority): " + "; ".join(f"`{c}`" for c in data["train_commands"])
               + f". Timing (pinned): `{data['command']}`."]
     return "\n".join(lines) + "\n"
