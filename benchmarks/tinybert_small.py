@@ -223,7 +223,9 @@ def main() -> None:
     recipe_lines = "\n".join(f"- `{k}`: `{commands[k]}`" for k in recipes)
     what = (f"{sizes['train']} training sentences of mr (seeded stratified sample, data seed {args.data_seed}), mr's "
             f"{sizes['validation']} validation and {sizes['test']} test sentences" if sizes else "the whole of mr")
-    md = f"""## TinyBERT on small data: two stages against one joint stage
+    # one title per section (results.md must not repeat a title): the row count tells the two runs apart
+    scale = f"small data ({sizes['train']} rows of mr)" if sizes else "the whole of mr"
+    md = f"""## TinyBERT on {scale}: two stages against one joint stage
 
 `{command}` — {what}; teacher `{teacher}` (MiniLM-L6 fine-tuned on the same rows: {teacher_val['accuracy']:.4f}
 validation, {base.metrics['accuracy']:.4f} test); {args.student_layers}-layer students at the teacher's width,

@@ -204,14 +204,16 @@ def test_latency_table_is_cached_with_its_cpu(tmp_path, monkeypatch) -> None:
     assert calls == [1]  # a table from another CPU is measured anew
 
 
-def test_search_respects_the_budget_and_finds_the_best_combination(tmp_path) -> None:
+@pytest.mark.parametrize("block_transfers", [True, False])
+def test_search_respects_the_budget_and_finds_the_best_combination(tmp_path, block_transfers: bool) -> None:
+    import dataclasses
     import itertools
 
     from nimblebert.methods.nasbert.latency import predict_latency
     from nimblebert.methods.nasbert.search import combine
 
     model = _supernet(layers=4, hidden_sizes="8,16").eval()  # 2 blocks
-    space = default_space(model.hf.config, 0, (8, 16))
+    space = dataclasses.replace(default_space(model.hf.config, 0, (8, 16)), block_transfers=block_transfers)
     table = _table(model, space, tmp_path)
     gen = torch.Generator().manual_seed(0)
     archs = list(space.block_archs())
@@ -235,17 +237,24 @@ def test_search_respects_the_budget_and_finds_the_best_combination(tmp_path) -> 
     assert found[0].loss == pytest.approx(min(loss for _, _, loss in feasible))
 
 
-def test_searched_network_starts_as_its_supernet_path_and_survives_save_load(tmp_path) -> None:
+@pytest.mark.parametrize("text", ["16:conv3,mha,ffn/8:ffn,conv7", "16:conv3,mha/16:ffn,conv7", "16:/8:ffn",
+                                  "24:mha/24:", "8:/16:"])
+def test_searched_network_starts_as_its_supernet_path_and_survives_save_load(tmp_path, text: str) -> None:
+    import dataclasses
+
     from nimblebert.methods.nasbert.search import build_searched
 
     model = _supernet(layers=4, hidden_sizes="8,16,24").eval()
     space = default_space(model.hf.config, 0, (8, 16, 24))
     for p in model.extras.parameters():  # trained-looking weights, not the initial ones
         torch.nn.init.normal_(p, std=0.2)
-    # Adjacent sizes differ, so the chain's transfers are exactly the supernet's out_n then in_{n+1}.
-    arch = parse_arch("16:conv3,mha,ffn/8:ffn,conv7", space)
+    # With block transfers the chain is the supernet path exactly, also where two blocks have the same size (the
+    # trial run's mistake: there the ops of block 2 met block 1's output without the transfers they learnt behind)
+    # and through identity blocks (their in·out transfers fold into the next one).
+    arch = parse_arch(text, space)
     batch = _batch()
     net = build_searched(model, arch, "supernet").eval()
+    space = dataclasses.replace(space, block_transfers=True)
     assert net.hf.config.num_hidden_layers == 0 and net.method_config["role"] == "net"
     with torch.no_grad():
         expected = model.infer(batch, arch=format_arch(arch)).logits
@@ -269,7 +278,7 @@ def test_bert_shaped_network_becomes_a_plain_transformers_model(tmp_path) -> Non
     model = _supernet(layers=4, hidden_sizes="16,32").eval()
     space = default_space(model.hf.config, 0, (16, 32))
     torch.manual_seed(3)
-    net = build_searched(model, parse_arch("32:mha,ffn/32:mha,ffn", space), "random").eval()
+    net = build_searched(model, parse_arch("32:mha,ffn/32:mha,ffn", space), "random", block_transfers=False).eval()
     for p in net.extras.parameters():
         torch.nn.init.normal_(p, std=0.2)
     net.save(tmp_path / "net")
@@ -279,7 +288,11 @@ def test_bert_shaped_network_becomes_a_plain_transformers_model(tmp_path) -> Non
     with torch.no_grad():
         torch.testing.assert_close(plain(**batch).logits, net.infer(batch).logits, rtol=1e-4, atol=1e-5)
     with pytest.raises(UserError, match="not BERT-shaped"):
-        to_plain(build_searched(model, parse_arch("16:mha,ffn/32:ffn", space), "random"))
+        to_plain(build_searched(model, parse_arch("16:mha,ffn/32:ffn", space), "random", block_transfers=False))
+    with pytest.raises(UserError, match="not BERT-shaped"):  # block transfers are Linears a BertLayer lacks
+        to_plain(build_searched(model, parse_arch("32:mha,ffn/32:mha,ffn", space), "random"))
+    with pytest.raises(UserError, match="needs block transfers"):
+        build_searched(model, parse_arch("32:mha,ffn/32:mha,ffn", space), "supernet", block_transfers=False)
     from nimblebert.export.static import to_static
 
     exported = to_static(NimbleModel.load(tmp_path / "net"))  # what `nimblebert export` writes
@@ -311,3 +324,56 @@ def test_hooks_run_after_every_op_and_rows_can_leave() -> None:
     torch.testing.assert_close(out.logits[1:], full.logits[1:])
     flops = sample_flops(model.encoder, out)
     assert flops[0] < sample_flops(model.encoder, full)[0]
+
+
+def test_net_distillation_reads_cached_teacher_targets_like_the_teacher(tmp_path, monkeypatch) -> None:
+    import datasets
+
+    from nimblebert.data import make_loader
+    from nimblebert.distill.teacher import Teacher
+    from nimblebert.methods.nasbert.objective import NetObjective, net_targets
+    from nimblebert.methods.nasbert.search import build_searched
+    from nimblebert.methods.tinybert.objective import TargetSource
+    from nimblebert.train.stages import TrainOptions
+
+    monkeypatch.setenv("NIMBLEBERT_HOME", str(tmp_path))
+    model = _supernet(layers=4, hidden_sizes="8,16").eval()
+    space = default_space(model.hf.config, 0, (8, 16))
+    torch.manual_seed(0)
+    rows = [torch.randint(5, 99, (n,)).tolist() for n in (7, 3, 9, 5, 4, 8)]
+    encoded = datasets.Dataset.from_dict({"input_ids": rows, "token_type_ids": [[0] * len(r) for r in rows],
+                                          "attention_mask": [[1] * len(r) for r in rows], "labels": [0, 1] * 3})
+    batch = next(iter(make_loader(encoded, model.tokenizer, 4, shuffle=True, seed=1)))  # padded, shuffled rows
+    opts = TrainOptions(out=str(tmp_path / "x"), progress=False)
+    # "16:/8:" — identity then one op; "8:/16:" — only identities: the last block's output still has a target.
+    for text in ("16:mha,conv3/8:ffn", "16:/8:ffn", "8:/16:"):
+        net = build_searched(model, parse_arch(text, space), "supernet").eval()
+        (cached,) = net_targets(model.hf, space, [encoded], model.tokenizer, opts)
+        live = TargetSource(Teacher(model.hf), None, space.teacher_boundaries(), [])
+        for hidden, prediction in ((True, False), (False, True)):
+            got = NetObjective(cached, hidden, prediction, 1.0)(net, batch)
+            want = NetObjective(live, hidden, prediction, 1.0)(net, batch)
+            assert got["loss"].requires_grad and float(got["loss"].detach()) > 0
+            torch.testing.assert_close(got["loss"], want["loss"], rtol=2e-3, atol=1e-5)  # float16 cache
+
+
+def test_searched_network_exports_to_onnx_through_the_core(tmp_path) -> None:
+    """A network that is not BERT-shaped has no transformers form, but ONNX traces the core's chain: fp32 equal to
+    PyTorch on padded batches of other sizes, int8 written too; the transformers format still refuses it."""
+    pytest.importorskip("onnxruntime")
+    from nimblebert.export import ExportOptions, export_model
+    from nimblebert.methods.nasbert.search import build_searched
+
+    model = _supernet(layers=4, hidden_sizes="16,24").eval()
+    space = default_space(model.hf.config, 0, (16, 24))
+    net = build_searched(model, parse_arch("16:conv3,mha/24:ffn,conv5", space), "supernet").eval()
+    for p in net.extras.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    net.save(tmp_path / "net")
+    report = export_model(tmp_path / "net", tmp_path / "onnx", "onnx", options=ExportOptions(int8=True))
+    assert report["fp32"]["max_abs_diff"] < 1e-4 and report["fp32"]["argmax_agreement"] == 1.0
+    assert (tmp_path / "onnx" / "model.onnx").exists() and (tmp_path / "onnx" / "model_int8.onnx").exists()
+    assert report["int8"]["examples"] == report["fp32"]["examples"]
+    with pytest.raises(UserError, match="not BERT-shaped"):
+        export_model(tmp_path / "net", tmp_path / "hf", "hf")
+    assert not (tmp_path / "hf" / "config.json").exists()

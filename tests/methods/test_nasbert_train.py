@@ -89,6 +89,10 @@ def test_cli_supernet_then_search_then_evaluate_and_predict(teacher_dir: Path, t
     assert table.exists() and json.loads(table.read_text())["cpu"]
     model = nimblebert.load(net)
     assert model.method_config["role"] == "net" and model.method_config["arch"] == report["arch"]
+    teacher_emb = nimblebert.load(teacher_dir).hf.base_model.embeddings.state_dict()
+    for k, v in model.hf.base_model.embeddings.state_dict().items():  # kept as they were (no --train-embeddings)
+        torch.testing.assert_close(v, teacher_emb[k], rtol=0, atol=0, msg=k)
+    assert report["validation"]["nasbert-prediction"]["accuracy"] >= 0
     assert main(["evaluate", str(net), "--data", str(toy_data_dir), "--max-length", "24", "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert 0 <= metrics["accuracy"] <= 1 and metrics["flops_per_sample"] > 0
@@ -119,3 +123,29 @@ def test_cli_errors_are_one_line(teacher_dir: Path, toy_data_dir: Path, tmp_path
     err = capsys.readouterr().err
     assert rc == 2 and "not a fine-tuned classifier" in err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y" / "config.json").exists()
+
+
+def test_cli_search_trains_a_given_architecture(teacher_dir: Path, toy_data_dir: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """--arch: a hand-designed baseline through the same distillation, no search; --init supernet needs block
+    transfers (one clear line otherwise)."""
+    sn = tmp_path / "sn"
+    assert main(["train", "nasbert", "--teacher", str(teacher_dir), "--data", str(toy_data_dir), "--out", str(sn),
+                 "--max-steps", "2", "--batch-size", "16", "--max-length", "24", "--no-progress",
+                 *SUPERNET_FLAGS]) == 0
+    common = ["--data", str(toy_data_dir), "--latency-table", str(tmp_path / "lat.json"), "--lengths", "8", "16",
+              "--repeats", "1", "--general-epochs", "0", "--max-steps", "2", "--batch-size", "16", "--max-length",
+              "24", "--no-progress"]
+    capsys.readouterr()
+    rc = main(["search", str(sn), "--arch", "16:mha,ffn,mha,ffn", "--init", "supernet", "--transfers", "size",
+               "--out", str(tmp_path / "bad"), *common])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--transfers block" in err and len(err.strip().splitlines()) == 1
+    rc = main(["search", str(sn), "--arch", "16:mha,ffn,mha,ffn", "--init", "random", "--transfers", "size",
+               "--out", str(tmp_path / "hand"), *common])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["given_arch"] and report["arch"] == "16:mha,ffn,mha,ffn" and report["transfers"] == "size"
+    model = nimblebert.load(tmp_path / "hand")
+    assert [type(m).__name__ for m in model.extras["chain"].values()] == [
+        "TransferOp", "MHAOp", "FFNOp", "MHAOp", "FFNOp", "TransferOp"]  # a plain stack: transfers at the ends only

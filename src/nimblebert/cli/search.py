@@ -44,10 +44,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "supernet trained without shrinking keeps thousands)")
     s.add_argument("--held-out-batches", type=positive(int, "--held-out-batches"), default=5,
                    help="validation batches that score block losses (paper: 5)")
+    s.add_argument("--ignore-shrinking", action="store_true",
+                   help="draw block candidates from the whole space, also the architectures progressive shrinking "
+                        "removed (the ablation 'without shrinking' on one supernet)")
     s.add_argument("--search-only", action="store_true", help="print the search's result; train and save nothing")
+    s.add_argument("--arch", default="",
+                   help="skip the search: train this architecture (e.g. a hand-designed BERT-shaped baseline "
+                        "128:mha,ffn,mha,ffn/128:mha,ffn,mha,ffn/128:mha,ffn,mha,ffn) through the same distillation; "
+                        "the budget flags are then not needed")
     t = p.add_argument_group("training the chosen network (two-stage distillation)")
     t.add_argument("--init", choices=["supernet", "random"], default="supernet",
                    help="start from the supernet's weights, or from random ones as the paper (re-trained from scratch)")
+    t.add_argument("--transfers", choices=["block", "size"], default="block",
+                   help="hidden transfers of the network: 'block' before every block with ops and before the head, as "
+                        "in the supernet (needed by --init supernet: the network starts as exactly the path the "
+                        "search scored); 'size' only where the hidden size changes (a plain stack, --init random)")
     t.add_argument("--general-data", default="",
                    help="unlabelled text for general distillation (a .txt/.jsonl file or a built-in name / folder); "
                         "default: the task's own training texts")
@@ -59,6 +70,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="learning rate of every distillation stage (the chain starts from the supernet, not from a "
                         "pre-trained model: on mr, 1e-4 for 60 + 60 steps stayed at chance, 5e-4 for 150 + 150 "
                         "reached 0.635)")
+    t.add_argument("--prediction-epochs", type=positive(float, "--prediction-epochs"), default=None,
+                   help="epochs of the prediction stage (default: --epochs)")
+    t.add_argument("--train-embeddings", action="store_true",
+                   help="also train the teacher's embeddings (default: kept as they are; the first transfer adapts)")
     t.add_argument("--temperature", type=positive(float, "--temperature"), default=1.0)
     t.add_argument("--batch-size", type=positive(int, "--batch-size"), default=32)
     t.add_argument("--max-steps", type=positive(int, "--max-steps"), default=None, help="optimizer steps per stage")
@@ -89,8 +104,11 @@ def run(args: argparse.Namespace) -> int:
     from ..train.loop import check_output_folder, train
     from ..train.stages import TrainData, TrainOptions
 
-    if args.max_latency_ms is None and args.max_params is None:
-        raise UserError("give a budget: --max-latency-ms and/or --max-params")
+    if args.max_latency_ms is None and args.max_params is None and not args.arch:
+        raise UserError("give a budget (--max-latency-ms and/or --max-params) or an architecture (--arch)")
+    if args.init == "supernet" and args.transfers != "block":
+        raise UserError("--init supernet needs --transfers block (the supernet's ops were trained behind a transfer "
+                        "per block); use --init random with --transfers size")
     supernet = load(args.supernet)
     if supernet.method != "nasbert" or supernet.method_config.get("role") != "supernet":
         raise UserError(f"{args.supernet} is not a NAS-BERT supernet (it is a {supernet.method} model); train one "
@@ -112,7 +130,23 @@ def run(args: argparse.Namespace) -> int:
     grid = sorted(set(args.lengths))
     table = load_or_measure(table_path, supernet, space, grid, [args.batch], args.repeats, not args.no_progress)
     chosen_file = Path(args.out) / "search.json"
-    if args.resume and chosen_file.is_file():
+    block_transfers = args.transfers == "block"
+    if args.arch:  # a given architecture (a baseline): no search, the same training and report
+        import dataclasses
+
+        from ..methods.nasbert.space import arch_params
+
+        best_arch = parse_arch(args.arch, space)
+        built = dataclasses.replace(space, block_transfers=block_transfers)
+        report = {"arch": format_arch(best_arch), "params": arch_params(best_arch, built), "block_loss": None,
+                  "predicted_ms": round(predict_latency(table, built, best_arch, args.batch, length), 4),
+                  "batch": args.batch, "length": length, "budget": None, "given_arch": True, "candidates": [],
+                  "search_seconds": 0.0, "latency_table": str(table_path), "supernet": args.supernet,
+                  "environment": cpu_identity()}
+        if not args.search_only:
+            chosen_file.parent.mkdir(parents=True, exist_ok=True)
+            write_json(chosen_file, report)
+    elif args.resume and chosen_file.is_file():
         # A killed run continues with the architecture it chose (a re-run search could choose another one if the
         # latency table were measured anew, and the checkpoint only fits its own architecture).
         report = json.loads(chosen_file.read_text())
@@ -121,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
         found = search(supernet, val_enc, table, batch=args.batch, length=length,
                        max_latency_ms=args.max_latency_ms, max_params=args.max_params, top=args.top, beam=args.beam,
                        block_candidates=args.block_candidates, held_out=args.held_out_batches,
-                       batch_size=args.batch_size, seed=args.seed)
+                       batch_size=args.batch_size, seed=args.seed, block_transfers=block_transfers,
+                       shrunk=not args.ignore_shrinking)
         best = found["best"]
         best_arch = best.arch
         report = {"arch": format_arch(best.arch), "params": best.params, "block_loss": best.loss,
@@ -130,13 +165,14 @@ def run(args: argparse.Namespace) -> int:
                   "candidates": [c.as_dict() for c in found["candidates"]], "feasible": found["feasible"],
                   "block_candidates": found["block_candidates"], "search_seconds": found["search_seconds"],
                   "lookup_seconds": found["lookup_seconds"], "latency_table": str(table_path),
+                  "shrunk_space": not args.ignore_shrinking,
                   "supernet": args.supernet, "environment": cpu_identity()}
         if not args.search_only:
             chosen_file.parent.mkdir(parents=True, exist_ok=True)
             write_json(chosen_file, report)  # before training: what --resume continues with
     if not args.search_only:
         torch.manual_seed(args.seed)
-        model = build_searched(supernet, best_arch, args.init)
+        model = build_searched(supernet, best_arch, args.init, block_transfers)
         general = None
         if args.general_epochs > 0:
             if args.general_data:
@@ -145,17 +181,19 @@ def run(args: argparse.Namespace) -> int:
                 general = general_dataset(args.general_data, model.tokenizer, args.max_length)
             else:  # the task's own texts, unlabelled
                 general = train_enc.remove_columns([c for c in ("labels",) if c in train_enc.column_names])
-        stages = net_stages(model, supernet.encoder, opts, TrainData(task, train_enc, val_enc), general,
-                            args.general_epochs, args.epochs, args.lr, args.temperature)
+        stages = net_stages(model, supernet.hf, opts, TrainData(task, train_enc, val_enc), general,
+                            args.general_epochs, args.epochs, args.lr, args.temperature, args.prediction_epochs,
+                            args.train_embeddings)
         summary = train(model, stages, train_enc, val_enc, opts)
         measured = measure_model(model, args.batch, length)
-        predicted = predict_latency(table, space, best_arch, args.batch, length)
-        report.update(validation=summary["stages"], train_seconds=summary["train_seconds"],
+        predicted = predict_latency(table, space_of(model), best_arch, args.batch, length)
+        report.update(validation=summary["stages"], train_seconds=summary["train_seconds"], init=args.init,
+                      transfers=args.transfers, train_embeddings=args.train_embeddings,
                       measured_ms=round(measured, 4), out=args.out,
                       latency_error_pct=round(100 * (predicted - measured) / measured, 1))
         from ..methods.nasbert.space import is_bert_shaped
 
-        if is_bert_shaped(best_arch, space):  # also as a plain transformers folder (see nasbert/plain.py)
+        if is_bert_shaped(best_arch, space_of(model)):  # also as a plain transformers folder (see nasbert/plain.py)
             from ..methods.nasbert.plain import to_plain
 
             to_plain(model).save(Path(args.out) / "transformers")

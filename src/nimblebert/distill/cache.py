@@ -157,10 +157,13 @@ def build_cache(
                     if out.logits is not None:
                         all_logits[i] = out.logits[r].cpu().numpy()
                     if hidden is not None and scores is not None:
-                        block = torch.stack([t[r, :n] for t in out.hidden])  # (nh, L, d)
-                        hidden[hidden_off[i]:hidden_off[i + 1]] = block.half().cpu().numpy().reshape(-1)
-                        block = torch.stack([t[r, :, :n, :n] for t in out.scores])  # (na, h, L, L)
-                        scores[score_off[i]:score_off[i + 1]] = block.half().cpu().numpy().reshape(-1)
+                        # hidden states only (NAS-BERT's block outputs) or scores only leave the other list empty
+                        if out.hidden:
+                            block = torch.stack([t[r, :n] for t in out.hidden])  # (nh, L, d)
+                            hidden[hidden_off[i]:hidden_off[i + 1]] = block.half().cpu().numpy().reshape(-1)
+                        if out.scores:
+                            block = torch.stack([t[r, :, :n, :n] for t in out.scores])  # (na, h, L, L)
+                            scores[score_off[i]:score_off[i + 1]] = block.half().cpu().numpy().reshape(-1)
                 bar.update()
             bar.close()
             if tmp_logits is not None:

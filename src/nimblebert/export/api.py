@@ -41,7 +41,8 @@ def export_model(
     if exporter.extra.get("keeps_knobs") and not given and not teacher_only:
         static = model  # the format keeps the model dynamic: its knobs stay knobs
     else:
-        static = to_static(model, knobs, teacher_only, keep_modules=exporter.keep_modules)
+        static = to_static(model, knobs, teacher_only, keep_modules=exporter.keep_modules,
+                           traces_core=bool(exporter.extra.get("traces_core")))
     out.mkdir(parents=True, exist_ok=True)
     (out / FINISHED_MARKER).unlink(missing_ok=True)
     for stale in [*out.glob("*.onnx"), out / "export.json"]:  # left by an earlier export, e.g. with --int8

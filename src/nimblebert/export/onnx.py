@@ -205,9 +205,31 @@ def write_onnx_files(model: nn.Module, tokenizer: Any, folder: Path, options: Ex
     return report
 
 
+class CoreGraph(nn.Module):
+    """A static model whose structure the core runs beyond ``model.hf`` (a searched NAS-BERT network: its chain of
+    ops is no transformers module) as one traceable module: ``forward(input_ids, attention_mask, token_type_ids)``
+    runs the core with the model's own plan. The trace is checked on batches of other sizes and padding like any
+    export (:func:`write_onnx_files`)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.config = model.hf.config
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor) -> Any:
+        return self.model.infer({"input_ids": input_ids, "attention_mask": attention_mask,
+                                 "token_type_ids": token_type_ids})
+
+
+def graph_of(model: Any) -> nn.Module:
+    """What to trace: ``model.hf``, or the core (:class:`CoreGraph`) when a component that is neither static nor
+    fixed is left (a materializer told ``traced`` returned the model as the core runs it)."""
+    return CoreGraph(model) if any(not c.fixed and not c.spec.static for c in model.stack) else model.hf
+
+
 def write(model: Any, folder: Path, options: ExportOptions) -> dict[str, Any]:
     """The ``onnx`` format: the ONNX files, the tokenizer, and ``config.json`` (labels, nimblebert section)."""
-    report = write_onnx_files(model.hf, model.tokenizer, folder, options)
+    report = write_onnx_files(graph_of(model), model.tokenizer, folder, options)
     model.tokenizer.save_pretrained(folder)
     config = copy.deepcopy(model.hf.config)
     config.id2label = dict(enumerate(model.label_names))
@@ -224,4 +246,5 @@ ONNX = register_exporter(Exporter(
          "writes model_int8.onnx (dynamic int8 quantization)",
     write=write,
     supports_int8=True,
+    extra={"traces_core": True},
 ))

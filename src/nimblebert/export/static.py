@@ -16,6 +16,7 @@ This is the one place that decides what "the model at these knob settings" is:
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from ..errors import UserError
@@ -33,7 +34,7 @@ def teacher_of(model: NimbleModel) -> NimbleModel:
 
 
 def to_static(model: NimbleModel, knobs: dict[str, Any] | None = None, teacher_only: bool = False,
-              keep_modules: bool = False) -> NimbleModel:
+              keep_modules: bool = False, traces_core: bool = False) -> NimbleModel:
     """The model to export (see the module docstring); raises :class:`UserError` when there is none.
 
     Args:
@@ -41,6 +42,9 @@ def to_static(model: NimbleModel, knobs: dict[str, Any] | None = None, teacher_o
         knobs: knob values given by the user (``None`` values mean "not given").
         teacher_only: export ``model.hf`` as it is, whatever the stack.
         keep_modules: the format keeps nimblebert's modules (exits, token policies stay live).
+        traces_core: the format traces the core's forward pass into a graph (ONNX), so a structure the core runs
+            beyond ``model.hf`` (a searched NAS-BERT network's chain of ops) needs no plain transformers form: a
+            materializer that takes ``traced`` is told so.
     """
     given = {k: v for k, v in (knobs or {}).items() if v is not None}
     where = model.source or "the model"
@@ -53,7 +57,8 @@ def to_static(model: NimbleModel, knobs: dict[str, Any] | None = None, teacher_o
     result = model
     for component in [c for c in model.stack if not c.fixed and c.spec.materialize is not None]:
         spec = component.spec
-        result = spec.materialize(result, **{k.name: checked[k.name] for k in spec.knobs})
+        extra = {"traced": True} if traces_core and "traced" in inspect.signature(spec.materialize).parameters else {}
+        result = spec.materialize(result, **{k.name: checked[k.name] for k in spec.knobs}, **extra)
         result.source = result.source or model.source
     live = [c for c in result.stack if not c.fixed and not c.spec.static and c.spec.materialize is None]
     if not live:

@@ -48,11 +48,14 @@ def attach(model: NimbleModel) -> None:
     model.method_config = {**dataclasses.asdict(cfg), **keep}
 
 
-def materialize(model: NimbleModel, arch: str = "") -> NimbleModel:
+def materialize(model: NimbleModel, arch: str = "", traced: bool = False) -> NimbleModel:
     """``nimblebert export``: a searched network (or a supernet's ``--arch``, with the supernet's weights) as a plain
-    transformers model, when it is BERT-shaped (see :mod:`.plain`; otherwise a UserError says why not)."""
+    transformers model, when it is BERT-shaped (see :mod:`.plain`; otherwise a UserError says why not). ``traced``
+    (formats that trace the core, ONNX): a network that is not BERT-shaped is returned as it is, the core's chain
+    traced into the graph."""
     from .plain import to_plain
     from .search import build_searched
+    from .space import is_bert_shaped
 
     if model.method_config.get("role") == "supernet":
         from .policy import LARGEST, largest_arch
@@ -61,6 +64,8 @@ def materialize(model: NimbleModel, arch: str = "") -> NimbleModel:
             raise UserError("export of a NAS-BERT supernet needs --arch (an architecture or 'largest'); its teacher "
                             "is exported with --teacher-only")
         model = build_searched(model, largest_arch(model) if arch == LARGEST else parse_arch(arch, space_of(model)))
+    if traced and not is_bert_shaped(parse_arch(model.method_config["arch"], space_of(model)), space_of(model)):
+        return model
     return to_plain(model)
 
 

@@ -92,51 +92,85 @@ class ShrinkState(nn.Module):
 
 def build_net(space: Space, arch: Arch, dropout: float) -> tuple[nn.ModuleDict, nn.ModuleDict]:
     """A searched network's chain (keys ``c0``, ``c1``, ... in order) and, for distillation, one projection per
-    block from its size to the teacher's (``p{n}``; none where the sizes are equal)."""
+    block from its size to the teacher's (``p{n}``; none where the sizes are equal, except with block transfers,
+    where every block with ops has one: the supernet's out-transfer it starts from)."""
     chain = nn.ModuleDict({f"c{i}": build_op(s, dropout) for i, s in enumerate(arch_specs(arch, space))})
     proj = nn.ModuleDict({f"p{n}": build_op(OpSpec("linear", h, space.teacher_hidden), dropout)
-                          for n, (h, _) in enumerate(arch) if h != space.teacher_hidden})
+                          for n, (h, kinds) in enumerate(arch)
+                          if (kinds if space.block_transfers else h != space.teacher_hidden)})
     return chain, proj
 
 
-def block_ends(space: Space, arch: Arch) -> list[int]:
+def block_ends(space: Space, arch: Arch) -> list[int | None]:
     """Index in the chain (``c{i}``) after which each block's output is (−1: before the first op); the hidden
-    state there is the one distilled from the teacher's block output."""
-    ends, i, current = [], 0, space.teacher_hidden
+    state there is the one distilled from the teacher's block output. With block transfers an identity block has
+    none (None): its in- and out-transfers are folded into the next transfer, so no state of the chain is its
+    output — except the last block, whose output is the chain's last state (the final transfer, at the teacher's
+    size)."""
+    ends: list[int | None] = []
+    i, current = 0, space.teacher_hidden
     for hidden, kinds in arch:
-        if hidden != current:
+        if space.block_transfers:
+            if not kinds:
+                ends.append(None)
+                continue
+            i += 1  # the block's transfer
+        elif hidden != current:
             i += 1
             current = hidden
         i += len(kinds)
         ends.append(i - 1)
+    if space.block_transfers and ends[-1] is None:
+        ends[-1] = i  # the final transfer c{i}
     return ends
+
+
+def _set_linear(target: nn.Linear, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    target.weight.copy_(weight)
+    target.bias.copy_(bias)
 
 
 @torch.no_grad()
 def init_net_from_supernet(chain: nn.ModuleDict, proj: nn.ModuleDict, supernet: nn.ModuleDict, space: Space,
                            arch: Arch) -> None:
     """Start a searched network from the supernet's weights: each op from its slot, each projection from the
-    block's out-transfer, and a transfer between blocks as the product out_n then in_{n+1} (one Linear:
-    W = W_in·W_out, b = W_in·b_out + b_in). The paper re-trains from scratch; this is our option (``--init``)."""
-    i, current = 0, space.teacher_hidden
-    prev_out: nn.Linear | None = None
+    block's out-transfer, and each transfer as the product of the supernet's transfers it replaces.
+
+    With block transfers (``space.block_transfers``) the network is the supernet path exactly: the chain of
+    Linears between two blocks' ops (out_n, then in_{n+1}; through an identity block in_m·out_m too) is one Linear,
+    W = W_in·W_out, b = W_in·b_out + b_in. Without them only transfers where the size changes exist, and ops of
+    consecutive same-size blocks meet directly (an approximation: each block learnt on its own in-transfer's
+    basis). The paper re-trains from scratch; this is our option (``--init``)."""
+    d = space.teacher_hidden
+    # The pending affine map from the last op's output (the embeddings at first) to the current point.
+    weight = torch.eye(d)
+    bias = torch.zeros(d)
+    i, current = 0, d
+
+    def through(key: str) -> None:
+        nonlocal weight, bias
+        lin: nn.Linear = supernet[key].proj
+        weight, bias = lin.weight @ weight, lin.weight @ bias + lin.bias
+
     for n, (hidden, kinds) in enumerate(arch):
-        w_in: nn.Linear = supernet[transfer_key(n, "in", hidden)].proj
-        if hidden != current:
-            target: nn.Linear = chain[f"c{i}"].proj
-            if prev_out is None:
-                target.weight.copy_(w_in.weight)
-                target.bias.copy_(w_in.bias)
-            else:
-                target.weight.copy_(w_in.weight @ prev_out.weight)
-                target.bias.copy_(w_in.weight @ prev_out.bias + w_in.bias)
+        if space.block_transfers:
+            through(transfer_key(n, "in", hidden))
+            if not kinds:
+                through(transfer_key(n, "out", hidden))
+                continue
+            _set_linear(chain[f"c{i}"].proj, weight, bias)
             i += 1
-            current = hidden
+        elif hidden != current:
+            through(transfer_key(n, "in", hidden))
+            _set_linear(chain[f"c{i}"].proj, weight, bias)
+            i += 1
+        current = hidden
         for j, k in enumerate(kinds):
             chain[f"c{i}"].load_state_dict(supernet[op_key(n, j, k, hidden)].state_dict())
             i += 1
-        prev_out = supernet[transfer_key(n, "out", hidden)].proj
+        out: nn.Linear = supernet[transfer_key(n, "out", hidden)].proj
+        weight, bias = out.weight.clone(), out.bias.clone()  # pending: this block's out-transfer (h → d)
         if f"p{n}" in proj:
-            proj[f"p{n}"].load_state_dict(supernet[transfer_key(n, "out", hidden)].state_dict())
-    if current != space.teacher_hidden and prev_out is not None:
-        chain[f"c{i}"].load_state_dict({"proj.weight": prev_out.weight, "proj.bias": prev_out.bias})
+            _set_linear(proj[f"p{n}"].proj, out.weight, out.bias)
+    if f"c{i}" in chain:  # the last transfer, back to the teacher's size (the head's input)
+        _set_linear(chain[f"c{i}"].proj, weight, bias)

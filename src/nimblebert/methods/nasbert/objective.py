@@ -47,7 +47,8 @@ def config_of(model: NimbleModel) -> NasBertConfig:
 def space_of(model: NimbleModel) -> Space:
     """The search space recorded in the model's config (the teacher's sizes are stored: a net has no teacher)."""
     c = model.method_config
-    return Space(c["teacher_hidden"], c["teacher_layers"], c["head_dim"], tuple(c["space_sizes"]), c["space_blocks"])
+    return Space(c["teacher_hidden"], c["teacher_layers"], c["head_dim"], tuple(c["space_sizes"]), c["space_blocks"],
+                 block_transfers=bool(c.get("block_transfers", False)))  # absent: folders written before the option
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -201,8 +202,9 @@ def supernet_stages(model: NimbleModel, opts: TrainOptions, data: TrainData | No
 # ---- the searched network ------------------------------------------------------------------------------------
 
 
-def net_hidden(model: NimbleModel, batch: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Each block's output of a searched network, projected to the teacher's size, and its logits."""
+def net_hidden(model: NimbleModel, batch: dict[str, torch.Tensor]) -> tuple[list[tuple[int, torch.Tensor]],
+                                                                          torch.Tensor]:
+    """(block index, that block's output projected to the teacher's size) of a searched network, and its logits."""
     from .policy import net_plan
 
     space = space_of(model)
@@ -213,18 +215,21 @@ def net_hidden(model: NimbleModel, batch: dict[str, torch.Tensor]) -> tuple[list
     proj = model.extras["proj"]
     blocks = []
     for n, end in enumerate(block_ends(space, arch)):
+        if end is None:
+            continue  # an identity block with block transfers has no hidden state of its own (see block_ends)
         h = hs[end + 1]
-        blocks.append(proj[f"p{n}"](h, None, None) if f"p{n}" in proj else h)
+        blocks.append((n, proj[f"p{n}"](h, None, None) if f"p{n}" in proj else h))
     return blocks, out.logits
 
 
 class NetObjective:
     """A searched network's distillation: ``hidden`` (block outputs, TinyBERT's eq. 5 at block boundaries) and/or
     ``prediction`` (TinyBERT's eq. 6, soft cross-entropy at temperature t, averaged over classes as the official
-    code)."""
+    code). ``targets(batch, logits, inner)`` gives the teacher's logits and block outputs (from the teacher cache
+    when it holds the batch's rows, else the teacher run now)."""
 
-    def __init__(self, teacher_encoder: Any, space: Space, hidden: bool, prediction: bool, temperature: float) -> None:
-        self.teacher, self.space = teacher_encoder, space
+    def __init__(self, targets: Any, hidden: bool, prediction: bool, temperature: float) -> None:
+        self.targets = targets
         self.hidden, self.prediction, self.temperature = hidden, prediction, temperature
 
     def __call__(self, model: NimbleModel, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -232,36 +237,61 @@ class NetObjective:
         parts: dict[str, torch.Tensor] = {}
         blocks, logits = net_hidden(model, batch)
         total = logits.new_zeros(())
+        teacher = self.targets(batch, logits=self.prediction, inner=self.hidden)
         if self.hidden:
-            ys = teacher_blocks(self.teacher, batch, self.space)
-            hidden = sum((masked_mse(s, t, mask) for s, t in zip(blocks, ys[1:], strict=True)), total)
+            # teacher.hidden: the block outputs Y_1..Y_N (the embeddings' Y_0 is no target)
+            hidden = sum((masked_mse(s, teacher.hidden[n], mask) for n, s in blocks), total)
             parts["hidden"] = hidden.detach()
             total = total + hidden
         if self.prediction:
-            with torch.no_grad():
-                was = self.teacher.model.training
-                self.teacher.model.eval()
-                t_logits = self.teacher(batch["input_ids"], mask, batch.get("token_type_ids")).logits
-                self.teacher.model.train(was)
-            pred = soft_cross_entropy(logits, t_logits, self.temperature, reduction="mean")
+            pred = soft_cross_entropy(logits.float(), teacher.logits, self.temperature, reduction="mean")
             parts["prediction"] = pred.detach()
             total = total + pred
         return {"loss": total, **parts}
 
 
-def net_stages(model: NimbleModel, teacher_encoder: Any, opts: TrainOptions, data: TrainData, general_data: Any,
-               general_epochs: float, task_epochs: float, lr: float, temperature: float = 1.0) -> list[Stage]:
+def net_targets(teacher_hf: Any, space: Space, encoded: list[Any], tokenizer: Any, opts: TrainOptions) -> Any:
+    """The teacher's targets for a searched network's stages: its logits and block outputs on each training set
+    in ``encoded`` run once and cached (TinyBERT's teacher cache, :mod:`nimblebert.distill.cache`; a few hundred MB
+    for mr), so each distillation step runs only the small network — the teacher dominated a step's time."""
+    import copy
+
+    from ...distill.cache import build_cache, cache_root
+    from ...distill.teacher import Teacher
+    from ..tinybert.objective import TargetSource
+
+    teacher = Teacher(copy.deepcopy(teacher_hf))
+    hidden_idx = space.teacher_boundaries()
+    caches = [build_cache(teacher, e, tokenizer, hidden_idx, [], True, True, cache_root("", "nasbert") / "teacher",
+                          batch_size=opts.eval_batch_size, progress=opts.progress) for e in encoded]
+    return [TargetSource(teacher, c, hidden_idx, []) for c in caches]
+
+
+def net_stages(model: NimbleModel, teacher_hf: Any, opts: TrainOptions, data: TrainData, general_data: Any,
+               general_epochs: float, task_epochs: float, lr: float, temperature: float = 1.0,
+               prediction_epochs: float | None = None, train_embeddings: bool = False) -> list[Stage]:
     """General distillation on ``general_data`` (unlabelled, skipped when None), then intermediate (block hidden
-    states) and prediction distillation on the task's training set, each from the previous one's weights."""
+    states) and prediction distillation on the task's training set, each from the previous one's weights.
+    ``prediction_epochs``: the prediction stage's epochs when not ``task_epochs``. ``train_embeddings`` False keeps
+    the teacher's embeddings as they are (the network's first transfer adapts to them): on a small task set the
+    30k × d word embeddings gain little from a few thousand sentences, and their optimizer update was the largest
+    part of a step of a small network."""
     space = space_of(model)
+    embeddings = {id(p) for p in model.hf.base_model.embeddings.parameters()}
+
+    def trainable(m: NimbleModel) -> list[torch.nn.Parameter]:
+        return [p for p in m.parameters() if train_embeddings or id(p) not in embeddings]
+
+    sets = [data.train] + ([general_data] if general_data is not None else [])
+    task_targets, *general_targets = net_targets(teacher_hf, space, sets, model.tokenizer, opts)
     result = []
     if general_data is not None:
-        result.append(Stage("nasbert-general", NetObjective(teacher_encoder, space, True, False, temperature), lr=lr,
-                            epochs=general_epochs, select="last", train_data=general_data))
-    result.append(Stage("nasbert-intermediate", NetObjective(teacher_encoder, space, True, False, temperature), lr=lr,
-                        epochs=task_epochs, select="last"))
-    result.append(Stage("nasbert-prediction", NetObjective(teacher_encoder, space, False, True, temperature), lr=lr,
-                        epochs=task_epochs, select="best"))
+        result.append(Stage("nasbert-general", NetObjective(general_targets[0], True, False, temperature), lr=lr,
+                            epochs=general_epochs, select="last", train_data=general_data, trainable=trainable))
+    result.append(Stage("nasbert-intermediate", NetObjective(task_targets, True, False, temperature), lr=lr,
+                        epochs=task_epochs, select="last", trainable=trainable))
+    result.append(Stage("nasbert-prediction", NetObjective(task_targets, False, True, temperature), lr=lr,
+                        epochs=prediction_epochs or task_epochs, select="best", trainable=trainable))
     return result
 
 

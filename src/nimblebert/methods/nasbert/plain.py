@@ -5,7 +5,8 @@ teacher's, and a transformers BERT has one hidden size throughout) and ops alter
 (MHA, FFN) pair is exactly a ``BertLayer`` (post-LN, same LayerNorm epsilon, exact GELU). With the default sizes
 (at most 2/3 of the teacher's) no searched network is BERT-shaped: the hidden transfer from the embeddings has no
 transformers equivalent (a Linear after the embeddings' LayerNorm cannot be folded into a smaller LayerNorm), nor do
-convolutions, so such networks stay nimblebert folders, run by the core.
+convolutions, so such networks stay nimblebert folders, run by the core — and export to ONNX through the core
+(``export --format onnx [--int8]`` traces the core's forward pass, :class:`nimblebert.export.onnx.CoreGraph`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def to_plain(model: NimbleModel) -> NimbleModel:
         raise UserError(
             f"{model.method_config.get('arch')} is not BERT-shaped (every block at the teacher's size "
             f"{space.teacher_hidden}, ops alternating mha, ffn): it has no plain transformers form, so it stays a "
-            "nimblebert folder that evaluate, predict and bench run (ONNX export of such a chain is not implemented)")
+            "nimblebert folder that evaluate, predict and bench run, and `nimblebert export --format onnx [--int8]` "
+            "exports")
     chain = model.extras["chain"]
     layers = len(chain) // 2
     config = copy.deepcopy(model.hf.config)

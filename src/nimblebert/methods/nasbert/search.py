@@ -6,8 +6,9 @@ network's construction.
    predicted latency (:mod:`.latency`).
 2. Combination: the paper enumerates all (m·B)^N combinations; we grow architectures block by block with a beam
    of the ``beam`` lowest summed losses, dropping partial architectures that cannot meet the budgets even with the
-   cheapest rest (exact when the beam holds every feasible partial one, approximate beyond). Transfers between
-   blocks are added where adjacent sizes differ, so the latency and parameters are those of the network built.
+   cheapest rest (exact when the beam holds every feasible partial one, approximate beyond). Transfers are counted
+   where the network to be built has them (by default before every block with ops and before the head, as in the
+   supernet: ``Space.block_transfers``), so the latency and parameters are those of the network built.
 3. The top ``top`` by summed block loss are evaluated exactly on validation (the supernet path with the teacher's
    head, :func:`~.policy.infer`); the most accurate is kept (ties: the lower loss).
 """
@@ -15,6 +16,7 @@ network's construction.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -47,8 +49,9 @@ class Candidate:
 
 
 def block_tables(supernet: NimbleModel, validation: Any, batch_size: int, batches: int, block_candidates: int,
-                 seed: int) -> list[tuple[list[BlockArch], torch.Tensor]]:
-    """Per block: the candidate architectures and their block losses on ``batches`` held-out batches."""
+                 seed: int, shrunk: bool = True) -> list[tuple[list[BlockArch], torch.Tensor]]:
+    """Per block: the candidate architectures and their block losses on ``batches`` held-out batches. ``shrunk``
+    False draws from every architecture of the space, also those progressive shrinking removed (the ablation)."""
     space = space_of(supernet)
     state = supernet.extras["shrink"]
     held = held_out_batches(validation, supernet.tokenizer, batch_size, batches)
@@ -57,7 +60,7 @@ def block_tables(supernet: NimbleModel, validation: Any, batch_size: int, batche
     generator = torch.Generator().manual_seed(seed)
     tables = []
     for n in range(space.blocks):
-        live = state.alive(n).nonzero().squeeze(1)
+        live = (state.alive(n) if shrunk else torch.ones_like(state.alive(n))).nonzero().squeeze(1)
         if len(live) > block_candidates:
             live = live[torch.randperm(len(live), generator=generator)[:block_candidates]].sort().values
         archs = [state.archs[int(i)] for i in live]
@@ -73,8 +76,10 @@ def combine(space: Space, tables: list[tuple[list[BlockArch], torch.Tensor]], ta
     lat_cap = max_latency_ms if max_latency_ms is not None else inf
     par_cap = max_params if max_params is not None else inf
 
+    block_mode = space.block_transfers
+
     def transfer(a: int, b: int) -> tuple[float, int]:
-        if a == b:
+        if a == b and not block_mode:
             return 0.0, 0
         spec = OpSpec("linear", a, b)
         return op_latency(table, spec, batch, length), op_params(spec)
@@ -96,8 +101,8 @@ def combine(space: Space, tables: list[tuple[list[BlockArch], torch.Tensor]], ta
     t_lat = torch.tensor([[transfer(a, b)[0] for b in sizes] for a in sizes], dtype=torch.float64)
     t_par = torch.tensor([[transfer(a, b)[1] for b in sizes] for a in sizes], dtype=torch.float64)
 
-    # The beam of partial architectures, as parallel tensors (P,): summed loss, latency, params, last size index,
-    # and the choice in each block so far (P, n).
+    # The beam of partial architectures, as parallel tensors (P,): summed loss, latency, params, the size index the
+    # chain is at, and the choice in each block so far (P, n).
     loss = torch.zeros(1, dtype=torch.float64)
     lat = torch.tensor([fixed_latency(table, batch, length)], dtype=torch.float64)
     par = torch.zeros(1, dtype=torch.float64)
@@ -107,8 +112,12 @@ def combine(space: Space, tables: list[tuple[list[BlockArch], torch.Tensor]], ta
         c_lat = torch.tensor([c[0] for c in costs[n]], dtype=torch.float64)  # (C,)
         c_par = torch.tensor([float(c[1]) for c in costs[n]], dtype=torch.float64)
         c_size = torch.tensor([index[a[0]] for a in archs])
-        grown_lat = lat[:, None] + t_lat[prev][:, c_size] + c_lat[None, :]  # (P, C)
-        grown_par = par[:, None] + t_par[prev][:, c_size] + c_par[None, :]
+        # With block transfers an identity block costs nothing and leaves the chain where it was (arch_specs).
+        c_empty = torch.tensor([block_mode and not a[1] for a in archs])
+        enter_lat = t_lat[prev][:, c_size].masked_fill(c_empty[None, :], 0.0)  # (P, C)
+        enter_par = t_par[prev][:, c_size].masked_fill(c_empty[None, :], 0.0)
+        grown_lat = lat[:, None] + enter_lat + c_lat[None, :]  # (P, C)
+        grown_par = par[:, None] + enter_par + c_par[None, :]
         ok = (grown_lat + rest_lat[n] <= lat_cap) & (grown_par + rest_par[n] <= par_cap)
         grown_loss = (loss[:, None] + losses.double()[None, :]).masked_fill(~ok, inf)
         keep = min(beam, int(ok.sum()))
@@ -117,9 +126,10 @@ def combine(space: Space, tables: list[tuple[list[BlockArch], torch.Tensor]], ta
         loss, flat = grown_loss.flatten().topk(keep, largest=False)  # ascending: the lowest summed losses
         rows, cols = flat // len(archs), flat % len(archs)
         lat, par = grown_lat.flatten()[flat], grown_par.flatten()[flat]
-        prev = c_size[cols]
+        prev = torch.where(c_empty[cols], prev[rows], c_size[cols])
         chosen = torch.cat([chosen[rows], cols[:, None]], dim=1)
-    lat, par = lat + t_lat[prev, 0], par + t_par[prev, 0]  # the last block back to the head's size
+    # The last transfer back to the head's size (without block transfers zero where the chain is at that size).
+    lat, par = lat + t_lat[prev, 0], par + t_par[prev, 0]
     fits = (lat <= lat_cap) & (par <= par_cap)
     result = [Candidate(tuple(tables[n][0][int(i)] for n, i in enumerate(chosen[j])), float(loss[j]), float(lat[j]),
                         int(par[j])) for j in fits.nonzero().squeeze(1).tolist()]
@@ -128,13 +138,16 @@ def combine(space: Space, tables: list[tuple[list[BlockArch], torch.Tensor]], ta
 
 def search(supernet: NimbleModel, validation: Any, table: dict[str, Any], *, batch: int, length: float,
            max_latency_ms: float | None, max_params: int | None, top: int, beam: int, block_candidates: int,
-           held_out: int, batch_size: int, seed: int) -> dict[str, Any]:
-    """Steps 1-3 of the module docstring; returns the chosen candidate, the evaluated ones and the timings."""
+           held_out: int, batch_size: int, seed: int, block_transfers: bool = True, shrunk: bool = True
+           ) -> dict[str, Any]:
+    """Steps 1-3 of the module docstring; returns the chosen candidate, the evaluated ones and the timings.
+    ``block_transfers``: the transfers of the network to be built (:class:`~.space.Space`), which its latency and
+    parameters count. ``shrunk``: see :func:`block_tables`."""
     if max_latency_ms is None and max_params is None:
         raise UserError("give a budget: --max-latency-ms and/or --max-params")
-    space = space_of(supernet)
+    space = dataclasses.replace(space_of(supernet), block_transfers=block_transfers)
     started = time.time()
-    tables = block_tables(supernet, validation, batch_size, held_out, block_candidates, seed)
+    tables = block_tables(supernet, validation, batch_size, held_out, block_candidates, seed, shrunk)
     lookup_s = time.time() - started
     found = combine(space, tables, table, batch, length, max_latency_ms, max_params, beam)
     if not found:
@@ -155,12 +168,13 @@ def search(supernet: NimbleModel, validation: Any, table: dict[str, Any], *, bat
             "search_seconds": round(time.time() - started, 2)}
 
 
-def build_searched(supernet: NimbleModel, arch: Arch, init: str = "supernet") -> NimbleModel:
+def build_searched(supernet: NimbleModel, arch: Arch, init: str = "supernet", block_transfers: bool = True
+                   ) -> NimbleModel:
     """A searched network as a NimbleModel: a 0-layer copy of the teacher (its embeddings and head) plus the chain,
-    initialised from the supernet's weights (``init`` "supernet") or at random ("random", the paper's choice)."""
+    initialised from the supernet's weights (``init`` "supernet") or at random ("random", the paper's choice).
+    ``block_transfers``: see :class:`~.space.Space` (the supernet's weights compose exactly only with them)."""
     from ...model import NimbleModel
 
-    space = space_of(supernet)
     teacher = supernet.hf
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = 0
@@ -172,12 +186,16 @@ def build_searched(supernet: NimbleModel, arch: Arch, init: str = "supernet") ->
     cfg = config_of(supernet)
     keep = {k: supernet.method_config[k] for k in ("teacher_hidden", "teacher_layers", "head_dim", "space_sizes",
                                                    "space_blocks")}
-    method_config = {**cfg.__dict__, "role": "net", "arch": format_arch(arch),
+    if init == "supernet" and not block_transfers:
+        raise UserError("--init supernet needs block transfers (--transfers block): without them the ops of two "
+                        "same-size blocks meet without the transfers they were trained behind")
+    method_config = {**cfg.__dict__, "role": "net", "arch": format_arch(arch), "block_transfers": block_transfers,
                      "teacher_source": supernet.source or cfg.teacher_source, **keep}
     model = NimbleModel(hf, supernet.tokenizer, "nasbert", method_config, supernet.label_names)
     model.method_spec.attach(model)
     if init == "supernet":
-        init_net_from_supernet(model.extras["chain"], model.extras["proj"], supernet.extras["ops"], space, arch)
+        init_net_from_supernet(model.extras["chain"], model.extras["proj"], supernet.extras["ops"], space_of(model),
+                               arch)
     elif init != "random":
         raise UserError(f"--init {init!r} is unknown; choose supernet or random")
     return model

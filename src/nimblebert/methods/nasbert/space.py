@@ -47,6 +47,11 @@ class Space:
     hidden_sizes: tuple[int, ...]
     blocks: int
     ffn_ratio: int = 4
+    #: A searched network's transfers: True = one before every block that has ops (and one to the head), as in the
+    #: supernet, where each block path is ``in_h, ops, out_h`` — consecutive transfers compose into one Linear, so
+    #: a network initialised from the supernet computes exactly what its block losses scored; False = only where
+    #: the hidden size changes (a plain stack: the hand-designed baselines).
+    block_transfers: bool = False
 
     @property
     def layers_per_block(self) -> int:
@@ -131,34 +136,40 @@ def parse_arch(text: str, space: Space) -> Arch:
     return tuple(arch)
 
 
-def transfer_specs(arch: Arch, space: Space) -> list[OpSpec]:
-    """The hidden transfers of a composed architecture: embeddings → block 1, between blocks whose sizes differ,
-    last block → the teacher's size (the classification head's input)."""
-    sizes = [space.teacher_hidden, *(h for h, _ in arch), space.teacher_hidden]
-    return [OpSpec("linear", a, b) for a, b in zip(sizes, sizes[1:], strict=False) if a != b]
-
-
-def arch_params(arch: Arch, space: Space) -> int:
-    """Parameters of the searched network's chain: block ops plus transfers (embeddings and head excluded)."""
-    return sum(space.block_params(b) for b in arch) + sum(op_params(s) for s in transfer_specs(arch, space))
-
-
 def arch_specs(arch: Arch, space: Space) -> list[OpSpec]:
-    """The chain of a searched network in order: transfer (if the size changes), the block's ops, ..."""
+    """The chain of a searched network in order: transfer, the block's ops, transfer, ... (see
+    ``Space.block_transfers`` for where the transfers go; an identity block has no op of its own)."""
     specs: list[OpSpec] = []
     current = space.teacher_hidden
     for hidden, ops in arch:
-        if hidden != current:
+        if space.block_transfers:
+            if not ops:
+                continue  # in the supernet in_h·out_h, linear: folded into the next transfer
+            specs.append(OpSpec("linear", current, hidden))
+            current = hidden
+        elif hidden != current:
             specs.append(OpSpec("linear", current, hidden))
             current = hidden
         specs.extend(space.spec(k, hidden) for k in ops)
-    if current != space.teacher_hidden:
+    if space.block_transfers or current != space.teacher_hidden:
         specs.append(OpSpec("linear", current, space.teacher_hidden))
     return specs
 
 
+def transfer_specs(arch: Arch, space: Space) -> list[OpSpec]:
+    """The hidden transfers of a composed architecture: embeddings → block 1, between blocks, last block → the
+    teacher's size (the classification head's input)."""
+    return [s for s in arch_specs(arch, space) if s.kind == "linear"]
+
+
+def arch_params(arch: Arch, space: Space) -> int:
+    """Parameters of the searched network's chain: block ops plus transfers (embeddings and head excluded)."""
+    return sum(op_params(s) for s in arch_specs(arch, space))
+
+
 def is_bert_shaped(arch: Arch, space: Space) -> bool:
-    """Whether the chain is a plain BERT encoder: one size equal to the teacher's, ops alternating mha, ffn."""
+    """Whether the chain is a plain BERT encoder: one size equal to the teacher's, ops alternating mha, ffn, no
+    transfers (block transfers at the teacher's size are Linears a BERT layer does not have)."""
     ops = [k for _, block in arch for k in block]
-    return (all(h == space.teacher_hidden for h, _ in arch) and len(ops) % 2 == 0 and len(ops) > 0
-            and ops == ["mha", "ffn"] * (len(ops) // 2))
+    return (not space.block_transfers and all(h == space.teacher_hidden for h, _ in arch) and len(ops) % 2 == 0
+            and len(ops) > 0 and ops == ["mha", "ffn"] * (len(ops) // 2))
