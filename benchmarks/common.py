@@ -27,7 +27,7 @@ if importlib.util.find_spec("nimblebert") is None:  # not installed: run from th
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
 DOCS = ROOT / "docs"
 SECTIONS = DOCS / "sections"
-ORDER = ["efficiency", "finetune_mr", "compose_mr", "report_mr", "fastbert_mr", "fastbert_chnsenti", "tinybert_mr",
+ORDER = ["efficiency_mr", "efficiency", "finetune_mr", "compose_mr", "report_mr", "fastbert_mr", "fastbert_chnsenti", "tinybert_mr",
          "dynabert_mr", "dynabert_mr_last", "trbert_mr_long", "ssa"]
 # Methods whose many runs (recipe variants, seeds) would crowd the README: it shows only this run's headline for
 # the method (the first word of a section's name); docs/results.md keeps every run. DynaBERT: the recipe that met

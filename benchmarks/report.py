@@ -384,6 +384,12 @@ def best_rows(result: dict[str, Any], seed: int, budget: float, key: str) -> dic
 def goal_table(result: dict[str, Any]) -> str:
     """Per seed, budget and batch size: the fastest setting chosen within the budget, against the goal."""
     big = result["big_batch"]
+    if not result["rows"]:
+        # no student trained on this data yet: a goal table of "none within the budget" would read as a verdict
+        cells = [f"{b['label']} ({b['runtime']}) {b['accuracy']:.4f}, {b['b1_speedup']:.2f}× / "
+                 f"{b[f'b{big}_speedup']:.2f}×" for b in result["baselines"]]
+        return ("No student trained on this data yet (the commands are in the section), so the goal is not measured "
+                f"here; the teacher's baselines, test accuracy and × at batch 1 / {big}: " + "; ".join(cells) + ".")
     lines = ["| seed | budget (validation) | batch | fastest setting chosen | test Δ vs teacher [95% CI] (points) | "
              "× plain transformers (goal) | × onnxruntime int8 (goal 3×) |", "|---" * 7 + "|"]
     for seed in result["seeds"]:

@@ -95,6 +95,14 @@ def test_goal_table_names_the_fastest_setting_within_each_budget(report) -> None
     assert by[("43", "≤ 3 pt", "1")][3].startswith("fastbert @ speed 0.9 · fp32")
 
 
+def test_goal_table_without_students_lists_the_baselines_instead_of_a_verdict(report) -> None:
+    empty = {**result(), "rows": []}
+    text = report.goal_table(empty)
+    # no row of "none within the budget" (that reads as a measured miss): one line naming the baselines
+    assert "none within the budget" not in text and "|" not in text
+    assert "No student trained" in text and "onnxruntime-int8 (int8) 0.8087, 4.00× / 3.30×" in text
+
+
 def test_render_from_json_alone_writes_section_and_chart(report, tmp_path: Path, monkeypatch) -> None:
     data = result()
     (tmp_path / "efficiency_mr.json").write_text(json.dumps(data))
