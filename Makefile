@@ -4,7 +4,9 @@
 #   make test   run the test suite (offline, tiny random models)
 # and one regenerates every measured figure in docs/results.md from scratch (about 8 hours on 2 cores; the efficiency
 # report about 110 min of it: its two seeds' trainings 2 x 43 min (the folders' train_seconds), its accuracy sweep
-# about 6 min per seed and its timed run 10 min, measured on 2026-12-03 at 1 thread):
+# about 6 min per seed and its timed run 10 min, measured on 2026-12-03 at 1 thread; the sections added after it,
+# about 4 hours more, mostly NAS-BERT's supernet and searches (~2 h), the small-data TinyBERT recipes (~1 h) and
+# the chnsenti teacher (103 min at low priority on a shared core, an upper bound)):
 #   make bench
 PYTHON ?= python3
 VENV   ?= .venv
@@ -53,6 +55,20 @@ bench: data
 	$(BIN)/python benchmarks/compose_mr.py --data mr-long --reuse --threads 1
 	$(BIN)/python benchmarks/ssa.py --teacher-check
 	$(BIN)/python benchmarks/ssa.py
+	$(BIN)/python benchmarks/overhead.py --threads 1 --fast runs/fast --dyna-fast runs/dyna-fast --teacher runs/teacher-mr
+	$(BIN)/python benchmarks/overhead_ab.py --threads 1 --before 0903e3c --fast runs/fast --dyna-fast runs/dyna-fast
+	$(BIN)/python benchmarks/nasbert_mr.py --phase train && $(BIN)/python benchmarks/nasbert_mr.py --phase measure
+	$(BIN)/python benchmarks/fastbert_uncertain.py --threads 1
+	$(BIN)/python benchmarks/trbert_knobs.py --threads 1
+	$(BIN)/python benchmarks/tinybert_small.py --rows 400 --threads 1 --recipes joint,two-5+5,two-5+5-lr1e-4,short \
+		--train-only  # the TextBrewer peer runs in its own venv: benchmarks/textbrewer_peer.py says how
+	$(BIN)/python benchmarks/tinybert_small.py --rows 400 --threads 1 --recipes joint,two-5+5,two-5+5-lr1e-4,short \
+		$$(test -f runs/robust/tinybert-mr400/textbrewer/predictions.json && echo --peer textbrewer=runs/robust/tinybert-mr400/textbrewer)
+	$(BIN)/python benchmarks/tinybert_small.py --rows 0 --student-layers 3 --recipes joint-1ep-noaug --extra s3=runs/s3 \
+		--reference s3 --name tinybert_small_full --threads 1
+	$(BIN)/nimblebert train finetune --model minilm-l6 --data chnsenti --out runs/teacher-chnsenti --epochs 2 \
+		--batch-size 32 --lr 5e-5 --max-length 128 --seed 42
+	$(BIN)/python benchmarks/report.py --data chnsenti --threads 1 --seeds 42  # --train adds its students (hours)
 
 clean-runs:
 	rm -rf runs bench
