@@ -33,6 +33,7 @@ redraws the Markdown and the chart from the JSON alone.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -143,9 +144,15 @@ class Cache:
             return
         self.data[key] = value
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data))
-        os.replace(tmp, self.path)
+        # Two runs may fill the cache at once (e.g. --accuracy-only per seed on each core): under a lock, merge what
+        # the other wrote since we read, so that neither run's entries are lost, then replace the file atomically.
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.path.exists():
+                self.data = {**json.loads(self.path.read_text()), **self.data}
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.data))
+            os.replace(tmp, self.path)
 
 
 def evaluate(model: Any, loader: Any, knobs: dict[str, float], keep: bool) -> dict[str, Any]:

@@ -124,3 +124,12 @@ def test_readme_shows_the_efficiency_report_alone_once_published(report) -> None
     assert common.readme_sections(names) == ["efficiency_mr"]
     # before the report exists, one headline per benchmark (DynaBERT's featured run only)
     assert common.readme_sections(names[1:]) == ["finetune_mr", "dynabert_mr_final5", "ssa"]
+
+
+def test_two_runs_filling_the_cache_at_once_lose_nothing(report, tmp_path: Path) -> None:
+    path = tmp_path / "cache.json"
+    first, second = report.Cache(path, "code"), report.Cache(path, "code")  # both read the (empty) file first
+    first.put("a", {"accuracy": 0.5})
+    second.put("b", {"accuracy": 0.6})
+    first.put("c", {"accuracy": 0.7})
+    assert set(report.Cache(path, "code").data) == {"a", "b", "c"}
