@@ -27,8 +27,8 @@ if importlib.util.find_spec("nimblebert") is None:  # not installed: run from th
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
 DOCS = ROOT / "docs"
 SECTIONS = DOCS / "sections"
-ORDER = ["efficiency_mr", "efficiency", "finetune_mr", "compose_mr", "report_mr", "fastbert_mr", "fastbert_chnsenti", "tinybert_mr",
-         "dynabert_mr", "dynabert_mr_last", "trbert_mr_long", "ssa"]
+ORDER = ["efficiency_mr", "efficiency", "finetune_mr", "compose_mr", "report_mr", "fastbert_mr", "fastbert_chnsenti",
+         "tinybert_mr", "dynabert_mr", "dynabert_mr_last", "trbert_mr_long", "ssa"]
 # Methods whose many runs (recipe variants, seeds) would crowd the README: it shows only this run's headline for
 # the method (the first word of a section's name); docs/results.md keeps every run. DynaBERT: the recipe that met
 # issue 5's targets.
@@ -71,6 +71,11 @@ def use_threads(threads: int | None) -> None:
 
 def cli_json(*args: str) -> dict:
     return json.loads(cli(*args).strip().splitlines()[-1])
+
+
+def points_ci(v: dict[str, float] | None) -> str:
+    """A paired difference with its bootstrap 95% interval, in points (``{diff, low, high}`` as fractions), or —."""
+    return "—" if v is None else f"{100 * v['diff']:+.2f} [{100 * v['low']:+.2f}, {100 * v['high']:+.2f}]"
 
 
 def finished(folder: str | Path) -> bool:

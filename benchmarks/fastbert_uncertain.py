@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import common
-from common import ROOT, cli, environment, finished
+from common import ROOT, cli, environment, finished, points_ci
 from tinybert_small import subset
 
 
@@ -134,7 +134,7 @@ def main() -> None:
         v = r["vs_full"]
         val = f"{r['validation_speedup']:.2f}" if r.get("validation_speedup") else "—"
         table.append(f"| `{r['asked']}` | speed {r['knobs'].get('speed')} | {r['accuracy']:.4f} | "
-                     f"{100 * v['diff']:+.2f} [{100 * v['low']:+.2f}, {100 * v['high']:+.2f}] | "
+                     f"{points_ci(v)} | "
                      f"{r['mean_layers']:.2f} | "
                      f"{r['flops_speedup']:.2f} | {val} | {r['message'].replace('|', '/') or '—'} |")
     refined = ladder["meta"].get("refined", {}).get("speed", [])

@@ -33,7 +33,7 @@ from typing import Any
 
 import common
 import numpy as np
-from common import ROOT, environment, finished
+from common import ROOT, environment, finished, points_ci
 
 SPEEDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 WIDTHS = (1.0, 0.75, 0.5, 0.25)
@@ -220,10 +220,6 @@ def main() -> None:
     print(md)
 
 
-def _pm(v: dict[str, float]) -> str:
-    return f"{v['diff'] * 100:+.2f} [{v['low'] * 100:+.2f}, {v['high'] * 100:+.2f}]"
-
-
 def render(data: dict[str, Any], command: str) -> str:
     env = data["environment"]
     cpu = env.get("cpu", {})
@@ -231,7 +227,7 @@ def render(data: dict[str, Any], command: str) -> str:
              "| b1 p90 ms | b1 × | b32 ms/sentence | b32 × | vs onnxruntime-int8 b1 / b32 |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in data["rows"]:
-        lines.append(f"| {r['name']} | {r['accuracy']:.4f} | {_pm(r['vs_teacher'])} | "
+        lines.append(f"| {r['name']} | {r['accuracy']:.4f} | {points_ci(r['vs_teacher'])} | "
                      f"{r['agreement_with_teacher']:.4f} | {r['b1_p50_ms']:.2f} | {r['b1_mean_ms']:.2f} | "
                      f"{r['b1_p90_ms']:.2f} | {r['b1_speedup']:.2f} | "
                      f"{r['b32_ms_per_sample']:.3f} | {r['b32_speedup']:.2f} | "
@@ -262,7 +258,7 @@ model, no branch) and at speed 1 (every sentence leaves at its first branch, aft
         for s in sorted({e["speed"] for e in data["exits"]}):
             a, b = by[(s, "fp32")], by[(s, "int8")]
             ex.append(f"| {s:g} | {a['accuracy']:.4f} | {a['mean_layers']:.2f} | {b['accuracy']:.4f} | "
-                      f"{b['mean_layers']:.2f} | {_pm(b['vs_teacher'])} |")
+                      f"{b['mean_layers']:.2f} | {points_ci(b['vs_teacher'])} |")
         parts.append("FastBERT's exits under int8 (same branches and thresholds, re-measured):\n\n"
                      + "\n".join(ex) + "\n")
     if data["widths"]:
@@ -270,7 +266,7 @@ model, no branch) and at speed 1 (every sentence leaves at its first branch, aft
         by = {(e["width"], e["runtime"]): e for e in data["widths"]}
         for w in sorted({e["width"] for e in data["widths"]}, reverse=True):
             wx.append(f"| {w:g} | {by[(w, 'fp32')]['accuracy']:.4f} | {by[(w, 'int8')]['accuracy']:.4f} | "
-                      f"{_pm(by[(w, 'int8')]['vs_teacher'])} |")
+                      f"{points_ci(by[(w, 'int8')]['vs_teacher'])} |")
         parts.append("DynaBERT's widths under int8 (each width's int8 weights packed once, on first use):\n\n"
                      + "\n".join(wx) + "\n")
     parts.append(f"CPU: {cpu.get('model', '?')}; ISA: {', '.join(cpu.get('isa', [])) or '?'}; {env['threads']} "

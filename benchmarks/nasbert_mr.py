@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import common
-from common import ROOT, cli, cli_json, environment, finished
+from common import ROOT, cli, cli_json, environment, finished, points_ci
 
 BASELINES = {"TinyBERT 3-layer (runs/s3)": ("s3", {}), "DynaBERT width 0.5 (runs/dyna-w50)": ("dyna-w50", {}),
              "DynaBERT width 0.25 (runs/dyna-w25)": ("dyna-w25", {}),
@@ -186,9 +186,6 @@ def measure_phase(args: argparse.Namespace, runs: Path, length: int, base) -> di
 
 
 def markdown(data: dict, args: argparse.Namespace) -> str:
-    def ci(v: dict) -> str:
-        return f"{100 * v['diff']:+.2f} [{100 * v['low']:+.2f}, {100 * v['high']:+.2f}]"
-
     rows = data["rows"]
     env = data["environment"]
     lines = [f"## NAS-BERT on {args.data}", "",
@@ -208,7 +205,7 @@ def markdown(data: dict, args: argparse.Namespace) -> str:
                if "predicted_ms" in r else "-")
         arch = f"`{r['arch']}`" if "arch" in r else "-"
         lines.append(f"| {r['name']} | {arch} | {r['params'] / 1e6:.2f} M | {lat} | {r['accuracy']:.4f} | "
-                     f"{ci(r['vs_teacher'])} | ×{r['b1']['speedup']:.2f} / ×{r['b32']['speedup']:.2f} |")
+                     f"{points_ci(r['vs_teacher'])} | ×{r['b1']['speedup']:.2f} / ×{r['b32']['speedup']:.2f} |")
     if any(r["kind"] == "diagnosis" for r in rows):
         lines += ["", "Diagnosis row (why the trial reached 0.635, docs/nasbert/trial): a hand-designed 4 × 192 stack "
                   "through the trial's kind of recipe — teacher embeddings trained, one epoch of each stage."]

@@ -370,10 +370,6 @@ def _runtime_of(name: str) -> str:
 
 # ---- rendering (from the JSON alone) --------------------------------------------------------------
 
-def _pm(v: dict[str, float]) -> str:
-    return f"{100 * v['diff']:+.2f} [{100 * v['low']:+.2f}, {100 * v['high']:+.2f}]"
-
-
 def env_text(env: dict[str, Any]) -> str:
     cpu = env.get("cpu_model") or env.get("cpu", {}).get("model", "?")
     isa = env.get("isa") or ", ".join(env.get("cpu", {}).get("isa", []))
@@ -409,7 +405,8 @@ def goal_table(result: dict[str, Any]) -> str:
                     continue
                 x, ort = r[key], r["vs_ort_int8"][f"b{batch}"]
                 target = f" ({x / goal:.0%} of {goal:g}×)" if goal else ""
-                lines.append(f"| {seed} | ≤ {100 * budget:g} pt | {batch} | {r['label']} | {_pm(r['vs_teacher'])} | "
+                lines.append(f"| {seed} | ≤ {100 * budget:g} pt | {batch} | {r['label']} | "
+                             f"{common.points_ci(r['vs_teacher'])} | "
                              f"{x:.2f}×{target} | {ort:.2f}× ({ort / result['goal_vs_ort_int8']:.0%} of "
                              f"{result['goal_vs_ort_int8']:g}×) |")
     return "\n".join(lines)
@@ -445,7 +442,8 @@ def main_table(result: dict[str, Any]) -> str:
         order.setdefault(g["name"], len(order))
 
     def row(r: dict[str, Any], name: str, seed: str, budget: str) -> str:
-        return (f"| {name} | {r['runtime']} | {seed} | {budget} | {r['accuracy']:.4f} | {_pm(r['vs_teacher'])} | "
+        return (f"| {name} | {r['runtime']} | {seed} | {budget} | {r['accuracy']:.4f} | "
+                f"{common.points_ci(r['vs_teacher'])} | "
                 f"{r['mean_layers']:.2f} | {r['flops_speedup']:.2f} | {r['b1_p50_ms']:.2f} / {r['b1_mean_ms']:.2f} / "
                 f"{r['b1_p90_ms']:.2f} | {r['b1_speedup']:.2f} | {r['b1_mean_speedup']:.2f} | "
                 f"{r[f'b{big}_ms_per_sample']:.3f} | {r[f'b{big}_speedup']:.2f} | {r['b1_over_flops']:.2f} | "

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import common
-from common import ROOT, cli, environment, finished
+from common import ROOT, cli, environment, finished, points_ci
 
 
 def summary_of(folder: Path) -> dict[str, Any]:
@@ -193,14 +193,11 @@ def main() -> None:
         print(f"{rows[-1]['label']}: accuracy {rows[-1]['accuracy']:.4f}", file=sys.stderr, flush=True)
 
     # ---- the section ------------------------------------------------------------------------------------------
-    def delta(v: dict[str, float] | None) -> str:
-        return "—" if v is None else f"{100 * v['diff']:+.2f} [{100 * v['low']:+.2f}, {100 * v['high']:+.2f}]"
-
     def minutes(r: dict[str, Any]) -> str:
         return "—" if r["train_seconds"] is None else f"{r['train_seconds'] / 60:.1f}"
 
     def line(r: dict[str, Any]) -> str:
-        return (f"| {r['label']} | {r['accuracy']:.4f} | {delta(r['vs_teacher'])} | "
+        return (f"| {r['label']} | {r['accuracy']:.4f} | {points_ci(r['vs_teacher'])} | "
                 f"{r['agreement_with_teacher']:.3f} | {r['params_m']:.1f} | {r['flops_per_sample'] / 1e6:.0f} | "
                 f"{r['flops_speedup']:.2f} | "
                 f"{r['b1_speedup']:.2f} | {r['b32_speedup']:.2f} | {minutes(r)} |")
@@ -245,7 +242,7 @@ Ablations on the {rows[1]['shape']} student (same initialisation, same data and 
 
 | model | what | accuracy | Δ vs teacher [95% CI] (points) | training min |
 |---|---|---|---|---|
-""" + "\n".join(f"| {r['label']} | {r['what']} | {r['accuracy']:.4f} | {delta(r['vs_teacher'])} | {minutes(r)} |"
+""" + "\n".join(f"| {r['label']} | {r['what']} | {r['accuracy']:.4f} | {points_ci(r['vs_teacher'])} | {minutes(r)} |"
                 for r in ablation) + f"""
 
 {common.env_line(env)}

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import common
-from common import ROOT, cli, environment, finished
+from common import ROOT, cli, environment, finished, points_ci
 
 RECIPES: dict[str, list[str]] = {
     "short": ["--recipe", "short", "--lr", "3e-5"],
@@ -210,14 +210,11 @@ def main() -> None:
     table = [f"| recipe | seed | validation acc. | test acc. | Δ vs teacher [95% CI] | Δ vs {args.reference} "
              "[95% CI] | train rows per stage | train s |", "|---|---|---|---|---|---|---|---|"]
 
-    def ci(d: dict[str, float] | None) -> str:
-        return "—" if d is None else f"{100 * d['diff']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]"
-
     for r in rows:
         trows = ", ".join(f"{k} {v}" for k, v in (r["train_rows"] or {}).items())
         secs = f"{r['train_seconds']:.0f}" if r["train_seconds"] else "—"
         table.append(f"| {r['recipe']} | {r['seed']} | {r['validation_accuracy']:.4f} | {r['test']['accuracy']:.4f} | "
-                     f"{ci(r['vs_teacher'])} | {ci(r.get('vs_reference'))} | {trows} | {secs} |")
+                     f"{points_ci(r['vs_teacher'])} | {points_ci(r.get('vs_reference'))} | {trows} | {secs} |")
     best = max(rows, key=lambda r: (r["validation_accuracy"], -rows.index(r)))
     command = common.command_line()
     recipe_lines = "\n".join(f"- `{k}`: `{commands[k]}`" for k in recipes)
@@ -241,7 +238,7 @@ recipe is **{best['recipe']}** (seed {best['seed']}).
 {common.env_line(env)}
 """
     headline = (f"**TinyBERT on small data** (`{command}`): validation picks {best['recipe']}, "
-                f"{best['test']['accuracy']:.4f} on test, {ci(best['vs_teacher'])} points vs its teacher.")
+                f"{best['test']['accuracy']:.4f} on test, {points_ci(best['vs_teacher'])} points vs its teacher.")
     result = {"data": data, "sizes": sizes, "teacher": teacher, "teacher_validation": teacher_val,
               "teacher_test": base.metrics, "recipes": {k: RECIPES.get(k) for k in students},
               "commands": commands, "rows": rows, "validation_chosen": best["recipe"], "environment": env,
