@@ -7,9 +7,10 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors.torch import load_file, save_file
+if TYPE_CHECKING:  # torch is imported by the functions that need it: `nimblebert info` runs without it
+    import torch
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -31,12 +32,17 @@ def write_json(path: Path, obj: object) -> None:
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
     # safetensors refuses shared or non-contiguous storage: give it plain copies.
     plain = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
     atomic_write(path, lambda p: save_file(plain, str(p), metadata=metadata))
 
 
 def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    import torch
+    from safetensors.torch import load_file
+
     device = torch.device(device)
     # safetensors accepts "cpu" but not "cpu:0" (what Accelerate reports under gloo).
     return load_file(str(path), device="cpu" if device.type == "cpu" else str(device))

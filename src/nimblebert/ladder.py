@@ -33,12 +33,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from .errors import UserError
 from .io import write_json
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch only where a model runs: `nimblebert info` reads ladders without it (start-up)
     from .model import NimbleModel
 
 LADDER_FILE = "ladder.json"
@@ -216,7 +214,6 @@ def refine(knob: str, base: dict[str, Any], run: Any, known: dict[float, float],
     return added
 
 
-@torch.inference_mode()
 def calibrate(
     model: NimbleModel,
     encoded: Any,
@@ -234,6 +231,16 @@ def calibrate(
     the server measures its own costs as it runs. ``refine_knobs`` adds the settings :func:`refine` finds for
     every knob of :data:`REFINED` the model has (meta ``refined`` lists them).
     """
+    import torch
+
+    with torch.inference_mode():
+        return _calibrate(model, encoded, batch_size, settings, measure_time, meta, refine_knobs)
+
+
+def _calibrate(model: NimbleModel, encoded: Any, batch_size: int, settings: list[dict[str, Any]] | None,
+               measure_time: bool, meta: dict[str, Any] | None, refine_knobs: bool) -> Ladder:
+    import torch
+
     from .bench.measure import full_model_flops
     from .data import make_loader
     from .inference import predict_loader

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from conftest import make_tokenizer, tiny_model
 
 from nimblebert.cli.main import main
 from nimblebert.errors import UserError
-from nimblebert.ladder import Ladder, Rung, choose
+from nimblebert.ladder import Ladder, Rung, choose, stuck_message
 from nimblebert.model import NimbleModel
 
 
@@ -156,3 +158,21 @@ def test_a_hand_turned_knob_that_saves_nothing_says_so(fast_folder: Path, toy_da
     assert main(["evaluate", str(unsure), *data, "--speed", "1"]) == 0  # entropy ≤ 1: every row leaves at layer 1
     out = capsys.readouterr()
     assert json.loads(out.out)["mean_layers"] == 1 and "saved nothing" not in out.err
+
+
+def test_info_words_a_stuck_knob_as_the_ladder_does(fast_folder: Path, capsys: pytest.CaptureFixture) -> None:
+    """`info` prints ladder.stuck_message itself (one wording for `info`, `evaluate` and the ladder's errors)."""
+    path = fast_folder / "ladder.json"
+    obj = json.loads(path.read_text())
+    obj["stuck"] = ["speed"]
+    path.write_text(json.dumps(obj))
+    capsys.readouterr()
+    assert main(["info", str(fast_folder)]) == 0
+    assert stuck_message(Ladder.from_json(obj), "speed") in capsys.readouterr().out
+
+
+def test_reading_a_ladder_does_not_import_torch() -> None:
+    """`nimblebert info` reads config.json and ladder.json only; importing torch would cost it a second of start-up."""
+    code = "import sys; import nimblebert.cli.info, nimblebert.ladder, nimblebert.io; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

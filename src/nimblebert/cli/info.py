@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-LADDER_FILE = "ladder.json"
+from ..ladder import LADDER_FILE, Ladder, stuck_message
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -94,9 +94,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"ladder ({len(rungs)} settings on the Pareto front, calibrated on "
               f"{(ladder.get('meta') or {}).get('split', 'validation')} data; pick one with --target-speedup, "
               "--target-layers or --max-accuracy-loss):")
-        for name in ladder.get("stuck") or []:
-            print(f"  --{name.replace('_', '-')} never bought speed at its usual values on that data (settings the "
-                  "ladder refined near its end may: ask with a target)")
+        try:
+            parsed = Ladder.from_json(ladder)
+            stuck = [stuck_message(parsed, name) for name in parsed.stuck]
+        except (ValueError, KeyError, TypeError):  # an old or hand-edited ladder: its rungs still print below
+            stuck = [f"--{name.replace('_', '-')} never bought speed on that data" for name in ladder.get("stuck", [])]
+        for line in stuck:
+            print(f"  {line}")
         for r in rungs:
             knobs = ", ".join(f"{k}={v}" for k, v in (r.get("knobs") or {}).items()) or "defaults"
             figures = "  ".join(f"{key} {r[key]:.4g}" for key in ("accuracy", "flops_speedup", "mean_layers")
