@@ -40,10 +40,21 @@ README_ONLY = "efficiency"
 
 def command_line() -> str:
     """The command that reproduces this run as the section should quote it: the script and the options it
-    was given, less ``--reuse`` (which only skips finished training, not what was measured)."""
+    was given, less ``--reuse`` (which only skips finished training, not what was measured) and ``--docs DIR``
+    (where the files were written: a path on the machine that ran it, which no reader has)."""
     script = Path(sys.argv[0]).resolve()
     shown = script.relative_to(ROOT) if script.is_relative_to(ROOT) else script
-    return shlex.join(["python", str(shown), *(a for a in sys.argv[1:] if a != "--reuse")])  # '' stays visible
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip or a == "--reuse":
+            skip = False
+            continue
+        if a == "--docs":
+            skip = True  # its value follows
+            continue
+        if not a.startswith("--docs="):
+            args.append(a)
+    return shlex.join(["python", str(shown), *args])  # '' stays visible
 
 
 def cli(*args: str, capture: bool = True) -> str:

@@ -104,3 +104,13 @@ def test_history_sections_leave_the_results_and_a_new_run_replaces_them(tmp_path
     common.write_section("fastbert_mr", "## FastBERT, today\n", {"x": 2})
     results, history = (docs / "results.md").read_text(), (docs / "history.md").read_text()
     assert "FastBERT, today" in results and "earlier teacher" not in history
+
+
+def test_the_quoted_command_leaves_out_where_the_files_went(scripts, monkeypatch) -> None:
+    """A section quotes the command that reproduces it: ``--docs DIR`` (a path on the machine that ran it) and
+    ``--reuse`` change nothing measured, so they are left out; every other option stays, empty values included."""
+    common = scripts[0]
+    script = str(BENCHMARKS / "report.py")
+    monkeypatch.setattr(sys, "argv", [script, "--data", "chnsenti", "--docs", "/tmp/x", "--reuse",
+                                      "--docs=/tmp/y", "--seeds", "42", "--patience", ""])
+    assert common.command_line() == "python benchmarks/report.py --data chnsenti --seeds 42 --patience ''"
