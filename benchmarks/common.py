@@ -40,21 +40,25 @@ README_ONLY = "efficiency"
 
 def command_line() -> str:
     """The command that reproduces this run as the section should quote it: the script and the options it
-    was given, less ``--reuse`` (which only skips finished training, not what was measured) and ``--docs DIR``
-    (where the files were written: a path on the machine that ran it, which no reader has)."""
+    was given, less what :func:`quoted_command` leaves out."""
     script = Path(sys.argv[0]).resolve()
     shown = script.relative_to(ROOT) if script.is_relative_to(ROOT) else script
+    return quoted_command(shlex.join(["python", str(shown), *sys.argv[1:]]))  # '' stays visible
+
+
+def quoted_command(command: str) -> str:
+    """``command`` less ``--reuse`` (which only skips finished training, not what was measured) and ``--docs DIR``
+    (where the files were written: a path on the machine that ran it, which no reader has). Renderers apply it to
+    the commands stored in older JSON too."""
     args, skip = [], False
-    for a in sys.argv[1:]:
-        if skip or a == "--reuse":
+    for a in shlex.split(command):
+        if skip:
             skip = False
-            continue
-        if a == "--docs":
+        elif a == "--docs":
             skip = True  # its value follows
-            continue
-        if not a.startswith("--docs="):
+        elif a != "--reuse" and not a.startswith("--docs="):
             args.append(a)
-    return shlex.join(["python", str(shown), *args])  # '' stays visible
+    return shlex.join(args)
 
 
 def cli(*args: str, capture: bool = True) -> str:

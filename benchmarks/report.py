@@ -488,6 +488,7 @@ def render(result: dict[str, Any], chart: str) -> tuple[str, str]:
     """The section (docs/results.md) and the README block, from the JSON alone."""
     big, env = result["big_batch"], result["environment"]
     tt, tv = result["teacher_test"], result["teacher_validation"]
+    command = common.quoted_command(result["command"])
     lat1 = result["latency"]["batch1"]
     plain = ", ".join(f"{k.split('-', 1)[1]} {v['p50_ms']:.2f}" for k, v in lat1.items()
                       if k.startswith("transformers-"))
@@ -503,7 +504,7 @@ def render(result: dict[str, Any], chart: str) -> tuple[str, str]:
     data = result["data"]
     md = f"""## Efficiency report on `{data}`: every composition × {{fp32, int8}}, {len(seeds)} seed(s), one timed run
 
-`{result['command']}` — teacher `{result['teacher']}`: {tt['accuracy']:.4f} on the {result['test_examples']} test
+`{command}` — teacher `{result['teacher']}`: {tt['accuracy']:.4f} on the {result['test_examples']} test
 examples, {tv['accuracy']:.4f} on the {result['validation_examples']} validation examples (max {result['length']}
 tokens, {tt['flops_per_sample'] / 1e6:.0f} MFLOPs per test example). CPU: {env_text(env)}.
 
@@ -536,7 +537,7 @@ Every chosen setting and the baselines:
 - Models, seed {seeds[0]} (each from the folder before{other_seeds}):
 {recipe}{missing}
 """
-    headline = (f"**Efficiency on `{data}`** (`{result['command']}`; teacher {tt['accuracy']:.4f} test / "
+    headline = (f"**Efficiency on `{data}`** (`{command}`; teacher {tt['accuracy']:.4f} test / "
                 f"{tv['accuracy']:.4f} validation; × over plain transformers in the same run, batch 1 p50; "
                 f"{env_text(env)}):\n\n{goal_table(result)}\n\n![Pareto chart](docs/{Path(chart).name})\n")
     return md, headline

@@ -114,3 +114,5 @@ def test_the_quoted_command_leaves_out_where_the_files_went(scripts, monkeypatch
     monkeypatch.setattr(sys, "argv", [script, "--data", "chnsenti", "--docs", "/tmp/x", "--reuse",
                                       "--docs=/tmp/y", "--seeds", "42", "--patience", ""])
     assert common.command_line() == "python benchmarks/report.py --data chnsenti --seeds 42 --patience ''"
+    stored = "python benchmarks/report.py --data chnsenti --threads 1 --docs /work/logs/chn-docs"
+    assert common.quoted_command(stored) == "python benchmarks/report.py --data chnsenti --threads 1"
