@@ -61,6 +61,45 @@ def quoted_command(command: str) -> str:
     return shlex.join(args)
 
 
+DOCS_HELP = "write the files here instead of docs/ (no docs/results.md or README update)"
+
+
+def add_options(ap: Any, *, reuse: str | None = None, threads: str | None = None, threads_default: int | None = None,
+                bootstrap: bool = True, timing: dict[int, int] | None = None, rounds: int = 3) -> None:
+    """The options every benchmark shares, worded once: ``--docs``, ``--threads``, ``--reuse`` (with ``reuse``, its
+    help), ``--bootstrap`` and, with ``timing`` ({batch size: examples timed}), ``--b1-examples``,
+    ``--b<N>-examples`` and ``--rounds``."""
+    ap.add_argument("--docs", help=DOCS_HELP)
+    if threads is None:
+        threads = (f"CPU threads (default {threads_default})" if threads_default is not None
+                   else "CPU threads of the training commands and of the timing (default: torch's)")
+    ap.add_argument("--threads", type=int, default=threads_default, help=threads)
+    if reuse is not None:
+        ap.add_argument("--reuse", action="store_true", help=reuse)
+    if bootstrap:
+        ap.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples of every paired interval")
+    for batch, examples in (timing or {}).items():
+        ap.add_argument(f"--b{batch}-examples", type=int, default=examples,
+                        help=f"sentences timed at batch {batch}")
+    if timing:
+        ap.add_argument("--rounds", type=int, default=rounds, help="timed passes; the median is reported")
+
+
+def docs_folder(args: Any) -> Path | None:
+    """``--docs`` taken from the current folder, or None (the repository's docs/, results page and README): what
+    :func:`publish` takes."""
+    return Path(os.path.abspath(args.docs)) if args.docs else None
+
+
+def task_paths(args: Any) -> tuple[str, str, str]:
+    """``(data, tag, teacher)`` of a method benchmark: ``--data`` (a built-in name, or a folder taken from the
+    current folder), its short tag, and ``--teacher`` or ``runs/teacher-<tag>`` (default paths live under the
+    repository, which the scripts chdir to)."""
+    data = os.path.abspath(args.data) if Path(args.data).exists() else args.data
+    tag = Path(data).name if Path(data).exists() else data
+    return data, tag, os.path.abspath(args.teacher) if args.teacher else f"runs/teacher-{tag}"
+
+
 def cli(*args: str, capture: bool = True) -> str:
     """Run ``python -m nimblebert ARGS``; stderr (progress) passes through; returns stdout."""
     cmd = [sys.executable, "-m", "nimblebert", *args]

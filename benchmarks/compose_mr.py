@@ -205,16 +205,12 @@ def main() -> None:
     ap.add_argument("--data", default="mr", choices=sorted(SETUP))
     ap.add_argument("--teacher", help="the fine-tuned teacher (default: runs/teacher-<data>)")
     ap.add_argument("--runs", default="runs", help="folder of the trained models")
-    ap.add_argument("--reuse", action="store_true", help="reuse finished model folders instead of training again")
     ap.add_argument("--only", help="comma-separated model names to include (default: all whose folder exists or "
                                    "can be made)")
-    ap.add_argument("--b1-examples", type=int, default=100)
     ap.add_argument("--batch-examples", type=int, help="examples timed at the larger batch (default 640 on mr at "
                                                          "batch 32, 320 on mr-long at batch 16)")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--bootstrap", type=int, default=10000)
-    ap.add_argument("--threads", type=int, help="CPU threads of training and timing (default: torch's)")
-    ap.add_argument("--docs", help="write the files here instead of docs/ (no docs/results.md or README update)")
+    common.add_options(ap, reuse="reuse finished model folders instead of training again", timing={1: 100},
+                       threads="CPU threads of training and timing (default: torch's)")
     ap.add_argument("--render", action="store_true", help="redraw the section from docs/compose_<data>.json only")
     ap.add_argument("--sweep", action="append", default=[], metavar="KNOB=V1,V2",
                     help="the values swept for one knob instead of the default ones (repeatable)")

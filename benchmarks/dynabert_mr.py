@@ -122,8 +122,6 @@ def main() -> None:
     ap.add_argument("--teacher", help="fine-tuned teacher folder (default runs/teacher-<data>)")
     ap.add_argument("--out", help="DynaBERT model folder (default runs/dynabert-<data>); exports go to <out>-exports/")
     ap.add_argument("--name", help="results name (default dynabert_<data>): docs/<name>.json, .png, section")
-    ap.add_argument("--docs", help="write the files here instead of docs/ (no docs/results.md or README update)")
-    ap.add_argument("--reuse", action="store_true", help="reuse a finished --out and finished exports")
     ap.add_argument("--max-length", default="64")
     ap.add_argument("--lr", default="2e-5", help="learning rate of every stage (official: 2e-5)")
     ap.add_argument("--batch-size", default="32")
@@ -146,21 +144,15 @@ def main() -> None:
     ap.add_argument("--depths", default=DEPTHS, help="depths trained and measured")
     ap.add_argument("--importance-split", default="validation", choices=["validation", "train"],
                     help="labelled split for head/neuron importance (official: the dev set)")
-    ap.add_argument("--b1-examples", type=int, default=100)
-    ap.add_argument("--b32-examples", type=int, default=640)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--bootstrap", type=int, default=10000)
-    ap.add_argument("--threads", type=int,
-                    help="CPU threads of the training command and of every timed contender (default: torch's)")
+    common.add_options(ap, reuse="reuse a finished --out and finished exports", timing={1: 100, 32: 640},
+                       threads="CPU threads of the training command and of every timed contender (default: torch's)")
     args = ap.parse_args()
     # Paths the user gave are taken from the current folder; the defaults live under the repository.
-    data = os.path.abspath(args.data) if Path(args.data).exists() else args.data
-    tag = Path(data).name if Path(data).exists() else data
-    teacher_dir = os.path.abspath(args.teacher) if args.teacher else f"runs/teacher-{tag}"
+    data, tag, teacher_dir = common.task_paths(args)
     out = os.path.abspath(args.out) if args.out else f"runs/dynabert-{tag}"
     exports_dir = f"{out}-exports"
     name = args.name or f"dynabert_{tag}"
-    docs = Path(os.path.abspath(args.docs)) if args.docs else common.DOCS
+    docs = common.docs_folder(args) or common.DOCS
     widths = [float(w) for w in args.widths.split(",") if w.strip()]
     depths = [float(d) for d in args.depths.split(",") if d.strip()]
     grid = [(w, d) for d in sorted(depths, reverse=True) for w in sorted(widths, reverse=True)]

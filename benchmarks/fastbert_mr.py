@@ -107,8 +107,6 @@ def main() -> None:
     ap.add_argument("--teacher", help="fine-tuned teacher folder (default runs/teacher-<data>)")
     ap.add_argument("--out", help="FastBERT model folder (default runs/fastbert-<data>)")
     ap.add_argument("--name", help="results name (default fastbert_<data>): docs/<name>.json, .png, section")
-    ap.add_argument("--docs", help="write the files here instead of docs/ (no docs/results.md or README update)")
-    ap.add_argument("--reuse", action="store_true", help="reuse a finished --out instead of training again")
     ap.add_argument("--max-length", default="64")
     ap.add_argument("--epochs", default="3", help="stage-1 epochs, if stage 1 runs (not for a fine-tuned teacher)")
     ap.add_argument("--distill-epochs", default="5", help="stage-2 epochs (the paper's README: 5)")
@@ -118,20 +116,13 @@ def main() -> None:
     ap.add_argument("--branch", default="attention", choices=["attention", "mlp", "linear"])
     ap.add_argument("--speeds", default=SPEEDS)
     ap.add_argument("--patience", default=PATIENCE, help="PABEE patience values to add ('' for none)")
-    ap.add_argument("--b1-examples", type=int, default=100)
-    ap.add_argument("--b32-examples", type=int, default=640)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--bootstrap", type=int, default=10000)
-    ap.add_argument("--threads", type=int,
-                    help="CPU threads of the training commands and of the timing (default: torch's)")
+    common.add_options(ap, reuse="reuse a finished --out instead of training again", timing={1: 100, 32: 640})
     args = ap.parse_args()
     # Paths the user gave are taken from the current folder; the defaults live under the repository.
-    data = os.path.abspath(args.data) if Path(args.data).exists() else args.data
-    tag = Path(data).name if Path(data).exists() else data
-    teacher_dir = os.path.abspath(args.teacher) if args.teacher else f"runs/teacher-{tag}"
+    data, tag, teacher_dir = common.task_paths(args)
     out = os.path.abspath(args.out) if args.out else f"runs/fastbert-{tag}"
     name = args.name or f"fastbert_{tag}"
-    docs = Path(os.path.abspath(args.docs)) if args.docs else common.DOCS
+    docs = common.docs_folder(args) or common.DOCS
 
     import torch
 

@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--cli-target", default="2", help="the target also run through `nimblebert evaluate`")
     ap.add_argument("--runs", default="runs/robust/fastbert-uncertain")
     ap.add_argument("--name", default="fastbert_uncertain")
-    ap.add_argument("--docs", help="write the files here instead of docs/ (no docs/results.md or README update)")
+    ap.add_argument("--docs", help=common.DOCS_HELP)
     ap.add_argument("--reuse", action="store_true")
     ap.add_argument("--bootstrap", type=int, default=10000)
     ap.add_argument("--threads", type=int)
@@ -173,7 +173,7 @@ Through the CLI (`nimblebert evaluate ... --split test`): {cli_line}.
               "teacher_entropy": {"median": float(np.median(entropy)), "p10": float(np.percentile(entropy, 10)),
                                   "min": float(entropy.min())},
               "ladder": ladder, "rows": rows, "environment": env}
-    common.publish(args.name, md, result, headline, Path(os.path.abspath(args.docs)) if args.docs else None)
+    common.publish(args.name, md, result, headline, common.docs_folder(args))
     print(md)
 
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
 
-from common import cli, cli_json, env_line, environment, finished, publish
+from common import DOCS_HELP, cli, cli_json, docs_folder, env_line, environment, finished, publish
 
 TRAIN = ["--epochs", "3", "--batch-size", "32", "--lr", "5e-5", "--max-length", "64", "--seed", "42"]
 
@@ -24,7 +23,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="runs/teacher-mr")
     ap.add_argument("--reuse", action="store_true", help="reuse a finished --out instead of training again")
-    ap.add_argument("--docs", help="write the files here instead of docs/ (no docs/results.md or README update)")
+    ap.add_argument("--docs", help=DOCS_HELP)
     args = ap.parse_args()
 
     sizes = json.loads(cli("data", "prepare", "mr").strip().splitlines()[-1])
@@ -80,7 +79,7 @@ Core ÷ faster transformers (must be ≤ 1.05): batch 1 {ratio['batch1']:.3f}, b
                 f"{b32['ms_per_sample']:.1f} ms at batch 32.\n")
     publish("finetune_mr", md, {"sizes": sizes, "train": summary, "validation": val, "test": test,
                                 "core_over_transformers": ratio, "environment": environment()}, headline,
-            Path(os.path.abspath(args.docs)) if args.docs else None)
+            docs_folder(args))
     print(md)
 
 

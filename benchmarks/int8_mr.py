@@ -75,12 +75,8 @@ def main() -> None:
     ap.add_argument("--fastbert", default=None, help="a trained FastBERT folder on mr (exits re-checked under int8)")
     ap.add_argument("--dynabert", default=None, help="a trained DynaBERT folder on mr (widths re-checked under int8)")
     ap.add_argument("--max-length", type=int, default=64)
-    ap.add_argument("--b1-examples", type=int, default=800)
-    ap.add_argument("--b32-examples", type=int, default=800)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1)
+    common.add_options(ap, bootstrap=False, timing={1: 800, 32: 800}, rounds=2, threads_default=1)
     ap.add_argument("--no-torchao", action="store_true", help="skip the torchao row even when it imports")
-    ap.add_argument("--docs", type=Path, default=None, help="write JSON/Markdown here instead of docs/ (a trial run)")
     opts = ap.parse_args()
     common.use_threads(opts.threads)
     teacher_dir = str(ROOT / opts.teacher) if not Path(opts.teacher).is_absolute() else opts.teacher
@@ -215,7 +211,7 @@ def main() -> None:
             "overhead_fastbert": fast_dir if trained_fast else "untrained branches on the teacher (timing only)",
             "exits": exits, "widths": widths, "environment": env}
     md = render(data, common.command_line())
-    common.publish("int8_mr", md, data, headline=None, docs=opts.docs) if opts.docs else \
+    common.publish("int8_mr", md, data, headline=None, docs=common.docs_folder(opts)) if opts.docs else \
         common.write_section("int8_mr", md, data)
     print(md)
 

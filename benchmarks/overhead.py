@@ -106,10 +106,7 @@ def main() -> None:
     ap.add_argument("--teacher", default="runs/teacher-mr")
     ap.add_argument("--data", default="mr")
     ap.add_argument("--max-length", type=int, default=64)
-    ap.add_argument("--b1-examples", type=int, default=100)
-    ap.add_argument("--b32-examples", type=int, default=320)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
+    common.add_options(ap, bootstrap=False, timing={1: 100, 32: 320}, threads_default=1)
     ap.add_argument("--profile", action="store_true", help="print torch.profiler's table of the speed-1 pass")
     ap.add_argument("--no-teacher", action="store_true",
                     help="skip part 3 (a quicker trial): print parts 1-2 as JSON (also to --save); no section")
@@ -117,7 +114,6 @@ def main() -> None:
     ap.add_argument("--before", type=Path, default=None,
                     help="a --save file of this script run on the code before a change: shown beside this run")
     ap.add_argument("--before-label", default="before", help="what --before was run on (e.g. a commit)")
-    ap.add_argument("--docs", type=Path, default=None, help="write the section and JSON here, not into docs/")
     opts = ap.parse_args()
     common.use_threads(opts.threads)
     t_start = time.time()
@@ -201,7 +197,7 @@ def main() -> None:
     if opts.before:
         data["before"] = {"label": opts.before_label, **json.loads(opts.before.read_text())}
     md = render(data, common.command_line())
-    common.publish("overhead", md, data, headline=None, docs=opts.docs) if opts.docs else \
+    common.publish("overhead", md, data, headline=None, docs=common.docs_folder(opts)) if opts.docs else \
         common.write_section("overhead", md, data)
     print(md)
 

@@ -52,12 +52,9 @@ def main() -> None:
     ap.add_argument("--dyna-fast", default="", help="also FastBERT on DynaBERT, at width 0.5")
     ap.add_argument("--data", default="mr")
     ap.add_argument("--max-length", type=int, default=64)
-    ap.add_argument("--b1-examples", type=int, default=100)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
+    common.add_options(ap, bootstrap=False, timing={1: 100}, threads_default=1)
     ap.add_argument("--check-speeds", default="0.3,0.5,0.7",
                     help="speeds at which both versions' predictions are compared on the whole split ('' = none)")
-    ap.add_argument("--docs", type=Path, default=None, help="write the section and JSON here, not into docs/")
     opts = ap.parse_args()
     common.use_threads(opts.threads)
     t_start = time.time()
@@ -126,7 +123,7 @@ def main() -> None:
     data = {"before": opts.before, "after": git_head(), "data": opts.data, "b1_examples": len(b1), "rows": rows,
             "checks": checks, "split": split, "environment": env}
     md = render(data, common.command_line())
-    common.publish("overhead_ab", md, data, headline=None, docs=opts.docs) if opts.docs else \
+    common.publish("overhead_ab", md, data, headline=None, docs=common.docs_folder(opts)) if opts.docs else \
         common.write_section("overhead_ab", md, data)
     print(md)
 

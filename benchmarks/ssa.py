@@ -194,7 +194,7 @@ def main() -> None:
         results[name]["seeds"] = seeds_of[name]
     # Datasets not run this time keep the rows an earlier run of this script measured (docs/ssa.json), with
     # the command that measured them, so one dataset's seeds can be added without retraining the other's.
-    docs_dir = Path(os.path.abspath(args.docs)) if args.docs else common.DOCS
+    docs_dir = common.docs_folder(args) or common.DOCS
     carried = carry_over(docs_dir, datasets_)
     results.update(carried)
     shown = datasets_ + list(carried)
@@ -276,7 +276,7 @@ Environment: torch {env['torch']}, {args.threads or env['threads']} thread(s) pe
     headline = (f"**SSA** (`{command}`{also}): mean test accuracy over the seeds, SSA − plain "
                 f"fine-tuning: {head}.\n")
     common.publish("ssa", md, {"results": results, "seeds": seeds_of, "train_flags": TRAIN, "environment": env},
-                   headline, Path(os.path.abspath(args.docs)) if args.docs else None)
+                   headline, common.docs_folder(args))
     print(md)
 
 

@@ -77,8 +77,7 @@ def main() -> None:
     ap.add_argument("--model", default="runs/teacher-mr")
     ap.add_argument("--before", default=None, help="another nimblebert source tree (its src/ folder) to compare")
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--docs", type=Path, default=None, help="write JSON/Markdown here instead of docs/ (a trial run)")
+    common.add_options(ap, bootstrap=False, threads_default=1)
     opts = ap.parse_args()
     common.use_threads(opts.threads)
     model = opts.model if Path(opts.model).is_absolute() else str(ROOT / opts.model)
@@ -138,7 +137,7 @@ CPU: {cpu.get('model', '?')}; ISA: {', '.join(cpu.get('isa', [])) or '?'}; {opts
 torch {env['torch']}; {env['date']}.
 """
     if opts.docs:
-        common.publish("startup", md, data, headline=None, docs=opts.docs)
+        common.publish("startup", md, data, headline=None, docs=common.docs_folder(opts))
     else:
         common.write_section("startup", md, data)
     print(md)

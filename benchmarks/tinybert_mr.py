@@ -53,8 +53,6 @@ def main() -> None:
                                            "training texts, labels unused)")
     ap.add_argument("--runs", help="folder for the trained models (default runs/tinybert-<data>)")
     ap.add_argument("--name", help="results name (default tinybert_<data>)")
-    ap.add_argument("--docs", help="write the files here instead of docs/ (no docs/results.md or README update)")
-    ap.add_argument("--reuse", action="store_true", help="reuse finished models instead of training again")
     ap.add_argument("--max-length", default="64")
     ap.add_argument("--batch-size", default="32")
     ap.add_argument("--seed", default="42")
@@ -67,20 +65,13 @@ def main() -> None:
     ap.add_argument("--finetune-lr", default="5e-5", help="its learning rate (as the teacher)")
     ap.add_argument("--narrow-hidden", default="192", help="hidden size of the narrow 3-layer student")
     ap.add_argument("--max-steps", help="optimizer steps per stage for every training (smoke tests only)")
-    ap.add_argument("--b1-examples", default="100")
-    ap.add_argument("--b32-examples", default="640")
-    ap.add_argument("--rounds", default="3")
-    ap.add_argument("--bootstrap", type=int, default=10000)
-    ap.add_argument("--threads", type=int,
-                    help="CPU threads of the training commands and of the timing (default: torch's)")
+    common.add_options(ap, reuse="reuse finished models instead of training again", timing={1: 100, 32: 640})
     args = ap.parse_args()
     # Paths the user gave are taken from the current folder; the defaults live under the repository.
-    data = os.path.abspath(args.data) if Path(args.data).exists() else args.data
-    tag = Path(data).name if Path(data).exists() else data
-    teacher_dir = os.path.abspath(args.teacher) if args.teacher else f"runs/teacher-{tag}"
+    data, tag, teacher_dir = common.task_paths(args)
     runs = Path(os.path.abspath(args.runs) if args.runs else f"runs/tinybert-{tag}")
     name = args.name or f"tinybert_{tag}"
-    docs = Path(os.path.abspath(args.docs)) if args.docs else common.DOCS
+    docs = common.docs_folder(args) or common.DOCS
     general_data = (os.path.abspath(args.general_data) if args.general_data and Path(args.general_data).exists()
                     else args.general_data or data)
     general_teacher = (os.path.abspath(args.general_teacher) if args.general_teacher
@@ -161,7 +152,7 @@ def main() -> None:
     bench_dir = runs / "bench"
     models = [teacher_dir, *(str(runs / f) for f, _, _ in rows_spec)]
     cli("bench", *models, "--data", data, "--max-length", args.max_length, "--out", str(bench_dir), "--no-onnx",
-        "--b1-examples", args.b1_examples, "--b32-examples", args.b32_examples, "--rounds", args.rounds,
+        "--b1-examples", str(args.b1_examples), "--b32-examples", str(args.b32_examples), "--rounds", str(args.rounds),
         *(["--threads", str(args.threads)] if args.threads else []))
     bench = {r["name"]: r for r in map(json.loads, (bench_dir / "results.jsonl").read_text().splitlines())}
     meta = json.loads((bench_dir / "meta.json").read_text())

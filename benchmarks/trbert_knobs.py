@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 from typing import Any
 
 import common
@@ -70,7 +69,7 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=10000)
     ap.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     ap.add_argument("--name", default="trbert_knobs")
-    ap.add_argument("--docs", help="write the files here instead of docs/ (no docs/results.md or README update)")
+    ap.add_argument("--docs", help=common.DOCS_HELP)
     args = ap.parse_args()
     common.use_threads(args.threads)
     os.chdir(ROOT)
@@ -210,7 +209,7 @@ Saving = 1 − FLOPs / the full model's. Δ: paired bootstrap 95% interval again
     result = {"data": DATA, "model": args.model, "teacher": args.teacher, "max_length": args.max_length,
               "validation_full_model": val_full_m, "test_full_model": base.metrics, "sweep": sweep,
               "summary": summary, "budgets": picks, "resolution": args.resolution, "environment": env}
-    common.publish(args.name, md, result, headline, Path(os.path.abspath(args.docs)) if args.docs else None)
+    common.publish(args.name, md, result, headline, common.docs_folder(args))
     print(md)
     print(headline)
 

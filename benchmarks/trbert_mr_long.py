@@ -60,8 +60,6 @@ def main() -> None:
     ap.add_argument("--teacher-batch-size", default="16", help="batch of the full model's fine-tuning")
     ap.add_argument("--alphas", default="1,4", help="comma-separated α values, one TR-BERT model each")
     ap.add_argument("--name", default="trbert_mr_long", help="results name: docs/<name>.json, section")
-    ap.add_argument("--docs", help="write the files here instead of docs/ (no docs/results.md or README update)")
-    ap.add_argument("--reuse", action="store_true", help="reuse finished TR-BERT folders")
     ap.add_argument("--max-length", default="256")
     ap.add_argument("--batch-size", default="8", help="training batch (official: 8 × 4 accumulation)")
     ap.add_argument("--lr", default="3e-5", help="fine-tuning and joint-stage learning rate (official 3e-5)")
@@ -81,16 +79,11 @@ def main() -> None:
                     help="keep thresholds at evaluation, comma-separated (official 0.5; lower keeps more tokens)")
     ap.add_argument("--max-steps", help="cap every training stage at this many optimizer steps (a quick look)")
     ap.add_argument("--seed", default="42")
-    ap.add_argument("--b1-examples", type=int, default=100)
-    ap.add_argument("--b16-examples", type=int, default=320)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--bootstrap", type=int, default=10000)
-    ap.add_argument("--threads", type=int,
-                    help="CPU threads of the training commands and of the timing (default: torch's)")
+    common.add_options(ap, reuse="reuse finished TR-BERT folders", timing={1: 100, 16: 320})
     args = ap.parse_args()
     alphas = [a.strip() for a in args.alphas.split(",") if a.strip()]
     teacher_dir = os.path.abspath(args.teacher) if args.teacher else "runs/teacher-mr-long"
-    docs = Path(os.path.abspath(args.docs)) if args.docs else common.DOCS
+    docs = common.docs_folder(args) or common.DOCS
 
     import torch
 

@@ -116,3 +116,16 @@ def test_the_quoted_command_leaves_out_where_the_files_went(scripts, monkeypatch
     assert common.command_line() == "python benchmarks/report.py --data chnsenti --seeds 42 --patience ''"
     stored = "python benchmarks/report.py --data chnsenti --threads 1 --docs /work/logs/chn-docs"
     assert common.quoted_command(stored) == "python benchmarks/report.py --data chnsenti --threads 1"
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name != "common.py"))
+def test_every_benchmark_builds_its_options(script: str, monkeypatch, capsys) -> None:
+    """`--help` builds every script's parser (the shared options of common.add_options included: an option added
+    twice fails here) without running anything."""
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", [str(BENCHMARKS / script), "--help"])
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(BENCHMARKS / script), run_name="__main__")
+    assert stop.value.code == 0 and "--" in capsys.readouterr().out
