@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("nimblebert") is None:  # not installed: run from the source tree (also for the CLI)
     sys.path.insert(0, str(ROOT / "src"))
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+if not sys.stderr.isatty():  # a log file or CI: no per-load progress bars from transformers (read at its import)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 DOCS = ROOT / "docs"
 SECTIONS = DOCS / "sections"
 ORDER = ["efficiency_mr", "efficiency", "finetune_mr", "compose_mr", "report_mr", "fastbert_mr", "fastbert_chnsenti",
