@@ -74,7 +74,7 @@ class BoundRunner:
                 out[rows[done]] = logits[done]
                 layers[rows[done]] = i
                 if done.all():
-                    return SegmentOutput(out, layers)
+                    return SegmentOutput(out, layers, [])
                 live = ~done
                 rows, hidden, mask = rows[live], hidden[live], mask[live]
                 longest = int(mask.sum(1).max())
@@ -84,7 +84,7 @@ class BoundRunner:
                 out[rows] = res[0]
             else:
                 hidden, logits, entropy = res
-        return SegmentOutput(out, layers)
+        return SegmentOutput(out, layers, [])
 
 
 def seg_contender(runner: Any, speed: float) -> Any:
@@ -164,34 +164,34 @@ def main() -> None:
         name = Path(folder).name
         m32, m8 = load(folder), load(folder, runtime="int8")
         t0 = time.time()
-        export = export_segments(m32, tmp / name / "pt", int8=True, per_channel=False)
+        mort = load(folder, runtime="ort-int8")  # the runtime as shipped: per-channel int8 segments, exported now
         export_s = time.time() - t0
-        export_segments(m32, tmp / name / "pc", int8=True, per_channel=True)
-        seg = SegmentRunner(tmp / name / "pt")
-        runners[name] = seg
-        seg_pc = SegmentRunner(tmp / name / "pc")
-        folders.append({"folder": folder, "name": name, "layers": export["layers"], "export_s": round(export_s, 1)})
+        export_segments(m32, tmp / name / "pt", int8=True, per_channel=False)
+        runners[name] = (mort, SegmentRunner(tmp / name / "pt"))
+        folders.append({"folder": folder, "name": name, "layers": mort.segments.layers,
+                        "load_and_export_s": round(export_s, 1)})
         for speed in opts.acc_speeds:
             entry: dict[str, Any] = {"folder": name, "speed": speed}
-            for tag, m in (("core-fp32", m32), ("core-int8", m8)):
+            for tag, m in (("core-fp32", m32), ("core-int8", m8), ("ort-int8", mort)):
                 p = predict_loader(m, base.loader, speed=speed)
                 correct = (p.predicted == p.labels).numpy()
                 entry[tag] = {"accuracy": float(correct.mean()), "mean_layers": float(p.layers.float().mean()),
                               "vs_teacher": pair(correct)}
                 if tag == "core-int8":
                     core8_layers = p.layers.numpy()
-            for tag, r in (("ort-seg-int8", seg), ("ort-seg-int8-per-channel", seg_pc)):
-                pred, labels, layers = seg_predict(r, base.loader, speed)
-                correct = pred == labels
-                entry[tag] = {"accuracy": float(correct.mean()), "mean_layers": float(layers.mean()),
-                              "vs_teacher": pair(correct),
-                              "same_exit_as_core_int8": float((layers == core8_layers).mean())}
+                if tag == "ort-int8":
+                    entry[tag]["same_exit_as_core_int8"] = float((p.layers.numpy() == core8_layers).mean())
+            pred, labels, layers = seg_predict(runners[name][1], base.loader, speed)
+            correct = pred == labels
+            entry["ort-int8-per-tensor"] = {"accuracy": float(correct.mean()), "mean_layers": float(layers.mean()),
+                                            "vs_teacher": pair(correct),
+                                            "same_exit_as_core_int8": float((layers == core8_layers).mean())}
             exits.append(entry)
             print(f"{name} speed {speed}: " + ", ".join(f"{k} {entry[k]['accuracy']:.4f}/{entry[k]['mean_layers']:.2f}"
                                                        for k in entry if isinstance(entry[k], dict)), file=sys.stderr)
         for speed in opts.time_speeds:
             fns[f"{name} · core int8 · speed {speed:g}"] = nimble_contender(m8, {"speed": speed})
-            fns[f"{name} · ort segments int8 · speed {speed:g}"] = seg_contender(seg, speed)
+            fns[f"{name} · ort-int8 segments · speed {speed:g}"] = nimble_contender(mort, {"speed": speed})
 
     lat = measure_latency(fns, teacher, base.encoded, examples={1: opts.b1_examples, 32: opts.b32_examples},
                           rounds=opts.rounds)
@@ -209,13 +209,13 @@ def main() -> None:
     # ---- per-call overhead and session options on the first folder, batch 1 -----------------------------
     first = folders[0]["name"]
     m8 = load(opts.folders[0], runtime="int8")
-    seg = runners[first]
+    mort, per_tensor = runners[first]
     over_fns = {"core int8 · full (speed 0)": nimble_contender(m8, {"speed": 0.0}),
                 "core int8 · exit after layer 1 (speed 1)": nimble_contender(m8, {"speed": 1.0}),
                 "core int8 · every branch, no exit": nimble_contender(m8, {"speed": NEVER}),
-                "ort segments · full graph (speed 0)": seg_contender(seg, 0.0),
-                "ort segments · exit after layer 1 (speed 1)": seg_contender(seg, 1.0),
-                "ort segments · every segment, no exit": seg_contender(seg, NEVER)}
+                "ort segments · full graph (speed 0)": nimble_contender(mort, {"speed": 0.0}),
+                "ort segments · exit after layer 1 (speed 1)": nimble_contender(mort, {"speed": 1.0}),
+                "ort segments · every segment, no exit": nimble_contender(mort, {"speed": NEVER})}
     b1_batches = latency_batches(teacher, base.encoded, 1, opts.b1_examples)
     over = compare_latency(over_fns, b1_batches, 1, rounds=opts.rounds)
     overhead = {}
@@ -226,12 +226,12 @@ def main() -> None:
         overhead[tag] = {"full_p50_ms": full, "exit1_p50_ms": exit1, "chain_p50_ms": chain,
                          "exit1_over_full": round(exit1 / full, 4), "chain_over_full": round(chain / full, 4)}
 
-    opt_fns: dict[str, Any] = {}
+    opt_fns: dict[str, Any] = {"per-tensor weights, level all, session.run": seg_contender(per_tensor, 0.8)}
+    per_channel = mort.segments.folder
     for level in LEVELS:
-        opt_fns[f"per-tensor weights, level {level}, session.run"] = seg_contender(
-            SegmentRunner(tmp / first / "pt", level=level), 0.8)
-    opt_fns["per-channel weights, level all, session.run"] = seg_contender(SegmentRunner(tmp / first / "pc"), 0.8)
-    opt_fns["per-tensor weights, level all, io binding"] = seg_contender(BoundRunner(seg), 0.8)
+        opt_fns[f"per-channel weights, level {level}, session.run"] = seg_contender(
+            SegmentRunner(per_channel, level=level), 0.8)
+    opt_fns["per-channel weights, level all, io binding"] = seg_contender(BoundRunner(mort.segments), 0.8)
     options = {}
     for bs in (1, 32):
         batches = latency_batches(teacher, base.encoded, bs, opts.b1_examples if bs == 1 else opts.b32_examples)
@@ -263,19 +263,20 @@ def render(data: dict[str, Any], command: str) -> str:
         t.append(f"| {r['name']} | {r['b1_p50_ms']:.2f} | {r['b1_mean_ms']:.2f} | {r['b1_p90_ms']:.2f} | "
                  f"{r['b1_speedup']:.2f} | {r['b32_ms_per_sample']:.3f} | {r['b32_speedup']:.2f} | "
                  f"{r['vs_onnxruntime_int8']['b1']:.2f} / {r['vs_onnxruntime_int8']['b32']:.2f} |")
-    tags = ("core-fp32", "core-int8", "ort-seg-int8", "ort-seg-int8-per-channel")
+    tags = ("core-fp32", "core-int8", "ort-int8", "ort-int8-per-tensor")
     a = ["| folder | speed | " + " | ".join(f"{k}: acc. / layers / Δ [95% CI]" for k in tags)
-         + " | same exit layer, segments vs core int8 |", "|---|---|" + "---|" * (len(tags) + 1)]
+         + " | same exit layer, ort-int8 vs core int8 |", "|---|---|" + "---|" * (len(tags) + 1)]
     for e in data["exits"]:
         cells = [f"{e[k]['accuracy']:.4f} / {e[k]['mean_layers']:.2f} / {points_ci(e[k]['vs_teacher'])}" for k in tags]
         a.append(f"| {e['folder']} | {e['speed']:g} | " + " | ".join(cells)
-                 + f" | {e['ort-seg-int8']['same_exit_as_core_int8']:.3f} |")
+                 + f" | {e['ort-int8']['same_exit_as_core_int8']:.3f} |")
     o = ["| runtime | full model b1 p50 ms | exit after layer 1 | ratio (ideal 1/6 = 0.167) "
          "| every branch/segment, no exit | ratio |", "|---|---|---|---|---|---|"]
     for tag, v in data["overhead"].items():
         o.append(f"| {tag} | {v['full_p50_ms']:.2f} | {v['exit1_p50_ms']:.2f} | {v['exit1_over_full']:.3f} | "
                  f"{v['chain_p50_ms']:.2f} | {v['chain_over_full']:.3f} |")
-    s = ["| segments of the first folder at speed 0.8 | b1 ms (p50) | b32 ms/sentence |", "|---|---|---|"]
+    s = ["| segments of the first folder at speed 0.8 (runner alone) | b1 ms (p50) | b32 ms/sentence |",
+         "|---|---|---|"]
     for k, v in data["session_options"].items():
         s.append(f"| {k} | {v['b1_ms_per_sample']:.3f} | {v['b32_ms_per_sample']:.3f} |")
     folders = ", ".join(f"`{f['folder']}` ({f['layers']} layers)" for f in data["folders"])
@@ -284,9 +285,12 @@ def render(data: dict[str, Any], command: str) -> str:
 `{command}`. Folders: {folders}; teacher `{data['teacher']}` ({data['teacher_accuracy']:.4f} on the
 {data['examples']} test sentences, max length 64). Segments: embeddings + layer 1 + branch 1, each next layer + its
 branch, the last layer + the head, each one ONNX graph (dynamic batch and sequence axes) quantized with
-onnxruntime's `quantize_dynamic` (int8 weights per tensor unless said, activations at run time); the exit rule
+onnxruntime's `quantize_dynamic` (int8 weights per output channel unless said, activations at run
+time); the exit rule
 between the calls; at batch 32 the rows that leave are dropped and the columns only they filled are cut. Speed 0
-runs the model below the exits as one graph. Core int8 = `nimblebert.load(folder, runtime="int8")`.
+runs the model below the exits as one graph. Core int8 = `nimblebert.load(folder, runtime="int8")`; ort-int8 =
+`nimblebert.load(folder, runtime="ort-int8")`, the runtime as shipped (its segments exported at load; timed
+through `nimblebert.inference.run`, as `evaluate`, `predict` and `bench` call it).
 
 Timing, every row interleaved in one run (3 warm-up batches, batch 1 over the first {data['b1_examples']} test
 sentences, batch 32 length-bucketed, median batch time per sentence). × = speed-up over the faster plain
