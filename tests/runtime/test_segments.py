@@ -122,3 +122,16 @@ def test_cli_export_then_evaluate_and_predict_on_ort_int8(tmp_path: Path, toy_da
                  "--speed", "1"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["exit_layer"] for x in lines] == [1, 1]
+
+
+def test_bench_runs_ort_int8_beside_the_core(tmp_path: Path, toy_data_dir: Path, fast) -> None:
+    model = copy.deepcopy(fast)
+    model.label_names = ["positive", "negative"]
+    model.save(tmp_path / "fast")
+    out = tmp_path / "bench"
+    assert main(["bench", str(tmp_path / "fast"), "--data", str(toy_data_dir), "--out", str(out), "--no-onnx",
+                 "--runtime", "int8,ort-int8", "--sweep", "speed=0,0.5", "--rounds", "1",
+                 "--b1-examples", "2", "--b32-examples", "32"]) == 0
+    rows = {r["name"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert {"fast speed=0.5 [int8]", "fast speed=0.5 [ort-int8]", "fast speed=0 [ort-int8]"} <= set(rows)
+    assert rows["fast speed=0.5 [ort-int8]"]["command"].endswith("--runtime ort-int8")
