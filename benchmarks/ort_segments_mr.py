@@ -19,6 +19,7 @@ options (graph optimisation level, per-channel weights, io binding) measured on 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -121,8 +122,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--acc-speeds", type=float, nargs="+", default=list(ACC_SPEEDS))
     ap.add_argument("--time-speeds", type=float, nargs="+", default=list(TIME_SPEEDS))
+    ap.add_argument("--render", action="store_true",
+                    help="redraw the section from docs/ort_segments_mr.json (what an earlier run measured)")
     ap.add_argument("--docs", type=Path, default=None, help="write JSON/Markdown here instead of docs/ (a trial run)")
     opts = ap.parse_args()
+    if opts.render:
+        data = json.loads((common.DOCS / "ort_segments_mr.json").read_text())
+        common.write_section("ort_segments_mr", render(data, common.section_command("ort_segments_mr") or "?"), data)
+        return
     common.use_threads(opts.threads)
     t_start = time.time()
     for f in [opts.teacher, *opts.folders]:
@@ -283,14 +290,15 @@ def render(data: dict[str, Any], command: str) -> str:
     return f"""## onnxruntime in segments on `mr`: int8 per layer, exits between the calls (issue 17)
 
 `{command}`. Folders: {folders}; teacher `{data['teacher']}` ({data['teacher_accuracy']:.4f} on the
-{data['examples']} test sentences, max length 64). Segments: embeddings + layer 1 + branch 1, each next layer + its
-branch, the last layer + the head, each one ONNX graph (dynamic batch and sequence axes) quantized with
-onnxruntime's `quantize_dynamic` (int8 weights per output channel unless said, activations at run
-time); the exit rule
-between the calls; at batch 32 the rows that leave are dropped and the columns only they filled are cut. Speed 0
-runs the model below the exits as one graph. Core int8 = `nimblebert.load(folder, runtime="int8")`; ort-int8 =
-`nimblebert.load(folder, runtime="ort-int8")`, the runtime as shipped (its segments exported at load; timed
-through `nimblebert.inference.run`, as `evaluate`, `predict` and `bench` call it).
+{data['examples']} test sentences, max length 64).
+
+Segments: embeddings + layer 1 + branch 1, each next layer + its branch, the last layer + the head, each one ONNX
+graph (dynamic batch and sequence axes) quantized with onnxruntime's `quantize_dynamic` (int8 weights per output
+channel unless said, activations at run time); the exit rule runs between the calls; at batch 32 the rows that
+leave are dropped and the columns only they filled are cut. Speed 0 runs the model below the exits as one graph.
+Core int8 = `nimblebert.load(folder, runtime="int8")`; ort-int8 = `nimblebert.load(folder, runtime="ort-int8")`,
+the runtime as shipped (segments exported at load; timed through `nimblebert.inference.run`, as `evaluate`,
+`predict` and `bench` call it).
 
 Timing, every row interleaved in one run (3 warm-up batches, batch 1 over the first {data['b1_examples']} test
 sentences, batch 32 length-bucketed, median batch time per sentence). × = speed-up over the faster plain

@@ -29,9 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.encoder import EncoderOutput, Step
 from ..errors import UserError
+from ..methods.fastbert.policy import branch_flops
 
 MANIFEST = "segments.json"
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 class _Segment(nn.Module):
@@ -241,6 +244,8 @@ def attach(model: Any) -> None:
     import tempfile
 
     check_fit(model)
+    if next(model.parameters()).device.type != "cpu":
+        raise UserError("--runtime ort-int8 runs on the CPU; load the model on the CPU or use --runtime fp32")
     stored = Path(model.source or "") / SEGMENTS_DIR
     if model.source and (stored / MANIFEST).exists():
         runner = SegmentRunner(stored)
@@ -256,24 +261,21 @@ def run(model: Any, batch: dict[str, Any], knobs: dict[str, Any]) -> Any:
     """One inference pass of ``model`` on its segments at ``knobs`` (checked): an
     :class:`~nimblebert.core.encoder.EncoderOutput` with the logits, each row's exit layer and the steps that ran
     (so FLOPs are counted as for the core)."""
-    from ..core.encoder import EncoderOutput, Step
-
-    if int(knobs.get("patience", 0) or 0) > 0:
+    if knobs.get("patience"):
         raise UserError("--patience is not available on --runtime ort-int8 (use --speed, or --runtime int8)")
     speed = float(knobs.get("speed", 0.0) or 0.0)
-    feed = {k: v.detach().cpu().numpy() for k, v in batch.items()
-            if k in ("input_ids", "attention_mask", "token_type_ids") and v is not None}
+    # Token ids and masks never need grad: ``numpy()`` shares their memory (one call, not three, per input).
+    feed = {k: v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in batch.items()
+            if k in INPUTS and v is not None}
     if "attention_mask" not in feed:
         feed["attention_mask"] = np.ones_like(feed["input_ids"])
     res = model.segments(feed, speed)
     enc = model.encoder
     steps = [Step(i, torch.from_numpy(rows), torch.from_numpy(mask.sum(1)), enc.num_heads, enc.ffn_size)
              for i, rows, mask in res.steps]
-    layers = torch.from_numpy(res.layers_run)
-    out = EncoderOutput(logits=torch.from_numpy(res.logits), layers_run=layers, steps=steps,
-                        extras={"head_rows": torch.nonzero(layers == enc.num_layers).flatten()})
+    head_rows = torch.from_numpy(np.flatnonzero(res.layers_run == enc.num_layers))
+    out = EncoderOutput(logits=torch.from_numpy(res.logits), layers_run=torch.from_numpy(res.layers_run), steps=steps,
+                        extras={"head_rows": head_rows})
     if speed > 0 and model.segments.segments:
-        from ..methods.fastbert.policy import branch_flops
-
         out.add_flops(lambda: branch_flops(model, out))
     return out
