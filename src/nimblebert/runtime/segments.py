@@ -99,13 +99,19 @@ def export_segments(model: Any, folder: Path, int8: bool = True, per_channel: bo
     with ``per_channel``, activations quantized at run time), and the manifest. Returns the manifest.
 
     Per-channel weights by default: on mr they kept the int8 core's accuracy and exits where per-tensor weights lost
-    about a point on FastBERT (more rows stayed longer), at the same speed (benchmarks/ort_segments_mr.py)."""
+    about a point on FastBERT (more rows stayed longer), at the same speed. Every matrix product is quantized, the
+    branches' and the head's too: leaving those in float32 (as the int8 core does) was no faster at batch 1 and
+    slower at batch 32, at the same accuracy (benchmarks/ort_segments_mr.py)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from ..export.onnx import _quiet, check_batches
 
     branches = list(model.extras["branches"]) if "branches" in model.extras else []
     model.eval()
+    for branch in branches:  # FastBERT's folded branch matrices made now, so that the trace holds them as constants
+        fold = getattr(branch, "_folded", None)
+        if fold is not None and branch.pooling == "first":
+            fold()
     folder.mkdir(parents=True, exist_ok=True)
     example = check_batches(model.tokenizer, model.hf.config)[0]  # padded, batch > 1: the mask path is traced
     ids, mask, types = example["input_ids"], example["attention_mask"], example["token_type_ids"]
