@@ -30,7 +30,7 @@ import common
 import numpy as np
 from common import ROOT, environment, finished, points_ci
 
-FOLDERS = ("/work/main/runs/fast", "/work/main/runs/dyna-w50-fast", "/work/main/runs/s3-fast")
+FOLDERS = ("runs/fast", "runs/dyna-w50-fast", "runs/s3-fast")  # relative to the repository, as report.py trains them
 ACC_SPEEDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 TIME_SPEEDS = (0.0, 0.5, 0.7, 0.8, 0.9)
 NEVER = 1e-9  # a speed at which no row leaves but every branch runs: the whole chain of segments
@@ -136,7 +136,7 @@ def mean_ms(entry: dict[str, float], batch: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--teacher", default="/work/main/runs/teacher-mr")
+    ap.add_argument("--teacher", default="runs/teacher-mr")
     ap.add_argument("--folders", nargs="+", default=list(FOLDERS))
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--b1-examples", type=int, default=400)
@@ -155,6 +155,8 @@ def main() -> None:
         return
     common.use_threads(opts.threads)
     t_start = time.time()
+    opts.teacher = str(ROOT / opts.teacher)  # an absolute path stays as it is
+    opts.folders = [str(ROOT / f) for f in opts.folders]
     for f in [opts.teacher, *opts.folders]:
         if not finished(f):
             raise SystemExit(f"{f} is missing")

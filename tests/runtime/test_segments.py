@@ -30,9 +30,11 @@ def numpy_batch(b: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def fast() -> nimblebert.NimbleModel:
     model = nimble("fastbert", layers=4)
-    with torch.no_grad():  # spread the branches' confidence, so that some rows leave and some stay at most speeds
-        for i, branch in enumerate(model.extras["branches"]):
-            branch.out.weight.mul_(8.0 + 4 * i)
+    torch.manual_seed(3)
+    with torch.no_grad():  # branches whose confidence and predictions differ between rows: rows leave at different
+        for branch in model.extras["branches"]:  # layers under both rules (checked below)
+            branch.out.weight.normal_(0.0, 2.0)
+            branch.out.bias.zero_()
     return model
 
 
@@ -56,6 +58,15 @@ def test_float_segments_give_the_core_logits_and_exits(fast, fp32_segments) -> N
         assert out.layers_run.tolist() == ref.layers_run.tolist()  # exits decided identically
         mixed += len(set(out.layers_run.tolist())) > 1
     assert mixed >= 2  # rows left at different layers: the exits (and the row dropping) were exercised
+    mixed = 0
+    for speed, patience in ((0.0, 1), (0.0, 2), (0.4, 1)):  # PABEE's rule, alone and with the entropy rule
+        with torch.inference_mode():
+            ref = fast.infer(b, speed=speed, patience=patience)
+        out = fp32_segments(numpy_batch(b), speed, patience)
+        np.testing.assert_allclose(out.logits, ref.logits.numpy(), atol=1e-4)
+        assert out.layers_run.tolist() == ref.layers_run.tolist()
+        mixed += len(set(out.layers_run.tolist())) > 1
+    assert mixed >= 2
 
 
 def test_run_counts_the_flops_the_core_counts(fast, fp32_segments) -> None:
@@ -90,8 +101,7 @@ def test_ort_int8_runtime_keeps_speed_live(fast) -> None:
     assert everyone.layers_run.tolist() == [1] * 8  # every row leaves at its first branch
     assert none.layers_run.tolist() == [4] * 8
     assert float((none.logits - ref.logits).abs().max()) < 0.1 * float(ref.logits.abs().max()) + 0.05
-    with pytest.raises(UserError, match="patience"):
-        q.infer(b, patience=2)
+    assert q.infer(b, patience=1).layers_run.max() <= 4  # PABEE's knob is live too
     with pytest.raises(UserError, match="already"):
         apply_runtime(q, "int8")
 

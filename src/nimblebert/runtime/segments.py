@@ -180,9 +180,11 @@ class SegmentRunner:
         self.full = session(folder / f"full{suffix}", threads, level)
         self.types = "token_type_ids" in {x.name for x in self.full.get_inputs()}
 
-    def __call__(self, batch: dict[str, Any], speed: float = 0.0) -> SegmentOutput:
+    def __call__(self, batch: dict[str, Any], speed: float = 0.0, patience: int = 0) -> SegmentOutput:
         """``batch``: numpy (or array-like) ``input_ids``, ``attention_mask`` (padding on the right) and optional
-        ``token_type_ids``; ``speed`` ∈ [0, 1], FastBERT's uncertainty threshold (0: no branch runs)."""
+        ``token_type_ids``; ``speed`` ∈ [0, 1], FastBERT's uncertainty threshold, and/or ``patience`` ≥ 1, PABEE's
+        rule (a row leaves once its branch prediction has repeated ``patience`` times; as the core's ``ExitHook``);
+        neither: no branch runs."""
         ids = np.asarray(batch["input_ids"], dtype=np.int64)
         mask = np.asarray(batch["attention_mask"], dtype=np.int64)
         feed = {"input_ids": ids, "attention_mask": mask}
@@ -192,14 +194,21 @@ class SegmentRunner:
         n = self.layers
         rows = np.arange(ids.shape[0])
         layers = np.full(ids.shape[0], n)
-        if speed <= 0 or not self.segments:  # normal mode: no branch runs, the model as one graph
+        if (speed <= 0 and patience <= 0) or not self.segments:  # normal mode: the model as one graph, no branch
             logits = self.full.run(None, feed)[0]
             return SegmentOutput(logits, layers, [(i, rows, mask) for i in range(n)])
         steps = [(0, rows, mask)]
         hidden, logits, entropy = self.segments[0].run(None, feed)
         out = np.empty_like(logits)
+        previous = np.full(ids.shape[0], -1)  # PABEE: last branch prediction and repeat count, per live row
+        count = np.zeros(ids.shape[0], dtype=np.int64)
         for i in range(1, n):
-            done = entropy <= speed
+            done = entropy <= speed if speed > 0 else np.zeros(len(rows), dtype=bool)
+            if patience > 0:
+                pred = logits.argmax(-1)
+                count = np.where(pred == previous, count + 1, 0)
+                previous = pred
+                done |= count >= patience
             if done.any():
                 out[rows[done]] = logits[done]
                 layers[rows[done]] = i
@@ -207,6 +216,7 @@ class SegmentRunner:
                     return SegmentOutput(out, layers, steps)
                 live = ~done
                 rows, hidden, mask = rows[live], hidden[live], mask[live]
+                previous, count = previous[live], count[live]
                 longest = int(mask.sum(1).max())
                 if longest < mask.shape[1]:  # padding on the right: columns only the leavers filled go too
                     hidden, mask = hidden[:, :longest], mask[:, :longest]
@@ -226,8 +236,8 @@ SEGMENTS_DIR = "ort-int8"  # where ``nimblebert export --format ort-int8`` store
 
 def check_fit(model: Any) -> None:
     """Refuse, with the fix, a model the segments cannot run faithfully: one whose live knobs other than FastBERT's
-    ``speed`` change the structure or the tokens (a live width, TR-BERT's cuts, a NAS-BERT op chain), or PABEE's
-    patience (a per-row counter across layers the segments do not keep)."""
+    ``speed`` and ``patience`` change the structure or the tokens (a live width, TR-BERT's cuts, a NAS-BERT op
+    chain)."""
     from ..inference import contributions
 
     live = {k.name for k in model.knobs()} - {"speed", "patience"}
@@ -267,21 +277,19 @@ def run(model: Any, batch: dict[str, Any], knobs: dict[str, Any]) -> Any:
     """One inference pass of ``model`` on its segments at ``knobs`` (checked): an
     :class:`~nimblebert.core.encoder.EncoderOutput` with the logits, each row's exit layer and the steps that ran
     (so FLOPs are counted as for the core)."""
-    if knobs.get("patience"):
-        raise UserError("--patience is not available on --runtime ort-int8 (use --speed, or --runtime int8)")
-    speed = float(knobs.get("speed", 0.0) or 0.0)
+    speed, patience = float(knobs.get("speed", 0.0) or 0.0), int(knobs.get("patience", 0) or 0)
     # Token ids and masks never need grad: ``numpy()`` shares their memory (one call, not three, per input).
     feed = {k: v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in batch.items()
             if k in INPUTS and v is not None}
     if "attention_mask" not in feed:
         feed["attention_mask"] = np.ones_like(feed["input_ids"])
-    res = model.segments(feed, speed)
+    res = model.segments(feed, speed, patience)
     enc = model.encoder
     steps = [Step(i, torch.from_numpy(rows), torch.from_numpy(mask.sum(1)), enc.num_heads, enc.ffn_size)
              for i, rows, mask in res.steps]
     head_rows = torch.from_numpy(np.flatnonzero(res.layers_run == enc.num_layers))
     out = EncoderOutput(logits=torch.from_numpy(res.logits), layers_run=torch.from_numpy(res.layers_run), steps=steps,
                         extras={"head_rows": head_rows})
-    if speed > 0 and model.segments.segments:
+    if (speed > 0 or patience > 0) and model.segments.segments:
         out.add_flops(lambda: branch_flops(model, out))
     return out
