@@ -289,6 +289,12 @@ def main() -> None:
     print(md)
 
 
+def shown(path: str) -> str:
+    """A folder as the section names it: relative to the repository when it is inside it (``runs/fast``)."""
+    p = Path(path)
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else path
+
+
 def render(data: dict[str, Any], command: str) -> str:
     env = data["environment"]
     t = ["| contender | b1 p50 ms | b1 mean ms | b1 p90 ms | b1 × | b32 ms/sentence | b32 × "
@@ -313,10 +319,10 @@ def render(data: dict[str, Any], command: str) -> str:
          "|---|---|---|"]
     for k, v in data["session_options"].items():
         s.append(f"| {k} | {v['b1_ms_per_sample']:.3f} | {v['b32_ms_per_sample']:.3f} |")
-    folders = ", ".join(f"`{f['folder']}` ({f['layers']} layers)" for f in data["folders"])
+    folders = ", ".join(f"`{shown(f['folder'])}` ({f['layers']} layers)" for f in data["folders"])
     return f"""## onnxruntime in segments on `mr`: int8 per layer, exits between the calls (issue 17)
 
-`{command}`. Folders: {folders}; teacher `{data['teacher']}` ({data['teacher_accuracy']:.4f} on the
+`{command}`. Folders: {folders}; teacher `{shown(data['teacher'])}` ({data['teacher_accuracy']:.4f} on the
 {data['examples']} test sentences, max length 64).
 
 Segments: embeddings + layer 1 + branch 1, each next layer + its branch, the last layer + the head, each one ONNX
@@ -338,7 +344,7 @@ float32 teacher in points [bootstrap 95% CI]:
 
 {chr(10).join(a)}
 
-Per-call overhead at batch 1 on `{data['overhead_folder']}`: every sentence leaving after layer 1 (speed 1) and
+Per-call overhead at batch 1 on `{shown(data['overhead_folder'])}`: every sentence leaving after layer 1 (speed 1) and
 every sentence running every branch without leaving, against the full model (speed 0):
 
 {chr(10).join(o)}
