@@ -47,6 +47,7 @@ bench: data
 		--eval-every 50 --name dynabert_mr_final5 --out runs/dynabert-mr-final5
 	$(BIN)/python benchmarks/report.py --train --threads 1  # the efficiency report: README's table, docs/efficiency_mr.*
 	$(BIN)/python benchmarks/int8_mr.py --teacher runs/teacher-mr --fastbert runs/fast --dynabert runs/dyna --threads 1
+	$(BIN)/python benchmarks/ort_segments_mr.py --threads 1  # the ort-int8 runtime against the int8 core
 	$(BIN)/python benchmarks/startup.py --model runs/teacher-mr
 	$(BIN)/python -m pip install -q -e ".[bench]"  # the plain transformers + FastAPI server serve_mr.py compares with
 	$(BIN)/python benchmarks/serve_mr.py --model runs/fast

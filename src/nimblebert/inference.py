@@ -48,7 +48,12 @@ def contributions(model: NimbleModel, batch: dict[str, Any], knobs: dict[str, An
 
 
 def run(model: NimbleModel, batch: dict[str, Any], knobs: dict[str, Any]) -> EncoderOutput:
-    """One inference pass of ``model``'s whole stack at ``knobs`` (checked), through the core once."""
+    """One inference pass of ``model``'s whole stack at ``knobs`` (checked), through the core once (or, on the
+    ``ort-int8`` runtime, through its onnxruntime segments: :mod:`nimblebert.runtime.segments`)."""
+    if model.runtime == "ort-int8":
+        from .runtime.segments import run as run_segments
+
+        return run_segments(model, batch, knobs)
     parts = contributions(model, batch, knobs)
     out = model.encoder(batch["input_ids"], batch.get("attention_mask"), batch.get("token_type_ids"),
                         plan=parts.plan or FULL, hooks=parts.hooks, classify=parts.head is None)

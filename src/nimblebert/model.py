@@ -282,8 +282,8 @@ class NimbleModel(nn.Module):
              runtime: str | None = None) -> NimbleModel:
         """Load a folder written by :meth:`save` (or any transformers sequence classifier folder).
 
-        ``runtime`` ("fp32", "int8"; see :mod:`nimblebert.runtime`): the kernels to run on; None = the one the
-        folder's config names (``nimblebert.runtime``), else fp32.
+        ``runtime`` ("fp32", "int8", "ort-int8"; see :mod:`nimblebert.runtime`): the kernels to run on; None = the one
+        the folder's config names (``nimblebert.runtime``), else fp32.
         """
         from .runtime import apply_runtime, check_runtime
 

@@ -47,6 +47,7 @@ def export_model(
     (out / FINISHED_MARKER).unlink(missing_ok=True)
     for stale in [*out.glob("*.onnx"), out / "export.json"]:  # left by an earlier export, e.g. with --int8
         stale.unlink(missing_ok=True)
+    shutil.rmtree(out / "ort-int8", ignore_errors=True)  # segments of an earlier --format ort-int8
     staging = out / ".exporting"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
@@ -77,5 +78,5 @@ def knobs_line(report: dict[str, Any]) -> str:
     if dropped:
         why = "the teacher is exported as it is" if report["teacher_only"] else f"not in the {report['format']} format"
         parts.append(f"dropped ({why}): {dropped}")
-    runtime = " (int8 runtime at load)" if report.get("runtime") == "int8" else ""
+    runtime = f" ({report['runtime']} runtime at load)" if report.get("runtime") in ("int8", "ort-int8") else ""
     return f"{report['format']} export{runtime}: " + ("; ".join(parts) if parts else "a static model, no knobs")

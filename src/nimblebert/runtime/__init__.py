@@ -1,8 +1,10 @@
 """Kernels under the runner: the precision a loaded model's matrix products run in.
 
 ``fp32`` (default) runs the modules as they are; ``int8`` quantizes the large Linears in place at load time
-(:mod:`.int8`). A runtime never changes what is saved: a folder keeps its float32 weights, and its config's
-``nimblebert`` section may name the runtime to load it with (``nimblebert export DIR --format nimble --int8``).
+(:mod:`.int8`); ``ort-int8`` runs the model as onnxruntime int8 graphs, one per layer, with FastBERT's exits decided
+between them (:mod:`.segments`; exits only, other structure knobs fixed). A runtime never changes what is saved: a
+folder keeps its float32 weights, and its config's ``nimblebert`` section may name the runtime to load it with
+(``nimblebert export DIR --format nimble --int8``, ``--format ort-int8``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from ..errors import UserError
 if TYPE_CHECKING:
     from ..model import NimbleModel
 
-RUNTIMES = ("fp32", "int8")
+RUNTIMES = ("fp32", "int8", "ort-int8")
 DEFAULT = "fp32"
 
 
@@ -37,8 +39,14 @@ def apply_runtime(model: NimbleModel, name: str | None) -> NimbleModel:
     Every knob stays live: exits and token cuts run as in float32, narrow widths get their own packed weights.
     """
     name = check_runtime(name)
-    if model.runtime == "int8" and name != "int8":
-        raise UserError("this model was already quantized to int8 in memory; load it again with runtime fp32")
+    if model.runtime != "fp32" and name != model.runtime:
+        raise UserError(f"this model already runs on {model.runtime} in memory; load it again with runtime fp32")
+    if name == "ort-int8" and model.runtime != "ort-int8":
+        from ..export.onnx import require_onnx
+        from .segments import attach
+
+        require_onnx()
+        attach(model)
     if name == "int8" and model.runtime != "int8":
         from ..core.families import get_path
         from .int8 import fuse_qkv_, quantize_

@@ -16,7 +16,10 @@ transformers at the same accuracy (``benchmarks/int8_mr.py``, docs/sections/int8
 API (``Int8DynamicActivationInt8WeightConfig``, torchao 0.18, eager) was 0.71× / 1.57×; a hand-written dynamic
 quantization around ``torch._int_mm`` (oneDNN int8, not deprecated) lost its fast product to the element-wise
 ops around it. onnxruntime's int8 of the whole teacher graph is faster still (4.14× / 3.23×: fused attention and
-no Python between kernels) but fixes every knob. torch 2.13 marks quantized tensors as deprecated (the
+no Python between kernels) but fixes every knob; run as one graph per layer with the exits between the calls (the
+``ort-int8`` runtime, :mod:`.segments`) it keeps FastBERT's speed live and was faster than this runtime at every speed
+measured (benchmarks/ort_segments_mr.py), but it cannot run a live width or token cut, which this runtime can.
+torch 2.13 marks quantized tensors as deprecated (the
 ``torch.quantize_per_channel`` warning, silenced here): the project pins torch 2.13, and the one place that
 makes them is :func:`_quantize_weight`.
 

@@ -1,0 +1,147 @@
+"""The ``ort-int8`` runtime (onnxruntime segments, exits between them) on tiny random models: in float32 the segments
+give the core's logits and the core's exits; in int8 the exits still fire and the CLI runs it with ``--speed`` live."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_int8 import batch, nimble
+
+import nimblebert
+from nimblebert.cli.main import main
+from nimblebert.core.flops import sample_flops
+from nimblebert.errors import UserError
+from nimblebert.inference import run
+from nimblebert.runtime import apply_runtime
+from nimblebert.runtime.segments import MANIFEST, SegmentRunner, export_segments
+
+pytest.importorskip("onnxruntime")
+
+
+def numpy_batch(b: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in b.items()}
+
+
+@pytest.fixture(scope="module")
+def fast() -> nimblebert.NimbleModel:
+    model = nimble("fastbert", layers=4)
+    torch.manual_seed(3)
+    with torch.no_grad():  # branches whose confidence and predictions differ between rows: rows leave at different
+        for branch in model.extras["branches"]:  # layers under both rules (checked below)
+            branch.out.weight.normal_(0.0, 2.0)
+            branch.out.bias.zero_()
+    return model
+
+
+@pytest.fixture(scope="module")
+def fp32_segments(fast, tmp_path_factory) -> SegmentRunner:
+    folder = tmp_path_factory.mktemp("seg")
+    manifest = export_segments(fast, folder, int8=True)
+    assert manifest["layers"] == 4 and manifest["branches"] == 3
+    assert {p.name for p in folder.iterdir()} >= {"seg0.onnx", "seg3_int8.onnx", "full.onnx", MANIFEST}
+    return SegmentRunner(folder, int8=False)
+
+
+def test_float_segments_give_the_core_logits_and_exits(fast, fp32_segments) -> None:
+    b = batch(rows=8, length=12)
+    mixed = 0
+    for speed in (0.0, 0.2, 0.4, 0.6, 0.8, 0.95, 1.0):
+        with torch.inference_mode():
+            ref = fast.infer(b, speed=speed)
+        out = fp32_segments(numpy_batch(b), speed)
+        np.testing.assert_allclose(out.logits, ref.logits.numpy(), atol=1e-4)
+        assert out.layers_run.tolist() == ref.layers_run.tolist()  # exits decided identically
+        mixed += len(set(out.layers_run.tolist())) > 1
+    assert mixed >= 2  # rows left at different layers: the exits (and the row dropping) were exercised
+    mixed = 0
+    for speed, patience in ((0.0, 1), (0.0, 2), (0.4, 1)):  # PABEE's rule, alone and with the entropy rule
+        with torch.inference_mode():
+            ref = fast.infer(b, speed=speed, patience=patience)
+        out = fp32_segments(numpy_batch(b), speed, patience)
+        np.testing.assert_allclose(out.logits, ref.logits.numpy(), atol=1e-4)
+        assert out.layers_run.tolist() == ref.layers_run.tolist()
+        mixed += len(set(out.layers_run.tolist())) > 1
+    assert mixed >= 2
+
+
+def test_run_counts_the_flops_the_core_counts(fast, fp32_segments) -> None:
+    seg = copy.copy(fast)
+    object.__setattr__(seg, "segments", fp32_segments)
+    seg.runtime = "ort-int8"
+    b = batch(rows=8, length=12)
+    for speed in (0.0, 0.6):
+        knobs = fast.check_knobs({"speed": speed})
+        with torch.inference_mode():
+            ref, out = run(fast, b, knobs), run(seg, b, knobs)
+        torch.testing.assert_close(out.logits, ref.logits, atol=1e-4, rtol=0)
+        torch.testing.assert_close(sample_flops(seg.encoder, out), sample_flops(fast.encoder, ref))
+
+
+def test_a_model_without_exits_runs_as_one_graph(tmp_path: Path) -> None:
+    plain = nimble("finetune", layers=2)
+    assert export_segments(plain, tmp_path, int8=False)["branches"] == 0
+    runner = SegmentRunner(tmp_path, int8=False)
+    b = batch()
+    with torch.inference_mode():
+        ref = plain.infer(b)
+    out = runner(numpy_batch(b), speed=0.5)  # no branch: the speed has nothing to act on
+    np.testing.assert_allclose(out.logits, ref.logits.numpy(), atol=1e-4)
+
+
+def test_ort_int8_runtime_keeps_speed_live(fast) -> None:
+    q = apply_runtime(copy.deepcopy(fast), "ort-int8")
+    b = batch(rows=8)
+    with torch.inference_mode():
+        everyone, none, ref = q.infer(b, speed=1.0), q.infer(b, speed=0.0), fast.infer(b, speed=0.0)
+    assert everyone.layers_run.tolist() == [1] * 8  # every row leaves at its first branch
+    assert none.layers_run.tolist() == [4] * 8
+    assert float((none.logits - ref.logits).abs().max()) < 0.1 * float(ref.logits.abs().max()) + 0.05
+    assert q.infer(b, patience=1).layers_run.max() <= 4  # PABEE's knob is live too
+    with pytest.raises(UserError, match="already"):
+        apply_runtime(q, "int8")
+
+
+def test_ort_int8_refuses_a_live_width() -> None:
+    dyna = nimble("dynabert", layers=2)
+    with pytest.raises(UserError, match="width"):
+        apply_runtime(dyna, "ort-int8")
+
+
+def test_cli_export_then_evaluate_and_predict_on_ort_int8(tmp_path: Path, toy_data_dir: Path, fast,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    model = copy.deepcopy(fast)
+    model.label_names = ["positive", "negative"]
+    model.save(tmp_path / "fast")
+    assert main(["export", str(tmp_path / "fast"), "--format", "ort-int8", "--out", str(tmp_path / "q")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["runtime"] == "ort-int8" and report["live_knobs"] == ["speed", "patience"]
+    assert (tmp_path / "q" / "ort-int8" / MANIFEST).exists()
+    loaded = nimblebert.load(tmp_path / "q")
+    assert loaded.runtime == "ort-int8" and loaded.segments.folder == tmp_path / "q" / "ort-int8"  # stored, not redone
+    assert main(["evaluate", str(tmp_path / "q"), "--data", str(toy_data_dir), "--speed", "0.5", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["runtime"] == "ort-int8" and result["examples"] == 32 and result["flops_per_sample"] > 0
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text('{"text": "a good movie"}\n{"text": "bad"}\n')
+    assert main(["predict", str(tmp_path / "fast"), "--input", str(texts), "--runtime", "ort-int8",
+                 "--speed", "1"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["exit_layer"] for x in lines] == [1, 1]
+
+
+def test_bench_runs_ort_int8_beside_the_core(tmp_path: Path, toy_data_dir: Path, fast) -> None:
+    model = copy.deepcopy(fast)
+    model.label_names = ["positive", "negative"]
+    model.save(tmp_path / "fast")
+    out = tmp_path / "bench"
+    assert main(["bench", str(tmp_path / "fast"), "--data", str(toy_data_dir), "--out", str(out), "--no-onnx",
+                 "--runtime", "int8,ort-int8", "--sweep", "speed=0,0.5", "--rounds", "1",
+                 "--b1-examples", "2", "--b32-examples", "32"]) == 0
+    rows = {r["name"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert {"fast speed=0.5 [int8]", "fast speed=0.5 [ort-int8]", "fast speed=0 [ort-int8]"} <= set(rows)
+    assert rows["fast speed=0.5 [ort-int8]"]["command"].endswith("--runtime ort-int8")
