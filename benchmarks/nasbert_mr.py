@@ -334,11 +334,11 @@ def main() -> None:
     ap.add_argument("--max-length", default="64")
     ap.add_argument("--hand-runs", default=str(ROOT / "runs" / "nasbert-mr"),
                     help="where the hand-designed students are (trained once: they do not depend on the supernet)")
-    ap.add_argument("--supernet-steps", default="2000")
-    ap.add_argument("--shrink-warmup", default="400")
-    ap.add_argument("--shrink-every", default="80")
-    ap.add_argument("--shrink-samples", default="256")
-    ap.add_argument("--shrink-rows", default="16")
+    ap.add_argument("--supernet-steps", default="1000")
+    ap.add_argument("--shrink-warmup", default="260")
+    ap.add_argument("--shrink-every", default="60")
+    ap.add_argument("--shrink-samples", default="512")
+    ap.add_argument("--shrink-rows", default="8")
     ap.add_argument("--random-fraction", type=float, default=6.0,
                     help="the budget whose searched architecture is also trained from random weights")
     ap.add_argument("--block-candidates", default="300")
