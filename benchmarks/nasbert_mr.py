@@ -341,8 +341,8 @@ def main() -> None:
     ap.add_argument("--shrink-rows", default="8")
     ap.add_argument("--random-fraction", type=float, default=6.0,
                     help="the budget whose searched architecture is also trained from random weights")
-    ap.add_argument("--block-candidates", default="300")
-    ap.add_argument("--held-out-batches", default="2")
+    ap.add_argument("--block-candidates", default="150")
+    ap.add_argument("--held-out-batches", default="1")
     ap.add_argument("--top", default="5")
     ap.add_argument("--fractions", default="3,6,10", help="budgets: teacher batch-1 latency divided by these")
     ap.add_argument("--parts", default="supernets,nas,nsn,noshrink,random,hand",
