@@ -237,7 +237,10 @@ def measure_phase(args: argparse.Namespace, runs: Path, length: int, base) -> di
                              "test_accuracy": rows[name]["accuracy"]}
         if len(pair) == 2:
             training_ablation.append({"fraction": frac, **pair})
+    # Budgets where the shrunk supernet gave no network: `nimblebert search` found no live architecture under them.
+    unmet = [frac for frac in (float(f) for f in args.fractions.split(",")) if not finished(runs / f"nas-div{frac:g}")]
     return {"teacher": args.teacher, "teacher_accuracy": base.metrics["accuracy"], "teacher_b1_ms": teacher_ms,
+            "shrunk_without_network": unmet,
             "teacher_encoder_params": sum(p.numel() for p in base.teacher.hf.base_model.encoder.parameters()),
             "length": length, "supernets": supernets, "rows": list(rows.values()), "ablation": ablation,
             "training_ablation": training_ablation, "torch_threads": torch.get_num_threads()}
@@ -282,6 +285,11 @@ def markdown(data: dict, args: argparse.Namespace) -> str:
         arch = f"`{r['arch']}`" if "arch" in r else "-"
         lines.append(f"| {r['name']} | {arch} | {r['params'] / 1e6:.2f} M | {lat} | {r['accuracy']:.4f} | "
                      f"{points_ci(r['vs_teacher'])} | ×{r['b1']['speedup']:.2f} / ×{r['b32']['speedup']:.2f} |")
+    if data.get("shrunk_without_network"):
+        lines += ["", "No network from the shrunk supernet at " + ", ".join(
+            f"1/{f:g}" for f in data["shrunk_without_network"]) + ": `nimblebert search` found no live architecture "
+            "under the budget (exit 2). Shrinking bins architectures by parameters only and keeps the lowest block "
+            "losses of each bin, so the cheapest survivors (with their transfers) cost more than that budget."]
     errors = [abs(r["latency_error_pct"]) for r in rows if "latency_error_pct" in r]
     if errors:
         lines += ["", f"Predicted vs measured batch-1 latency: mean absolute error {statistics.mean(errors):.0f} % "
