@@ -191,18 +191,18 @@ def measure_phase(args: argparse.Namespace, runs: Path, length: int, base) -> di
                                    "speedup": timed["teacher"]["p50_ms"] / timed[name]["p50_ms"]}
     ablation = []
     for frac in (float(f) for f in args.fractions.split(",")):
-        if not finished(runs / f"nas-div{frac:g}"):
-            continue
-        shrunk = json.loads((runs / f"nas-div{frac:g}" / "search.json").read_text())
         path = runs / f"noshrink-div{frac:g}.json"
         if not path.exists():  # the ablation's searches were not run (--parts without noshrink)
             continue
         whole = json.loads(path.read_text())
-        ablation.append({"fraction": frac, "budget_ms": shrunk["budget"]["max_latency_ms"], **{key: {
+        searched = runs / f"nas-div{frac:g}" / "search.json"  # absent where the shrunk space had nothing to offer
+        shrunk = json.loads(searched.read_text()) if finished(runs / f"nas-div{frac:g}") else None
+        ablation.append({"fraction": frac, "budget_ms": whole["budget"]["max_latency_ms"], **{key: {
             "arch": r["arch"], "best_validation": max(
             (c["accuracy"] for c in r["candidates"]), default=None), "search_seconds": r["search_seconds"],
             "min_block_loss": min((c["block_loss"] for c in r["candidates"]), default=None),
-            "block_candidates": r.get("block_candidates")} for key, r in (("shrunk", shrunk), ("whole", whole))}})
+            "block_candidates": r.get("block_candidates")} if r else None
+            for key, r in (("shrunk", shrunk), ("whole", whole))}})
     supernets = {}
     for which, folder in SUPERNETS.items():
         path = runs / folder
@@ -246,6 +246,14 @@ def measure_phase(args: argparse.Namespace, runs: Path, length: int, base) -> di
             "training_ablation": training_ablation, "torch_threads": torch.get_num_threads()}
 
 
+def shown(path: str) -> str:
+    """A path as the docs show it: relative to the repository when inside it."""
+    try:
+        return str(Path(path).relative_to(ROOT))
+    except ValueError:
+        return path
+
+
 def supernet_line(name: str, sn: dict) -> str:
     losses = ", ".join(f"{v:.3f}" for v in sn["final_block_losses"].values())
     shrink = (f"{sn['shrinking_rounds']} shrinking rounds left {sn['live_per_block']} of "
@@ -275,7 +283,7 @@ def markdown(data: dict, args: argparse.Namespace) -> str:
               f"general distillation {args.general_epochs} epoch(s) on mr's own training texts, intermediate "
               f"{args.epochs}, prediction {args.prediction_epochs}, lr {args.lr}; searched ones start from their "
               "supernet path, the random-init row from random weights (same architecture, same recipe); the "
-              f"hand-designed students (uniform MHA + FFN stacks) come from {args.hand_runs}. "
+              f"hand-designed students (uniform MHA + FFN stacks) come from {shown(args.hand_runs)}. "
               f"{common.env_line(env).rstrip('.')}.", "",
               "| network | architecture | encoder params | predicted / measured b1 ms (error) | accuracy | "
               "Δ vs teacher [95% CI] | speed-up b1 / b32 |", "|---|---|---|---|---|---|---|"]
@@ -319,11 +327,14 @@ def markdown(data: dict, args: argparse.Namespace) -> str:
                   "| budget | search s shrunk / whole | lowest block loss shrunk / whole | best candidate val. acc. "
                   "shrunk / whole | architecture, whole space |", "|---|---|---|---|---|"]
     for a in data["ablation"]:
-        s, w = a["shrunk"], a["whole"]
-        lines.append(f"| 1/{a['fraction']:g} = {a['budget_ms']:.2f} ms | "
-                     f"{s['search_seconds']:.0f} / {w['search_seconds']:.0f} | "
-                     f"{s['min_block_loss'] or 0:.3f} / {w['min_block_loss'] or 0:.3f} | "
-                     f"{s['best_validation'] or 0:.4f} / {w['best_validation'] or 0:.4f} | `{w['arch']}` |")
+        w = a["whole"]
+        s = a["shrunk"] or {"search_seconds": None, "min_block_loss": None, "best_validation": None}
+
+        def pair(key: str, fmt: str, s: dict = s, w: dict = w) -> str:
+            return " / ".join("none" if d[key] is None else format(d[key], fmt) for d in (s, w))
+
+        lines.append(f"| 1/{a['fraction']:g} = {a['budget_ms']:.2f} ms | {pair('search_seconds', '.0f')} | "
+                     f"{pair('min_block_loss', '.3f')} | {pair('best_validation', '.4f')} | `{w['arch']}` |")
     lines += ["", "Training (on the shared cores, low priority): " + "; ".join(f"`{c}`" for c in data["train_commands"])
               + f". Timing (pinned): `{data['command']}`."]
     return "\n".join(lines) + "\n"
