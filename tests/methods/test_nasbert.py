@@ -377,3 +377,76 @@ def test_searched_network_exports_to_onnx_through_the_core(tmp_path) -> None:
     with pytest.raises(UserError, match="not BERT-shaped"):
         export_model(tmp_path / "net", tmp_path / "hf", "hf")
     assert not (tmp_path / "hf" / "config.json").exists()
+
+
+def test_block_losses_share_prefixes_exactly() -> None:
+    """The prefix-sharing scorer gives each architecture what running its path alone gives (eval mode)."""
+    from nimblebert.methods.nasbert.objective import masked_mse, run_block
+
+    model = _supernet(hidden_sizes="8,16", bins=3, blocks=2).eval()
+    space = default_space(model.hf.config, 2, (8, 16))
+    state: ShrinkState = model.extras["shrink"]
+    batch = _batch()
+    half = {k: v[:1, :5] for k, v in batch.items()}  # a second, shorter held-out batch
+    ys = [teacher_blocks(model.encoder, b, space) for b in (batch, half)]
+    masks = [batch["attention_mask"], half["attention_mask"]]
+    archs = [state.archs[i] for i in torch.randperm(len(state.archs), generator=torch.Generator().manual_seed(0))]
+    for n in range(space.blocks):
+        got = block_losses(model, n, archs, ys, masks)
+        want = []
+        with torch.no_grad():
+            for a in archs:
+                sq = sum(float(masked_mse(run_block(model.extras["ops"], n, a, y[n], m), y[n + 1], m))
+                         * float(m.sum()) for y, m in zip(ys, masks, strict=True))
+                want.append(sq / sum(float(m.sum()) for m in masks))
+        torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), rtol=1e-5, atol=1e-7)
+        assert len(set(got.tolist())) > len(archs) // 2  # not a constant
+
+
+def test_held_out_batches_are_the_same_rows_packed_by_length() -> None:
+    import datasets
+
+    from nimblebert.methods.nasbert.objective import held_out_batches
+
+    tok = make_tokenizer()
+    rows = [list(range(5, 5 + n)) for n in (3, 9, 4, 7, 2, 8, 6, 5, 9, 3)]
+    encoded = datasets.Dataset.from_dict({"input_ids": rows, "token_type_ids": [[0] * len(r) for r in rows],
+                                          "attention_mask": [[1] * len(r) for r in rows], "labels": [0, 1] * 5})
+    got = held_out_batches(encoded, tok, batch_size=4, count=2, rows_per_batch=2)  # the first 8 rows
+    kept = sorted(tuple(ids[m.bool()].tolist())
+                  for b in got for ids, m in zip(b["input_ids"], b["attention_mask"], strict=True))
+    assert kept == sorted(tuple(r) for r in rows[:8])
+    padded = sum(b["attention_mask"].numel() for b in got)
+    assert padded == sum(len(r) for r in rows[:8]) + 4  # pairs by length (9, 8), (7, 6), ...: one pad each
+
+
+def test_supernet_reads_the_cached_teacher_blocks_like_the_teacher(tmp_path, monkeypatch) -> None:
+    """The supernet's targets from the teacher cache (float16, padding zeroed) give the step's losses that the
+    teacher run at the step gives; the teacher runs once per row, not once per step."""
+    import datasets
+
+    from nimblebert.data import make_loader
+    from nimblebert.methods.nasbert.objective import supernet_targets
+    from nimblebert.train.stages import TrainOptions
+
+    monkeypatch.setenv("NIMBLEBERT_HOME", str(tmp_path))
+    model = _supernet(layers=4, hidden_sizes="8,16").eval()
+    space = default_space(model.hf.config, 0, (8, 16))
+    torch.manual_seed(0)
+    rows = [torch.randint(5, 99, (n,)).tolist() for n in (7, 3, 9, 5, 4, 8)]
+    encoded = datasets.Dataset.from_dict({"input_ids": rows, "token_type_ids": [[0] * len(r) for r in rows],
+                                          "attention_mask": [[1] * len(r) for r in rows], "labels": [0, 1] * 3})
+    batch = next(iter(make_loader(encoded, model.tokenizer, 4, shuffle=True, seed=1)))
+    targets = supernet_targets(model.hf, space, encoded, model.tokenizer, TrainOptions(out=str(tmp_path / "x"),
+                                                                                      progress=False))
+    assert targets.teacher.examples_run == len(rows)  # the cache was filled by one pass
+    cfg = _cfg(model)
+    cached, live = SupernetObjective(space, cfg, [], 1000, targets), SupernetObjective(space, cfg, [], 1000)
+    for _ in range(3):
+        torch.manual_seed(3)
+        got = cached(model, batch)
+        torch.manual_seed(3)  # the same sampled path
+        want = live(model, batch)
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=2e-3, atol=1e-5)
+    assert targets.teacher.examples_run == len(rows)  # the steps read the cache

@@ -41,6 +41,9 @@ class NasBertConfig:
     shrink_keep: int = field(default=10, metadata={"help": "m: stop shrinking a bin at this many (paper: 10)"})
     shrink_batches: int = field(default=2, metadata={
         "help": "held-out validation batches that score an architecture's block loss (paper: 5)"})
+    shrink_rows: int = field(default=0, metadata={
+        "help": "held-out rows instead (0 = --shrink-batches × --batch-size): scoring is most of shrinking's time, "
+                "and it grows with the rows"})
     general_data: str = field(default="", metadata={
         "help": "unlabelled text the supernet trains on: a .txt file (one text per line), a .jsonl file or a built-in "
                 "name / data folder (its train texts); default: the task's own training texts (--data)"})
@@ -50,6 +53,8 @@ class NasBertConfig:
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise UserError(f"--role {self.role!r} is unknown; choose from {', '.join(ROLES)}")
+        if self.shrink_rows < 0:
+            raise UserError("--shrink-rows must be ≥ 0")
         if self.blocks < 0 or self.bins < 1 or self.shrink_keep < 1 or self.shrink_batches < 1:
             raise UserError("--blocks must be ≥ 0, --bins, --shrink-keep and --shrink-batches ≥ 1")
         if self.shrink_samples < 2 or self.shrink_every < 0 or self.shrink_warmup < 0:
