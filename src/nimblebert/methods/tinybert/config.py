@@ -61,6 +61,11 @@ class TinyBertConfig(AugmentOptions):
         "help": "epochs of intermediate-layer distillation (embeddings + attention + hidden states; README: 10)"})
     intermediate_lr: float = field(default=5e-5, metadata={
         "help": "learning rate of intermediate-layer distillation, constant (official schedule 'none')"})
+    pred_weight: float = field(default=1.0, metadata={
+        "help": "weight of the prediction loss in --stages joint: L_attn + L_hidn + w·L_pred. The attention loss on "
+                "pre-softmax scores is about 20 times the prediction loss there (5 vs 0.25 on mr), so at w = 1 the "
+                "layers' losses steer the student; TextBrewer's attention loss on probabilities leaves its soft "
+                "cross-entropy in charge. Measured in docs/results.md (tinybert_small)"})
     temperature: float = field(default=1.0, metadata={
         "help": "temperature t of the prediction-layer soft cross-entropy (official default 1)"})
     general_data: str = field(default="", metadata={
@@ -95,6 +100,8 @@ class TinyBertConfig(AugmentOptions):
             raise UserError("--intermediate-epochs and --general-epochs must be > 0")
         if self.intermediate_lr <= 0 or self.general_lr <= 0:
             raise UserError("--intermediate-lr and --general-lr must be > 0")
+        if not self.pred_weight > 0:  # also refuses nan
+            raise UserError(f"--pred-weight {self.pred_weight} must be > 0")
         if self.temperature <= 0:
             raise UserError(f"--temperature {self.temperature} must be > 0")
         if self.teacher_cache_gb < 0:

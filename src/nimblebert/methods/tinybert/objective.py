@@ -114,10 +114,10 @@ def prediction_loss(model: NimbleModel, batch: dict[str, torch.Tensor], targets:
     return {"loss": loss, "pred": loss.detach()}
 
 
-def joint_losses(model: NimbleModel, batch: dict[str, torch.Tensor], targets: TargetSource, temperature: float
-                 ) -> dict[str, torch.Tensor]:
-    """``--stages joint``: L_attn + L_hidn + L_pred (eqs. 3-6 summed with unit weights, as eq. 7 sums the layers'
-    losses) in one pass of the student."""
+def joint_losses(model: NimbleModel, batch: dict[str, torch.Tensor], targets: TargetSource, temperature: float,
+                 pred_weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """``--stages joint``: L_attn + L_hidn + w·L_pred (eqs. 3-6; eq. 7 sums the layers' losses with unit weights,
+    ``--pred-weight`` w = 1 by default) in one pass of the student. ``pred`` is logged unweighted."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
     out = model.encoder(ids, mask, batch.get("token_type_ids"), output_hidden_states=True, output_scores=True)
     teacher = targets(batch, logits=True, inner=True)
@@ -127,7 +127,8 @@ def joint_losses(model: NimbleModel, batch: dict[str, torch.Tensor], targets: Ta
     attn = attention_mse(student_scores, teacher.scores)
     hidden = hidden_mse(student_hidden, teacher.hidden)
     pred = soft_cross_entropy(out.logits.float(), teacher.logits, temperature, reduction="mean")  # type: ignore[arg-type]
-    return {"loss": attn + hidden + pred, "attn": attn.detach(), "hidden": hidden.detach(), "pred": pred.detach()}
+    return {"loss": attn + hidden + pred_weight * pred, "attn": attn.detach(), "hidden": hidden.detach(),
+            "pred": pred.detach()}
 
 
 def _bind(fn: Any, *args: Any) -> Any:
@@ -362,7 +363,7 @@ def stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None = None
                 train_data=encoded))
         if "joint" in names:  # the prediction stage, if it follows, drops the projection; alone, it is kept
             result.append(Stage(
-                "joint", _bind(joint_losses, source, cfg.temperature), lr=opts.lr, epochs=opts.epochs,
+                "joint", _bind(joint_losses, source, cfg.temperature, cfg.pred_weight), lr=opts.lr, epochs=opts.epochs,
                 warmup=opts.warmup, schedule="linear", trainable=_student_and_projection, select="best",
                 train_data=encoded))
         if "prediction" in names:
