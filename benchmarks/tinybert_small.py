@@ -60,6 +60,7 @@ RECIPES: dict[str, list[str]] = {
     "joint-pw5": ["--stages", "joint", "--no-augment", "--epochs", "10", "--lr", "1e-4", "--pred-weight", "5"],
     "joint-aug-1ep": ["--stages", "joint", "--aug-copies", "1", "--epochs", "1", "--lr", "1e-4"],
     "joint-pred-aug-1ep": ["--stages", "joint,prediction", "--aug-copies", "1", "--epochs", "1", "--lr", "1e-4"],
+    "joint-aug-2ep": ["--stages", "joint", "--aug-copies", "1", "--epochs", "2", "--lr", "1e-4"],
     "joint-pw5-aug-1ep": ["--stages", "joint", "--aug-copies", "1", "--epochs", "1", "--lr", "1e-4",
                           "--pred-weight", "5"],
 }
