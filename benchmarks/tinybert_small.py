@@ -61,6 +61,8 @@ RECIPES: dict[str, list[str]] = {
     "joint-aug-1ep": ["--stages", "joint", "--aug-copies", "1", "--epochs", "1", "--lr", "1e-4"],
     "joint-pred-aug-1ep": ["--stages", "joint,prediction", "--aug-copies", "1", "--epochs", "1", "--lr", "1e-4"],
     "joint-aug-2ep": ["--stages", "joint", "--aug-copies", "1", "--epochs", "2", "--lr", "1e-4"],
+    "joint-pw5-aug-2ep": ["--stages", "joint", "--aug-copies", "1", "--epochs", "2", "--lr", "1e-4",
+                          "--pred-weight", "5"],
     "joint-pw5-aug-1ep": ["--stages", "joint", "--aug-copies", "1", "--epochs", "1", "--lr", "1e-4",
                           "--pred-weight", "5"],
 }
@@ -120,7 +122,8 @@ def main() -> None:
     ap.add_argument("--teacher-lr", default="5e-5")
     ap.add_argument("--teacher-batch-size", default="16")
     ap.add_argument("--student-layers", default="2")
-    ap.add_argument("--recipes", default="joint,two-5+5,two-5+5-lr1e-4,short")
+    ap.add_argument("--recipes", default="joint,two-5+5,two-5+5-lr1e-4,short",
+                    help="recipes of RECIPES, comma-separated; NAME@42 or NAME@42+43 runs only those seeds")
     ap.add_argument("--extra", action="append", default=[],
                     help="NAME=FOLDER: a finished student to report too (e.g. s3=runs/s3)")
     ap.add_argument("--peer", action="append", default=[],
@@ -160,15 +163,19 @@ def main() -> None:
             "--epochs", args.teacher_epochs, "--lr", args.teacher_lr, "--batch-size", args.teacher_batch_size,
             "--no-progress", capture=False)
 
-    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    seeds = [s.strip() for s in args.seeds.split(",") if s.strip()]
+    # "joint" runs every --seeds; "short@42" (or "short@42+43") only the seeds named: the candidates that lost on
+    # their first seed need not run three times
+    recipe_seeds = {spec.partition("@")[0]: spec.partition("@")[2].split("+") if "@" in spec else seeds
+                    for spec in (r.strip() for r in args.recipes.split(",")) if spec}
+    recipes = list(recipe_seeds)
     unknown = [r for r in recipes if r not in RECIPES]
     if unknown:
         raise SystemExit(f"unknown recipe(s) {unknown}; known: {', '.join(RECIPES)}")
-    seeds = [s.strip() for s in args.seeds.split(",") if s.strip()]
     students: dict[str, list[str]] = {}
     commands: dict[str, str] = {}
     for recipe in recipes:
-        for seed in seeds:
+        for seed in recipe_seeds[recipe]:
             out = str(seed_folder(runs, recipe, seed))
             train_args = ["--teacher", teacher, "--out", out, *common_args, "--student-layers", args.student_layers,
                           "--batch-size", args.batch_size, "--seed", seed, *RECIPES[recipe], "--no-progress"]

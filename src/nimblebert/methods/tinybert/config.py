@@ -62,10 +62,11 @@ class TinyBertConfig(AugmentOptions):
     intermediate_lr: float = field(default=5e-5, metadata={
         "help": "learning rate of intermediate-layer distillation, constant (official schedule 'none')"})
     pred_weight: float = field(default=1.0, metadata={
-        "help": "weight of the prediction loss in --stages joint: L_attn + L_hidn + w·L_pred. The attention loss on "
-                "pre-softmax scores is about 20 times the prediction loss there (5 vs 0.25 on mr), so at w = 1 the "
-                "layers' losses steer the student; TextBrewer's attention loss on probabilities leaves its soft "
-                "cross-entropy in charge. Measured in docs/results.md (tinybert_small)"})
+        "help": "weight w of the prediction loss in --stages joint: L_attn + L_hidn + w·L_pred (the paper's sum: w "
+                "= 1). The attention loss on pre-softmax scores is 15-30 times the prediction loss (about 5 against "
+                "0.3 on mr), so at w = 1 the layers' losses steer the student; TextBrewer's attention loss on "
+                "probabilities leaves its soft cross-entropy in charge. Measured in docs/results.md "
+                "(tinybert_small, tinybert_small_full)"})
     temperature: float = field(default=1.0, metadata={
         "help": "temperature t of the prediction-layer soft cross-entropy (official default 1)"})
     general_data: str = field(default="", metadata={
