@@ -13,19 +13,29 @@ each recipe of ``--recipes``:
   3e-5, the README's rates);
 - ``two-5+5-lr1e-4``: the same at 1e-4 in both stages (is it the learning rate?);
 - ``short``: ``--recipe short`` (N = 1 augmented copy, 1 intermediate + 1 prediction epoch, --lr 3e-5);
-- more in :data:`RECIPES` (a longer prediction stage, joint with augmentation, joint for 3 epochs).
+- more in :data:`RECIPES`: issue 20's candidates for one recipe that wins on both scales: ``joint-pw5`` (the joint
+  stage with ``--pred-weight 5``: the attention loss on pre-softmax scores drowns the prediction loss at 1),
+  ``joint-pred`` (a joint stage, then a prediction stage), joint with N = 1 augmentation, and on the whole of mr
+  ``joint-aug-1ep``, ``joint-pw5-aug-1ep`` (N = 1, one epoch: half the steps of ``--recipe short``),
+  ``joint-pw5-aug-2ep`` (the same steps).
 
-A peer trained outside nimblebert joins the table with ``--peer NAME=FOLDER`` (``textbrewer_peer.py`` writes the
-folder's ``predictions.json``).
+Every recipe runs for each of ``--seeds`` (``NAME@42`` or ``NAME@42+43``: only those); seed 42's folder is
+``runs/robust/tinybert-mr<rows>/NAME``, another seed's ``NAME-s<seed>``. ``--textbrewer PYTHON`` trains the peer
+(``textbrewer_peer.py``, in an interpreter that has TextBrewer) for every seed; a peer trained elsewhere joins with
+``--peer NAME=FOLDER`` (the folder's ``predictions.json``), a finished student with ``--extra NAME=FOLDER``
+(repeat a name for its seeds).
 
 Every student and the teacher on the test split: accuracy, the paired difference from the teacher with its
-bootstrap 95% interval, and from the ``--reference`` recipe; the validation accuracy (the best checkpoint's:
-what a user would pick on) and the training time. ``--rows 0`` runs the same recipes on the whole of
-mr, against its teacher ``runs/teacher-mr``. Nothing is timed for speed (the students' shapes are the same).
+bootstrap 95% interval, and from the ``--reference`` recipe of the same seed; per recipe the mean over seeds (the
+interval of the per-sentence correctness averaged over seeds); the validation accuracy (the best checkpoint's:
+what a user would pick on), the steps per stage and the training time. ``--rows 0`` runs the same recipes on the
+whole of mr, against its teacher ``runs/teacher-mr``. Nothing is timed for speed (the students' shapes are the
+same).
 
-    python benchmarks/tinybert_small.py --rows 400     # runs/robust/tinybert-mr400/*, docs/tinybert_small.*
-    python benchmarks/tinybert_small.py --rows 0 --student-layers 3 --recipes joint-1ep-noaug \\
-        --extra s3=runs/s3 --reference s3 --name tinybert_small_full   # full mr, against the 3-layer runs/s3
+    python benchmarks/tinybert_small.py --rows 400 --seeds 42,43,44 --reference textbrewer \\
+        --recipes joint,joint-pw5,short@42 --textbrewer /work/tb-venv/bin/python   # docs/tinybert_small.*
+    python benchmarks/tinybert_small.py --rows 0 --student-layers 3 --seeds 42,43 --recipes joint-pw5-aug-1ep \\
+        --extra s3=runs/s3 --extra s3=runs/seed43/s3 --reference s3 --name tinybert_small_full   # full mr
 """
 
 from __future__ import annotations

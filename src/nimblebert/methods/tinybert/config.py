@@ -53,8 +53,11 @@ class TinyBertConfig(AugmentOptions):
         "help": "comma-separated stages to run, in order, from general, intermediate, joint, prediction; 'auto' = "
                 "general (only with --general-data), intermediate, prediction (the official two task stages). "
                 "'joint' is one task stage that sums the intermediate and the prediction losses (TextBrewer-style "
-                "one-stage distillation) at --lr for --epochs, e.g. --stages joint --lr 1e-4 --epochs 10 on a few "
-                "hundred rows; measured against the two stages in docs/results.md (tinybert_small). A run without "
+                "one-stage distillation) at --lr for --epochs: on a few hundred rows use --stages joint --no-augment "
+                "--epochs 10 --lr 1e-4 --pred-weight 5 (on 400 rows of mr it tied the TextBrewer peer over 3 seeds, "
+                "where --recipe short was 7 points behind); on thousands of rows the two stages stayed ahead "
+                "(docs/results.md: tinybert_small, tinybert_small_full). 'joint,prediction' adds a prediction stage "
+                "after it (worse on 400 rows). A run without "
                 "the prediction stage keeps the projection in nimblebert.safetensors, so a later run (--model that "
                 "folder) continues with it, as the official general and task checkpoints do"})
     intermediate_epochs: float = field(default=10.0, metadata={
