@@ -15,7 +15,7 @@ STAMP  := $(VENV)/.nimblebert-installed
 
 # issue 20's TinyBERT recipes (benchmarks/tinybert_small.py): NAME@SEED runs only that seed
 TINYBERT_SMALL_RECIPES = joint,joint-pw5,joint-pred@42,joint-aug-5ep@42,two-5+5@42,two-5+5-lr1e-4@42,short@42
-TINYBERT_FULL_RECIPES = joint-pw5-aug-1ep,joint-pw5-aug-2ep,joint-aug-1ep@42,joint-1ep-noaug@42
+TINYBERT_FULL_RECIPES = joint-pw5-aug-2ep,joint-pw5-aug-1ep,joint-aug-1ep@42,joint-1ep-noaug@42
 TB_PYTHON ?=
 
 .PHONY: setup test demo bench lint data clean-runs
