@@ -13,6 +13,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.nimblebert-installed
 
+# issue 20's TinyBERT recipes (benchmarks/tinybert_small.py): NAME@SEED runs only that seed
+TINYBERT_SMALL_RECIPES = joint,joint-pw5,joint-pred@42,joint-aug-5ep@42,two-5+5@42,two-5+5-lr1e-4@42,short@42
+TINYBERT_FULL_RECIPES = joint-pw5-aug-2ep,joint-pw5-aug-1ep,joint-aug-1ep@42,joint-1ep-noaug@42
+TB_PYTHON ?=
+
 .PHONY: setup test demo bench lint data clean-runs
 
 # torch first (pinned CPU build on our machines), then the package with its pinned dependencies,
@@ -61,12 +66,11 @@ bench: data
 	$(BIN)/python benchmarks/nasbert_mr.py --phase train && $(BIN)/python benchmarks/nasbert_mr.py --phase measure
 	$(BIN)/python benchmarks/fastbert_uncertain.py --threads 1
 	$(BIN)/python benchmarks/trbert_knobs.py --threads 1
-	$(BIN)/python benchmarks/tinybert_small.py --rows 400 --threads 1 --recipes joint,two-5+5,two-5+5-lr1e-4,short \
-		--train-only  # the TextBrewer peer runs in its own venv: benchmarks/textbrewer_peer.py says how
-	$(BIN)/python benchmarks/tinybert_small.py --rows 400 --threads 1 --recipes joint,two-5+5,two-5+5-lr1e-4,short \
-		$$(test -f runs/robust/tinybert-mr400/textbrewer/predictions.json && echo --peer textbrewer=runs/robust/tinybert-mr400/textbrewer)
-	$(BIN)/python benchmarks/tinybert_small.py --rows 0 --student-layers 3 --recipes joint-1ep-noaug --extra s3=runs/s3 \
-		--reference s3 --name tinybert_small_full --threads 1
+	# TB_PYTHON=/path/to/python: an interpreter with TextBrewer (benchmarks/textbrewer_peer.py says how to make one)
+	$(BIN)/python benchmarks/tinybert_small.py --rows 400 --threads 1 --seeds 42,43,44 --reference textbrewer \
+		--recipes $(TINYBERT_SMALL_RECIPES) $(if $(TB_PYTHON),--textbrewer $(TB_PYTHON))
+	$(BIN)/python benchmarks/tinybert_small.py --rows 0 --student-layers 3 --seeds 42,43 --recipes $(TINYBERT_FULL_RECIPES) \
+		--extra s3=runs/s3 --extra s3=runs/seed43/s3 --reference s3 --name tinybert_small_full --threads 1
 	$(BIN)/nimblebert train finetune --model minilm-l6 --data chnsenti --out runs/teacher-chnsenti --epochs 2 \
 		--batch-size 32 --lr 5e-5 --max-length 128 --seed 42
 	$(BIN)/python benchmarks/report.py --data chnsenti --threads 1 --seeds 42  # --train adds its students (hours)

@@ -13,19 +13,29 @@ each recipe of ``--recipes``:
   3e-5, the README's rates);
 - ``two-5+5-lr1e-4``: the same at 1e-4 in both stages (is it the learning rate?);
 - ``short``: ``--recipe short`` (N = 1 augmented copy, 1 intermediate + 1 prediction epoch, --lr 3e-5);
-- more in :data:`RECIPES` (a longer prediction stage, joint with augmentation, joint for 3 epochs).
+- more in :data:`RECIPES`: issue 20's candidates for one recipe that wins on both scales: ``joint-pw5`` (the joint
+  stage with ``--pred-weight 5``: the attention loss on pre-softmax scores drowns the prediction loss at 1),
+  ``joint-pred`` (a joint stage, then a prediction stage), joint with N = 1 augmentation, and on the whole of mr
+  ``joint-aug-1ep``, ``joint-pw5-aug-1ep`` (N = 1, one epoch: half the steps of ``--recipe short``),
+  ``joint-pw5-aug-2ep`` (the same steps).
 
-A peer trained outside nimblebert joins the table with ``--peer NAME=FOLDER`` (``textbrewer_peer.py`` writes the
-folder's ``predictions.json``).
+Every recipe runs for each of ``--seeds`` (``NAME@42`` or ``NAME@42+43``: only those); seed 42's folder is
+``runs/robust/tinybert-mr<rows>/NAME``, another seed's ``NAME-s<seed>``. ``--textbrewer PYTHON`` trains the peer
+(``textbrewer_peer.py``, in an interpreter that has TextBrewer) for every seed; a peer trained elsewhere joins with
+``--peer NAME=FOLDER`` (the folder's ``predictions.json``), a finished student with ``--extra NAME=FOLDER``
+(repeat a name for its seeds).
 
 Every student and the teacher on the test split: accuracy, the paired difference from the teacher with its
-bootstrap 95% interval, and from the ``--reference`` recipe; the validation accuracy (the best checkpoint's:
-what a user would pick on) and the training time. ``--rows 0`` runs the same recipes on the whole of
-mr, against its teacher ``runs/teacher-mr``. Nothing is timed for speed (the students' shapes are the same).
+bootstrap 95% interval, and from the ``--reference`` recipe of the same seed; per recipe the mean over seeds (the
+interval of the per-sentence correctness averaged over seeds); the validation accuracy (the best checkpoint's:
+what a user would pick on), the steps per stage and the training time. ``--rows 0`` runs the same recipes on the
+whole of mr, against its teacher ``runs/teacher-mr``. Nothing is timed for speed (the students' shapes are the
+same).
 
-    python benchmarks/tinybert_small.py --rows 400     # runs/robust/tinybert-mr400/*, docs/tinybert_small.*
-    python benchmarks/tinybert_small.py --rows 0 --student-layers 3 --recipes joint-1ep-noaug \\
-        --extra s3=runs/s3 --reference s3 --name tinybert_small_full   # full mr, against the 3-layer runs/s3
+    python benchmarks/tinybert_small.py --rows 400 --seeds 42,43,44 --reference textbrewer \\
+        --recipes joint,joint-pw5,short@42 --textbrewer /work/tb-venv/bin/python   # docs/tinybert_small.*
+    python benchmarks/tinybert_small.py --rows 0 --student-layers 3 --seeds 42,43 --recipes joint-pw5-aug-1ep \\
+        --extra s3=runs/s3 --extra s3=runs/seed43/s3 --reference s3 --name tinybert_small_full   # full mr
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ import argparse
 import json
 import os
 import random
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -53,6 +64,17 @@ RECIPES: dict[str, list[str]] = {
     "joint-3ep": ["--stages", "joint", "--aug-copies", "1", "--epochs", "3", "--lr", "1e-4"],
     "joint-3ep-noaug": ["--stages", "joint", "--no-augment", "--epochs", "3", "--lr", "1e-4"],
     "joint-1ep-noaug": ["--stages", "joint", "--no-augment", "--epochs", "1", "--lr", "1e-4"],
+    # issue 20's last item: candidates for one recipe that wins on 400 rows and on the whole of mr
+    "joint-pred": ["--stages", "joint,prediction", "--no-augment", "--epochs", "5", "--lr", "1e-4"],
+    "joint-aug-5ep": ["--stages", "joint", "--aug-copies", "1", "--epochs", "5", "--lr", "1e-4"],
+    "joint-pw5": ["--stages", "joint", "--no-augment", "--epochs", "10", "--lr", "1e-4", "--pred-weight", "5"],
+    "joint-aug-1ep": ["--stages", "joint", "--aug-copies", "1", "--epochs", "1", "--lr", "1e-4"],
+    "joint-pred-aug-1ep": ["--stages", "joint,prediction", "--aug-copies", "1", "--epochs", "1", "--lr", "1e-4"],
+    "joint-aug-2ep": ["--stages", "joint", "--aug-copies", "1", "--epochs", "2", "--lr", "1e-4"],
+    "joint-pw5-aug-2ep": ["--stages", "joint", "--aug-copies", "1", "--epochs", "2", "--lr", "1e-4",
+                          "--pred-weight", "5"],
+    "joint-pw5-aug-1ep": ["--stages", "joint", "--aug-copies", "1", "--epochs", "1", "--lr", "1e-4",
+                          "--pred-weight", "5"],
 }
 
 
@@ -74,17 +96,30 @@ def subset(rows: int, seed: int, out: Path) -> dict[str, int]:
         picked += group[: round(rows * len(group) / len(train))]
     rng.shuffle(picked)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in picked))
-    sizes = {"train": len(picked)}
-    for split in ("validation", "test"):
-        text = (source / f"{split}.jsonl").read_text()
-        (out / f"{split}.jsonl").write_text(text)
+    texts = {"train": "".join(json.dumps(r) + "\n" for r in picked)}
+    texts |= {split: (source / f"{split}.jsonl").read_text() for split in ("validation", "test")}
+    sizes = {}
+    for split, text in texts.items():
+        path = out / f"{split}.jsonl"
+        if not path.is_file() or path.read_text() != text:  # unchanged files stay untouched (a run may be reading)
+            path.write_text(text)
         sizes[split] = sum(1 for line in text.splitlines() if line.strip())
     return sizes
 
 
 def summary_of(folder: str | Path) -> dict[str, Any]:
     return json.loads((Path(folder) / "train_summary.json").read_text())
+
+
+def steps_of(folder: str | Path) -> dict[str, int]:
+    """Optimizer steps per stage, from the run's ``train_log.jsonl`` (its last logged step of each stage): the
+    cost measure that does not depend on what else the shared cores ran."""
+    steps: dict[str, int] = {}
+    for line in (Path(folder) / "train_log.jsonl").read_text().splitlines():
+        r = json.loads(line) if line.strip() else {}
+        if "stage" in r and "step" in r:
+            steps[r["stage"]] = max(steps.get(r["stage"], 0), int(r["step"]))
+    return steps
 
 
 def main() -> None:
@@ -97,12 +132,16 @@ def main() -> None:
     ap.add_argument("--teacher-lr", default="5e-5")
     ap.add_argument("--teacher-batch-size", default="16")
     ap.add_argument("--student-layers", default="2")
-    ap.add_argument("--recipes", default="joint,two-5+5,two-5+5-lr1e-4,short")
+    ap.add_argument("--recipes", default="joint,two-5+5,two-5+5-lr1e-4,short",
+                    help="recipes of RECIPES, comma-separated; NAME@42 or NAME@42+43 runs only those seeds")
     ap.add_argument("--extra", action="append", default=[],
                     help="NAME=FOLDER: a finished student to report too (e.g. s3=runs/s3)")
     ap.add_argument("--peer", action="append", default=[],
                     help="NAME=FOLDER: a peer's student whose FOLDER/predictions.json holds its validation and test "
                          "predictions (benchmarks/textbrewer_peer.py writes one)")
+    ap.add_argument("--textbrewer", metavar="PYTHON",
+                    help="an interpreter that has TextBrewer (e.g. /work/tb-venv/bin/python): train the peer "
+                         "(textbrewer_peer.py) for every seed and report it as 'textbrewer'")
     ap.add_argument("--reference", default="two-5+5", help="the recipe every other is also paired against")
     ap.add_argument("--seeds", default="42", help="training seeds of the students, comma-separated")
     ap.add_argument("--max-length", default="64")
@@ -134,29 +173,47 @@ def main() -> None:
             "--epochs", args.teacher_epochs, "--lr", args.teacher_lr, "--batch-size", args.teacher_batch_size,
             "--no-progress", capture=False)
 
-    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    seeds = [s.strip() for s in args.seeds.split(",") if s.strip()]
+    # "joint" runs every --seeds; "short@42" (or "short@42+43") only the seeds named: the candidates that lost on
+    # their first seed need not run three times
+    recipe_seeds = {spec.partition("@")[0]: spec.partition("@")[2].split("+") if "@" in spec else seeds
+                    for spec in (r.strip() for r in args.recipes.split(",")) if spec}
+    recipes = list(recipe_seeds)
     unknown = [r for r in recipes if r not in RECIPES]
     if unknown:
         raise SystemExit(f"unknown recipe(s) {unknown}; known: {', '.join(RECIPES)}")
-    seeds = [s.strip() for s in args.seeds.split(",") if s.strip()]
     students: dict[str, list[str]] = {}
     commands: dict[str, str] = {}
     for recipe in recipes:
-        for seed in seeds:
-            out = str(runs / (recipe if len(seeds) == 1 else f"{recipe}-s{seed}"))
+        for seed in recipe_seeds[recipe]:
+            out = str(seed_folder(runs, recipe, seed))
             train_args = ["--teacher", teacher, "--out", out, *common_args, "--student-layers", args.student_layers,
                           "--batch-size", args.batch_size, "--seed", seed, *RECIPES[recipe], "--no-progress"]
-            commands[recipe] = "nimblebert train tinybert " + " ".join(train_args)
+            commands.setdefault(recipe, "nimblebert train tinybert " + " ".join(train_args))
             if not (args.reuse and finished(out)):
                 cli("train", "tinybert", *train_args, "--overwrite", capture=False)
             students.setdefault(recipe, []).append(out)
+    peers = [tuple(spec.partition("=")[::2]) for spec in args.peer]
+    if args.textbrewer:  # the real peer, one student per seed, in its own interpreter (TextBrewer is no dependency)
+        for seed in seeds:
+            out = seed_folder(runs, "textbrewer", seed)
+            if not (args.reuse and (out / "predictions.json").is_file()):
+                subprocess.run([args.textbrewer, str(ROOT / "benchmarks" / "textbrewer_peer.py"), "--data", data,
+                                "--teacher", teacher, "--out", str(out), "--layers", args.student_layers,
+                                "--seed", seed, "--max-length", args.max_length, "--batch-size", args.batch_size],
+                               check=True)
+            peers.append(("textbrewer", str(out)))
+        commands["textbrewer"] = (f"{args.textbrewer} benchmarks/textbrewer_peer.py --data {data} --teacher {teacher} "
+                                  f"--out {seed_folder(runs, 'textbrewer', seeds[0])} --layers {args.student_layers} "
+                                  f"--seed {seeds[0]} --max-length {args.max_length} --batch-size {args.batch_size}")
     if args.train_only:
         return
     for spec in args.extra:
         name, _, folder = spec.partition("=")
-        students[name] = [folder]
+        students.setdefault(name, []).append(folder)
 
     # ---- evaluation: validation (what picks) and test (what is reported), paired with the teacher --------
+    import numpy as np
     import torch
 
     from nimblebert import load
@@ -167,8 +224,8 @@ def main() -> None:
     val_enc = encode(base.task.validation, base.teacher.tokenizer, int(args.max_length), base.task.has_pair)
     val_loader = make_loader(val_enc, base.teacher.tokenizer, 64, shuffle=False, bucket_by_length=True)
     teacher_val = metrics(predict_loader(base.teacher, val_loader), base.teacher.num_labels)
-    preds: dict[str, list[Any]] = {}
     rows: list[dict[str, Any]] = []
+    correct: list[np.ndarray] = []  # per row: 0/1 correctness on the test split, in the split's order
     for name, folders in students.items():
         for folder in folders:
             model = load(folder)
@@ -180,71 +237,128 @@ def main() -> None:
                          "test": metrics(p, model.num_labels), "validation_accuracy": val["accuracy"],
                          "stage_validation_accuracy": stage_acc, "vs_teacher": base.versus(p, args.bootstrap),
                          "train_seconds": summary.get("train_seconds"), "train_rows": summary.get("train_rows"),
-                         "layers": model.hf.config.num_hidden_layers})
-            preds.setdefault(name, []).append(p)
-    for spec in args.peer:  # a peer run outside nimblebert: its predictions, mapped to the teacher's label ids
-        name, _, folder = spec.partition("=")
+                         "train_steps": steps_of(folder), "layers": model.hf.config.num_hidden_layers})
+            correct.append((p.predicted == p.labels).numpy())
+    val_labels = predict_loader(base.teacher, val_loader).labels
+    peer_train = base.task.train if sizes else None  # the peer trains on the data folder's rows, no augmentation
+    for name, folder in peers:  # a peer run outside nimblebert: its predictions, mapped to the teacher's label ids
         peer = json.loads((Path(folder) / "predictions.json").read_text())
         to_ours = [base.teacher.label_names.index(n) for n in peer["label_names"]]
         test_pred = torch.tensor([to_ours[i] for i in peer["test"]])
         val_pred = torch.tensor([to_ours[i] for i in peer["validation"]])
         p = type(base.predictions)(torch.nn.functional.one_hot(test_pred, base.teacher.num_labels).float(),
                                    base.predictions.labels, base.predictions.layers, base.predictions.flops)
-        val_labels = predict_loader(base.teacher, val_loader).labels
         rows.append({"recipe": name, "folder": folder, "seed": peer["options"].get("seed"), "peer": peer["peer"],
                      "test": metrics(p, base.teacher.num_labels),
                      "validation_accuracy": float((val_pred == val_labels).float().mean()),
                      "vs_teacher": base.versus(p, args.bootstrap), "train_seconds": peer.get("train_seconds"),
                      "train_rows": {"one stage": sizes["train"] if sizes else None},
+                     "train_steps": {"one stage": peer["options"]["epochs"] * -(-len(peer_train) // peer["options"][
+                         "batch_size"])} if peer_train else {},
                      "layers": peer["options"]["layers"]})
-        preds.setdefault(name, []).append(p)
-    ref = preds.get(args.reference, [None])[0]
-    if ref is not None:
-        ref_correct = (ref.predicted == ref.labels).numpy()
-        for r, p in zip(rows, (p for ps in preds.values() for p in ps), strict=True):
-            if r["recipe"] != args.reference:
-                r["vs_reference"] = common.paired_bootstrap(ref_correct, (p.predicted == p.labels).numpy(),
-                                                            args.bootstrap)
+        correct.append((p.predicted == p.labels).numpy())
+    # Δ vs the reference recipe run with the same seed (the same seed's data order and initial projection)
+    reference = {str(r["seed"]): c for r, c in zip(rows, correct, strict=True) if r["recipe"] == args.reference}
+    for r, c in zip(rows, correct, strict=True):
+        if reference and r["recipe"] != args.reference:
+            ref_seed = str(r["seed"]) if str(r["seed"]) in reference else next(iter(reference))
+            r["vs_reference"] = common.paired_bootstrap(reference[ref_seed], c, args.bootstrap)
+            r["reference_seed"] = ref_seed
+    groups = aggregate(rows, correct, base.correct, args.reference, args.bootstrap)
 
     env = environment()
     table = [f"| recipe | seed | validation acc. | test acc. | Δ vs teacher [95% CI] | Δ vs {args.reference} "
-             "[95% CI] | train rows per stage | train s |", "|---|---|---|---|---|---|---|---|"]
-
+             "(same seed) [95% CI] | train rows per stage | steps per stage | train s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         trows = ", ".join(f"{k} {v}" for k, v in (r["train_rows"] or {}).items())
+        steps = " + ".join(str(v) for v in r["train_steps"].values()) or "—"
         secs = f"{r['train_seconds']:.0f}" if r["train_seconds"] else "—"
         table.append(f"| {r['recipe']} | {r['seed']} | {r['validation_accuracy']:.4f} | {r['test']['accuracy']:.4f} | "
-                     f"{points_ci(r['vs_teacher'])} | {points_ci(r.get('vs_reference'))} | {trows} | {secs} |")
-    best = max(rows, key=lambda r: (r["validation_accuracy"], -rows.index(r)))
+                     f"{points_ci(r['vs_teacher'])} | {points_ci(r.get('vs_reference'))} | {trows} | {steps} | "
+                     f"{secs} |")
+    means = [f"| recipe | seeds | mean validation acc. | mean test acc. (min–max) | Δ vs teacher [95% CI] | "
+             f"Δ vs {args.reference} [95% CI] | mean train s |", "|---|---|---|---|---|---|---|"]
+    for name, g in groups.items():
+        secs = f"{g['train_seconds']:.0f}" if g["train_seconds"] else "—"
+        means.append(f"| {name} | {', '.join(str(s) for s in g['seeds'])} | {g['validation_accuracy']:.4f} | "
+                     f"{g['test_accuracy']:.4f} ({g['test_min']:.4f}–{g['test_max']:.4f}) | "
+                     f"{points_ci(g['vs_teacher'])} | {points_ci(g.get('vs_reference'))} | {secs} |")
+    ours = {k: g for k, g in groups.items() if not g["peer"]}
+    best = max(ours, key=lambda k: ours[k]["validation_accuracy"])
     command = common.command_line()
-    recipe_lines = "\n".join(f"- `{k}`: `{commands[k]}`" for k in recipes)
+    recipe_lines = "\n".join(f"- `{k}`: `{commands[k]}`" for k in [*recipes, "textbrewer"] if k in commands)
     what = (f"{sizes['train']} training sentences of mr (seeded stratified sample, data seed {args.data_seed}), mr's "
             f"{sizes['validation']} validation and {sizes['test']} test sentences" if sizes else "the whole of mr")
     # one title per section (results.md must not repeat a title): the row count tells the two runs apart
     scale = f"small data ({sizes['train']} rows of mr)" if sizes else "the whole of mr"
-    md = f"""## TinyBERT on {scale}: two stages against one joint stage
+    md = f"""## TinyBERT on {scale}: recipes over seeds
 
 `{command}` — {what}; teacher `{teacher}` (MiniLM-L6 fine-tuned on the same rows: {teacher_val['accuracy']:.4f}
 validation, {base.metrics['accuracy']:.4f} test); {args.student_layers}-layer students at the teacher's width,
-initialised from its layers, max length {args.max_length}, batch {args.batch_size}. Δ: paired bootstrap 95%
-intervals in points on the {len(base.encoded)} test sentences ({args.bootstrap} resamples). Validation accuracy:
-the kept checkpoint's, on the {len(val_enc)} validation sentences (what a user picks on); the validation-chosen
-recipe is **{best['recipe']}** (seed {best['seed']}).
+initialised from its layers, max length {args.max_length}, batch {args.batch_size}, training seeds
+{', '.join(seeds)} (each recipe's command below is its first seed's; the others change only `--seed` and `--out`).
+Validation accuracy: the kept checkpoint's, on the {len(val_enc)} validation sentences (what a user picks on).
+Test: {len(base.encoded)} sentences. Δ: paired bootstrap 95% intervals in points ({args.bootstrap} resamples); in
+the table of means, of the per-sentence correctness averaged over each recipe's seeds. Train s: wall time of
+each run at 1 thread under whatever else the 2 shared cores ran then (not comparable between runs; the steps
+per stage are: a TextBrewer step also runs the 6-layer teacher, which ours read from a cache). The
+validation-chosen recipe (highest mean validation accuracy, peers aside) is **{best}**.
 
 {recipe_lines}
+
+{chr(10).join(means)}
+
+Every run:
 
 {chr(10).join(table)}
 
 {common.env_line(env)}
 """
-    headline = (f"**TinyBERT on small data** (`{command}`): validation picks {best['recipe']}, "
-                f"{best['test']['accuracy']:.4f} on test, {points_ci(best['vs_teacher'])} points vs its teacher.")
+    g = groups[best]
+    headline = (f"**TinyBERT on {scale}** (`{command}`): validation picks {best}, mean test "
+                f"{g['test_accuracy']:.4f} over seeds {', '.join(str(s) for s in g['seeds'])}, "
+                f"{points_ci(g['vs_teacher'])} points vs its teacher"
+                + (f", {points_ci(g.get('vs_reference'))} vs {args.reference}" if g.get("vs_reference") else "")
+                + ".")
     result = {"data": data, "sizes": sizes, "teacher": teacher, "teacher_validation": teacher_val,
-              "teacher_test": base.metrics, "recipes": {k: RECIPES.get(k) for k in students},
-              "commands": commands, "rows": rows, "validation_chosen": best["recipe"], "environment": env,
+              "teacher_test": base.metrics, "seeds": seeds, "recipes": {k: RECIPES.get(k) for k in students},
+              "commands": commands, "rows": rows, "means": groups, "validation_chosen": best, "environment": env,
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     common.publish(args.name, md, result, headline, Path(os.path.abspath(args.docs)) if args.docs else None)
     print(md)
+
+
+def seed_folder(runs: Path, recipe: str, seed: str) -> Path:
+    """A recipe's run for one seed: seed 42 keeps the recipe's plain name (the runs published before seeds were
+    added), any other seed gets ``-s<seed>``."""
+    return runs / (recipe if seed == "42" else f"{recipe}-s{seed}")
+
+
+def aggregate(rows: list[dict[str, Any]], correct: list[Any], teacher_correct: Any, reference: str,
+              reps: int) -> dict[str, dict[str, Any]]:
+    """Per recipe, over its seeds: mean validation and test accuracy, the test range, and the paired bootstrap
+    interval of the mean over seeds (each test sentence's correctness averaged over the recipe's seeds) against
+    the teacher and against the reference recipe's own mean over seeds."""
+    import numpy as np
+
+    by: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by.setdefault(r["recipe"], []).append(i)
+    mean_correct = {k: np.mean([correct[i] for i in idx], axis=0) for k, idx in by.items()}
+    out: dict[str, dict[str, Any]] = {}
+    for k, idx in by.items():
+        tests = [rows[i]["test"]["accuracy"] for i in idx]
+        secs = [rows[i]["train_seconds"] for i in idx if rows[i]["train_seconds"]]
+        g = {"seeds": [rows[i]["seed"] for i in idx], "peer": any("peer" in rows[i] for i in idx),
+             "validation_accuracy": float(np.mean([rows[i]["validation_accuracy"] for i in idx])),
+             "test_accuracy": float(np.mean(tests)), "test_min": min(tests), "test_max": max(tests),
+             "vs_teacher": common.paired_bootstrap(teacher_correct, mean_correct[k], reps),
+             "train_seconds": float(np.mean(secs)) if secs else None}
+        if reference in mean_correct and k != reference:
+            g["vs_reference"] = common.paired_bootstrap(mean_correct[reference], mean_correct[k], reps)
+        out[k] = g
+    return out
 
 
 if __name__ == "__main__":

@@ -129,3 +129,33 @@ def test_every_benchmark_builds_its_options(script: str, monkeypatch, capsys) ->
     with pytest.raises(SystemExit) as stop:
         runpy.run_path(str(BENCHMARKS / script), run_name="__main__")
     assert stop.value.code == 0 and "--" in capsys.readouterr().out
+
+
+def test_tinybert_small_means_over_seeds_pair_each_sentence_averaged_over_seeds(scripts) -> None:
+    """tinybert_small.py's table of means: per recipe the mean validation and test accuracy over its seeds, and the
+    paired interval of the per-sentence correctness averaged over seeds, against the teacher and the reference."""
+    import numpy as np
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import tinybert_small
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    teacher = np.array([1, 1, 1, 1, 0, 0, 1, 1])
+    peer = [np.array([1, 1, 0, 0, 1, 0, 1, 1]), np.array([1, 0, 1, 0, 1, 0, 1, 1])]  # 5/8 and 5/8
+    ours = [np.array([1, 1, 1, 0, 1, 0, 1, 1])]  # 6/8, one seed
+    rows = [{"recipe": "peer", "seed": s, "peer": "x", "validation_accuracy": v, "test": {"accuracy": c.mean()},
+             "train_seconds": None} for s, v, c in ((42, 0.5, peer[0]), (43, 0.7, peer[1]))]
+    rows.append({"recipe": "joint", "seed": 42, "validation_accuracy": 0.65, "test": {"accuracy": ours[0].mean()},
+                 "train_seconds": 10.0})
+    groups = tinybert_small.aggregate(rows, [*peer, *ours], teacher, "peer", 200)
+    assert groups["peer"]["seeds"] == [42, 43] and groups["peer"]["peer"] and not groups["joint"]["peer"]
+    assert groups["peer"]["validation_accuracy"] == pytest.approx(0.6)
+    assert groups["peer"]["test_accuracy"] == pytest.approx(0.625)
+    assert "vs_reference" not in groups["peer"]  # the reference is not paired with itself
+    # joint's 6/8 against the peer's mean over seeds, sentence by sentence: (0, +.5, +.5, 0, 0, 0, 0, 0) / 8
+    assert groups["joint"]["vs_reference"]["diff"] == pytest.approx(0.125)
+    assert groups["joint"]["vs_teacher"]["diff"] == pytest.approx(0.75 - 0.75)
+    assert groups["joint"]["train_seconds"] == 10.0 and groups["peer"]["train_seconds"] is None
+    assert tinybert_small.seed_folder(Path("r"), "joint", "42") == Path("r/joint")
+    assert tinybert_small.seed_folder(Path("r"), "joint", "43") == Path("r/joint-s43")

@@ -311,3 +311,26 @@ def test_joint_stage_sums_the_layer_and_prediction_losses(tmp_path, teacher_dir,
                          token_type_ids=batch["token_type_ids"]).logits
         b = nimblebert.load(tmp_path / "joint").infer(batch).logits
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_pred_weight_scales_only_the_prediction_loss_of_the_joint_stage(tmp_path, teacher_dir, toy_data_dir) -> None:
+    """``--pred-weight w``: the joint stage minimises L_attn + L_hidn + w·L_pred; the logged parts stay unweighted,
+    so a run at w = 4 and one at w = 1 log the same parts on the same batch and weights, and only the sum differs."""
+    batch = None
+    parts = {}
+    for w in (1.0, 4.0):
+        model = from_base(str(teacher_dir), LABELS, "tinybert",
+                          config(tmp_path, stages="joint", augment=False, pred_weight=w))
+        torch.manual_seed(0)  # the same fresh projection in both runs
+        (joint,) = stages(model, options(tmp_path, f"w{w}", teacher_dir), task_data(toy_data_dir))
+        if batch is None:
+            batch = next(iter(make_loader(joint.train_data, model.tokenizer, 8, shuffle=False)))
+        with torch.no_grad():
+            parts[w] = joint.objective(model.eval(), batch)
+    one, four = parts[1.0], parts[4.0]
+    for k in ("attn", "hidden", "pred"):
+        torch.testing.assert_close(one[k], four[k])
+    assert float(one["pred"]) > 0
+    torch.testing.assert_close(four["loss"], four["attn"] + four["hidden"] + 4 * four["pred"])
+    with pytest.raises(UserError, match="--pred-weight"):
+        from_base(str(teacher_dir), LABELS, "tinybert", config(tmp_path, stages="joint", pred_weight=0.0))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from nimblebert.cli.main import main
-from nimblebert.train.progress import PlainProgress, StageClock, format_duration, plan_line, progress_bar
+from nimblebert.train.progress import PlainProgress, StageClock, format_duration, plan_line, progress_bar, tracked
 
 
 class FakeClock:
@@ -65,6 +65,18 @@ def test_terminal_keeps_the_tqdm_bar_and_a_pipe_does_not() -> None:
     silent.update(50)
     silent.close()
     assert out.getvalue() == ""
+
+
+def test_passes_before_training_report_plain_lines_in_a_pipe() -> None:
+    """The teacher-score, importance and augmentation passes go through ``tracked``: every item comes through in
+    order, a pipe gets plain lines ending at 100% and no carriage return, and disabled progress writes nothing."""
+    pipe = io.StringIO()
+    assert list(tracked(iter(range(30)), 30, "masked-LM candidates", True, stream=pipe)) == list(range(30))
+    assert "\r" not in pipe.getvalue()
+    assert pipe.getvalue().splitlines()[-1] == "masked-LM candidates: step 30/30 (100%)"
+    quiet = io.StringIO()
+    assert list(tracked(range(5), 5, "importance", False, stream=quiet)) == list(range(5))
+    assert quiet.getvalue() == ""
 
 
 def test_plan_line_and_durations() -> None:

@@ -36,10 +36,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..io import atomic_write
+from ..train.progress import tracked
 from .config import AugmentOptions
 from .fingerprint import tensors_fingerprint
 
@@ -170,7 +170,7 @@ class MaskedLMCandidates:
         device = next(self.mlm.parameters()).device
         pad = self.tokenizer.pad_token_id or 0
         batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        for batch in tqdm(batches, desc="masked-LM candidates", disable=not progress, leave=False):
+        for batch in tracked(batches, len(batches), "masked-LM candidates", progress):
             batch = [i for i in batch if built[i][2] < self.max_length]  # masked word cut off: no candidates
             if not batch:
                 continue

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, TextIO
+from collections.abc import Iterable, Iterator
+from typing import Any, TextIO, TypeVar
+
+T = TypeVar("T")
 
 WARMUP_STEPS = 3  # steps timed (after the first) before the stage's estimate is printed
 
@@ -106,6 +109,18 @@ def progress_bar(total: int, initial: int, desc: str, enabled: bool, stream: Tex
 
         return tqdm(total=total, initial=initial, desc=desc, leave=False, file=stream)
     return PlainProgress(total, initial, desc, stream, every_s=every_s)
+
+
+def tracked(items: Iterable[T], total: int, desc: str, enabled: bool, stream: TextIO | None = None) -> Iterator[T]:
+    """``items`` with :func:`progress_bar` progress (for the passes before training: teacher scores, importance,
+    augmentation), so that a pipe or a CI log gets plain lines there too instead of tqdm's carriage returns."""
+    bar = progress_bar(total, 0, desc, enabled, stream)
+    try:
+        for item in items:
+            yield item
+            bar.update(1)
+    finally:
+        bar.close()
 
 
 class StageClock:

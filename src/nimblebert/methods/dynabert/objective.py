@@ -257,12 +257,9 @@ def stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None = None
         sys.stderr.write(f"dynabert: {opts.model} is a DynaBERT model (already rewired): no rewiring\n")
     elif cfg.rewire and not opts.resume:
         loader = importance_loader(model, opts, cfg, data)
-        batches = loader
-        if opts.progress:
-            from tqdm.auto import tqdm
+        from ...train.progress import tracked
 
-            batches = tqdm(loader, desc="importance", leave=False)
-        importance = compute_importance(model.encoder, batches)
+        importance = compute_importance(model.encoder, tracked(loader, len(loader), "importance", opts.progress))
         rewire(model.encoder, importance)
         sys.stderr.write(f"dynabert: heads and FFN neurons rewired by importance on {importance.examples} "
                          f"{cfg.importance_split} examples\n")

@@ -22,14 +22,18 @@ Stages, each from the previous one's weights:
    huawei-noah/Pretrained-Language-Model#101); 10% warm-up then linear decay, best validation weights kept.
 
 ``--stages joint`` (ours, not the official recipe) replaces stages 2 and 3 by one stage that minimises their sum,
-L_attn + L_hidn + L_pred with unit weights, at ``--lr`` for ``--epochs`` (10% warm-up, linear decay, best
-validation weights): the one-stage distillation of TextBrewer's TinyBERT-style configurations (Yang et al., ACL
-2020 demo). The paper's own objective (eq. 7) is this sum over all layers; the official code splits it in two.
+L_attn + L_hidn + w·L_pred (``--pred-weight`` w, 1 by default), at ``--lr`` for ``--epochs`` (10% warm-up, linear
+decay, best validation weights): the one-stage distillation of TextBrewer's TinyBERT-style configurations (Yang
+et al., ACL 2020 demo). The paper's own objective (eq. 7) is this sum over all layers; the official code splits it
+in two.
 Why it was tried: with a few hundred rows the intermediate stage moves the layers under the head copied from the
 teacher for all its epochs with no prediction loss (on 400 `mr` rows the 2-layer student's validation accuracy
 peaked at 0.63 after 2 epochs and fell to 0.54 by the fifth), leaving the prediction stage a few dozen steps to
-re-align; the joint stage keeps the head in step from the first one. Measured results: docs/results.md, sections
-tinybert_small and tinybert_small_full.
+re-align; the joint stage keeps the head in step from the first one. Why ``--pred-weight``: in that sum the
+attention loss on pre-softmax scores is 15-30 times the prediction loss (about 5 against 0.3 on mr; TextBrewer's
+attention loss on probabilities is tiny, so its soft cross-entropy leads), and one epoch of the joint stage on the
+whole of mr ended 1.5 points behind the two stages on validation at w = 1. Measured results: docs/results.md,
+sections tinybert_small and tinybert_small_full.
 
 The projection is dropped when stage 3 starts, so the saved model is a plain transformers classifier.
 """
@@ -114,10 +118,10 @@ def prediction_loss(model: NimbleModel, batch: dict[str, torch.Tensor], targets:
     return {"loss": loss, "pred": loss.detach()}
 
 
-def joint_losses(model: NimbleModel, batch: dict[str, torch.Tensor], targets: TargetSource, temperature: float
-                 ) -> dict[str, torch.Tensor]:
-    """``--stages joint``: L_attn + L_hidn + L_pred (eqs. 3-6 summed with unit weights, as eq. 7 sums the layers'
-    losses) in one pass of the student."""
+def joint_losses(model: NimbleModel, batch: dict[str, torch.Tensor], targets: TargetSource, temperature: float,
+                 pred_weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """``--stages joint``: L_attn + L_hidn + w·L_pred (eqs. 3-6; eq. 7 sums the layers' losses with unit weights,
+    ``--pred-weight`` w = 1 by default) in one pass of the student. ``pred`` is logged unweighted."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
     out = model.encoder(ids, mask, batch.get("token_type_ids"), output_hidden_states=True, output_scores=True)
     teacher = targets(batch, logits=True, inner=True)
@@ -127,7 +131,8 @@ def joint_losses(model: NimbleModel, batch: dict[str, torch.Tensor], targets: Ta
     attn = attention_mse(student_scores, teacher.scores)
     hidden = hidden_mse(student_hidden, teacher.hidden)
     pred = soft_cross_entropy(out.logits.float(), teacher.logits, temperature, reduction="mean")  # type: ignore[arg-type]
-    return {"loss": attn + hidden + pred, "attn": attn.detach(), "hidden": hidden.detach(), "pred": pred.detach()}
+    return {"loss": attn + hidden + pred_weight * pred, "attn": attn.detach(), "hidden": hidden.detach(),
+            "pred": pred.detach()}
 
 
 def _bind(fn: Any, *args: Any) -> Any:
@@ -362,7 +367,7 @@ def stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None = None
                 train_data=encoded))
         if "joint" in names:  # the prediction stage, if it follows, drops the projection; alone, it is kept
             result.append(Stage(
-                "joint", _bind(joint_losses, source, cfg.temperature), lr=opts.lr, epochs=opts.epochs,
+                "joint", _bind(joint_losses, source, cfg.temperature, cfg.pred_weight), lr=opts.lr, epochs=opts.epochs,
                 warmup=opts.warmup, schedule="linear", trainable=_student_and_projection, select="best",
                 train_data=encoded))
         if "prediction" in names:

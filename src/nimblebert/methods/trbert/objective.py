@@ -93,17 +93,16 @@ def compute_scores(model: NimbleModel, encoded: Any, cuts: list[int], target: in
                    progress: bool = True) -> list[np.ndarray]:
     """The heuristic scores of every example of ``encoded``: a (cuts, length) float32 array each, in
     eval mode (no dropout), with the model as it is now (fine-tuned, before any policy training)."""
-    from tqdm.auto import tqdm
-
     from ...data import make_loader
     from ...inference import move
+    from ...train.progress import tracked
 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     result: list[np.ndarray] = [np.zeros((len(cuts), 0), np.float32)] * len(encoded)
     loader = make_loader(encoded, model.tokenizer, batch_size, shuffle=False, bucket_by_length=True)
-    for batch in tqdm(loader, desc="trbert residual scores", disable=not progress, leave=False):
+    for batch in tracked(loader, len(loader), "trbert residual scores", progress):
         batch = move(batch, device)
         scores = residual_scores(model, batch, cuts, target).cpu().numpy()  # (cuts, b, t)
         for r, (i, n) in enumerate(zip(batch["index"].tolist(), batch["attention_mask"].sum(1).tolist(),
