@@ -76,8 +76,8 @@ def chains(runs: str, teacher: str) -> list[dict[str, Any]]:
     def fast(base: str) -> list[str]:
         return ["train", "fastbert", "--model", base, "--data", "mr", "--out", "{out}", *FAST]
 
-    def export(base: str, width: float) -> list[str]:
-        return ["export", base, "--format", "hf", "--width", f"{width:g}", "--out", "{out}"]
+    def export(base: str, width: float, fmt: str = "hf") -> list[str]:
+        return ["export", base, "--format", fmt, "--width", f"{width:g}", "--out", "{out}"]
 
     return [
         {"name": "fastbert", "out": r + "fast", "make": fast(teacher), "parts": ["fastbert"]},
@@ -96,6 +96,12 @@ def chains(runs: str, teacher: str) -> list[dict[str, Any]]:
          "parts": ["dynabert", "fastbert"]},
         {"name": "dynabert → fastbert (width live)", "out": r + "dyna-fast", "make": fast(r + "dyna"),
          "parts": ["dynabert", "fastbert"]},
+        # The same model with its width fixed at export (exits distilled at every width stay live): what runs on
+        # onnxruntime's int8 segments (--runtime ort-int8 needs a fixed width).
+        {"name": "dynabert → fastbert, w0.75 fixed", "out": r + "dyna-fast-w75",
+         "make": export(r + "dyna-fast", 0.75, "nimble"), "parts": ["dynabert", "fastbert"]},
+        {"name": "dynabert → fastbert, w0.5 fixed", "out": r + "dyna-fast-w50",
+         "make": export(r + "dyna-fast", 0.5, "nimble"), "parts": ["dynabert", "fastbert"]},
         {"name": "tinybert3 → dynabert", "out": r + "s3-dyna", "parts": ["tinybert", "dynabert"],
          "make": ["train", "dynabert", "--model", r + "s3", "--data", "mr", "--out", "{out}", *DYNA]},
         {"name": "tinybert3 → dynabert w0.5", "out": r + "s3-dyna-w50", "make": export(r + "s3-dyna", 0.5),
