@@ -22,6 +22,13 @@ SUPERNET_FLAGS = ["--hidden-sizes", "8,16", "--bins", "3", "--shrink-every", "2"
                   "--shrink-keep", "3", "--shrink-batches", "1", "--dropout", "0"]
 
 
+@pytest.fixture(autouse=True)
+def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Supernet training writes this CPU's latency table (the bins' latency caps) and teacher caches under the
+    data home: keep them in the test's folder."""
+    monkeypatch.setenv("NIMBLEBERT_HOME", str(tmp_path / "home"))
+
+
 @pytest.fixture
 def teacher_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "teacher"
@@ -50,6 +57,17 @@ def test_supernet_resume_reaches_the_same_weights_and_space(teacher_dir: Path, t
     full = nimblebert.load(tmp_path / "full")
     shrink = full.extras["shrink"]
     assert int(shrink.rounds) >= 2 and not bool(shrink.alive0.all())  # shrinking ran and removed some
+    # The bins carry latency caps from the latency table training measured (and cached) on this CPU.
+    from nimblebert.methods.nasbert.latency import block_latency
+    from nimblebert.methods.nasbert.modules import assign_bins
+    from nimblebert.methods.nasbert.objective import space_of
+
+    cfg = full.method_config
+    table = json.loads(Path(cfg["bin_latency_table"]).read_text())
+    assert cfg["bin_latency_table"].startswith(str(tmp_path / "home")) and cfg["bin_latency_length"] > 0
+    lat = torch.tensor([block_latency(table, space_of(full), a, 1, cfg["bin_latency_length"]) for a in shrink.archs])
+    assert torch.equal(shrink.bin, assign_bins(shrink.params.double(), lat, 3))
+    assert not torch.equal(shrink.bin, assign_bins(shrink.params.double(), None, 3))
 
     model, stages, enc, opts = _setup(teacher_dir, toy_data_dir, tmp_path / "killed")
     with pytest.raises(StopTraining):
