@@ -72,6 +72,13 @@ NOSHRINK = "NAS-BERT, supernet without shrinking"
 RANDOM = "NAS-BERT architecture, random init"
 
 
+def home_of(args: argparse.Namespace, which: str) -> Path:
+    """Where a supernet (``shrink`` / ``noshrink``) and the networks searched on it live: --runs, except the
+    no-shrink one with --noshrink-runs (a later run reuses an earlier one's ablation supernet: it is trained with
+    the same steps and options and does not depend on how shrinking bins)."""
+    return Path(args.noshrink_runs or args.runs) if which == "noshrink" else Path(args.runs)
+
+
 def supernet_flags(args: argparse.Namespace, which: str) -> list[str]:
     """`nimblebert train nasbert` flags of one of the two supernets: the same steps, data and schedule; with
     progressive shrinking (warm-up, then a round every --shrink-every steps) or without it (the paper's ablation)."""
@@ -93,8 +100,9 @@ def train_phase(args: argparse.Namespace, runs: Path, length: int, teacher_ms: f
 
     parts = set(args.parts.split(","))
     for which, folder in SUPERNETS.items():
-        if "supernets" in parts and not (args.reuse and finished(runs / folder)):
-            cli("train", "nasbert", *supernet_flags(args, which), "--out", str(runs / folder), "--overwrite")
+        if "supernets" in parts and not (args.reuse and finished(home_of(args, which) / folder)):
+            cli("train", "nasbert", *supernet_flags(args, which), "--out", str(home_of(args, which) / folder),
+                "--overwrite")
     common_flags = ["--data", args.data, "--max-length", args.max_length, "--batch", "1", "--length", str(length),
                     "--general-epochs", args.general_epochs, "--epochs", args.epochs, "--prediction-epochs",
                     args.prediction_epochs, "--lr", args.lr, "--overwrite", "--no-progress"]
@@ -105,10 +113,10 @@ def train_phase(args: argparse.Namespace, runs: Path, length: int, teacher_ms: f
     for frac in (float(f) for f in args.fractions.split(",")):
         budget = round(teacher_ms / frac, 4)
         for part, prefix, which in (("nas", "nas", "shrink"), ("nsn", "nsn", "noshrink")):
-            out = runs / f"{prefix}-div{frac:g}"
+            out = home_of(args, which) / f"{prefix}-div{frac:g}"
             if part in parts and not (args.reuse and finished(out)):
-                cli("search", str(runs / SUPERNETS[which]), "--max-latency-ms", str(budget), *search_flags,
-                    *common_flags, "--out", str(out))
+                cli("search", str(home_of(args, which) / SUPERNETS[which]), "--max-latency-ms", str(budget),
+                    *search_flags, *common_flags, "--out", str(out))
         if "noshrink" in parts and not (args.reuse and (runs / f"noshrink-div{frac:g}.json").exists()):
             report = cli_json("search", str(supernet), "--max-latency-ms", str(budget), *search_flags,
                               "--ignore-shrinking", "--search-only", *common_flags, "--out", str(runs / "unused"))
@@ -145,8 +153,8 @@ def measure_phase(args: argparse.Namespace, runs: Path, length: int, base) -> di
 
     teacher_ms = statistics.median(measure_model(base.teacher, 1, length) for _ in range(3))
     models: dict[str, tuple] = {}  # name → (model, knobs, kind, extra)
-    kinds = (("NAS-BERT", "nas-div", runs), (NOSHRINK, "nsn-div", runs), (RANDOM, "rand-div", runs),
-             ("hand-designed", "hand-div", Path(args.hand_runs)))
+    kinds = (("NAS-BERT", "nas-div", runs), (NOSHRINK, "nsn-div", home_of(args, "noshrink")),
+             (RANDOM, "rand-div", runs), ("hand-designed", "hand-div", Path(args.hand_runs)))
     for frac in (float(f) for f in args.fractions.split(",")):
         for kind, folder in ((kind, where / f"{prefix}{frac:g}") for kind, prefix, where in kinds):
             if not finished(folder):
@@ -205,7 +213,7 @@ def measure_phase(args: argparse.Namespace, runs: Path, length: int, base) -> di
             for key, r in (("shrunk", shrunk), ("whole", whole))}})
     supernets = {}
     for which, folder in SUPERNETS.items():
-        path = runs / folder
+        path = home_of(args, which) / folder
         if not finished(path):
             continue
         summary = json.loads((path / "train_summary.json").read_text())
@@ -227,7 +235,7 @@ def measure_phase(args: argparse.Namespace, runs: Path, length: int, base) -> di
     for frac in (float(f) for f in args.fractions.split(",")):
         pair = {}
         for key, prefix, kind in (("shrink", "nas-div", "NAS-BERT"), ("noshrink", "nsn-div", NOSHRINK)):
-            folder = runs / f"{prefix}{frac:g}"
+            folder = home_of(args, key) / f"{prefix}{frac:g}"
             name = f"{kind} 1/{frac:g}"
             if finished(folder) and name in rows:
                 r = json.loads((folder / "search.json").read_text())
@@ -274,8 +282,17 @@ def markdown(data: dict, args: argparse.Namespace) -> str:
              f"{data['teacher_encoder_params'] / 1e6:.2f} M parameters. Two supernets distilled block-wise from it on "
              "mr's own training texts (2,800 sentences, labels unused), batch 32, the teacher's block outputs cached "
              "once; wall times on the two cores shared by four agents at low priority (an upper bound):", ""]
-    lines += [f"- {supernet_line(n, sns[k])}" for k, n in (("shrink", "with progressive shrinking"),
-                                                           ("noshrink", "without shrinking")) if k in sns]
+    lines += [f"- {supernet_line(n, sns[k])} ({shown(sns[k]['folder'])})"
+              for k, n in (("shrink", "with progressive shrinking"), ("noshrink", "without shrinking")) if k in sns]
+    latency_bins = bool(sns.get("shrink", {}).get("config", {}).get("latency_bins"))
+    if latency_bins:
+        c = sns["shrink"]["config"]
+        lines += ["", f"Shrinking's {c['bins']} bins carry latency caps as well as parameter caps (the paper's bins): "
+                  "an architecture is in the first bin b whose caps, (b/B) × the largest block's parameters and "
+                  f"(b/B) × the slowest block's predicted batch-1 latency at length {c['bin_latency_length']:g} "
+                  "(the cached latency table of the timing CPU), it meets both; each bin keeps its "
+                  f"{c['shrink_keep']} lowest-loss members, so the fastest architectures survive in the low bins. "
+                  "(The first measurement binned by parameters only and had no network under 1/10.)"]
     budgets = {r["fraction"]: r["budget_ms"] for r in rows if r["kind"] == "NAS-BERT" and r.get("budget_ms")}
     lines += ["", "Budgets (predicted batch-1 ms, the per-op latency table): the teacher's batch-1 latency on the "
               "timing core when the budgets were first set, divided by 3, 6 and 10 ("
@@ -296,8 +313,10 @@ def markdown(data: dict, args: argparse.Namespace) -> str:
     if data.get("shrunk_without_network"):
         lines += ["", "No network from the shrunk supernet at " + ", ".join(
             f"1/{f:g}" for f in data["shrunk_without_network"]) + ": `nimblebert search` found no live architecture "
-            "under the budget (exit 2). Shrinking bins architectures by parameters only and keeps the lowest block "
-            "losses of each bin, so the cheapest survivors (with their transfers) cost more than that budget."]
+            "under the budget (exit 2). " + ("Even with latency caps on the bins the cheapest survivors (with their "
+            "transfers) cost more than that budget." if latency_bins else "Shrinking bins architectures by parameters "
+            "only and keeps the lowest block losses of each bin, so the cheapest survivors (with their transfers) "
+            "cost more than that budget.")]
     errors = [abs(r["latency_error_pct"]) for r in rows if "latency_error_pct" in r]
     if errors:
         lines += ["", f"Predicted vs measured batch-1 latency: mean absolute error {statistics.mean(errors):.0f} % "
@@ -346,6 +365,8 @@ def main() -> None:
     ap.add_argument("--data", default="mr")
     ap.add_argument("--teacher", default=str(ROOT / "runs" / "teacher-mr"))
     ap.add_argument("--runs", default=str(ROOT / "runs" / "nasbert-mr2"))
+    ap.add_argument("--noshrink-runs", default="",
+                    help="where the no-shrink supernet and its searched networks are (default: --runs)")
     ap.add_argument("--name", default="nasbert_mr")
     ap.add_argument("--docs", help="write the files here instead of docs/")
     ap.add_argument("--reuse", action="store_true", help="reuse finished models")
@@ -393,8 +414,11 @@ def main() -> None:
     if args.phase in ("measure", "all"):
         base = common.teacher_baseline(args.teacher, args.data, int(args.max_length))
         data = measure_phase(args, runs, length, base)
+        homes = dict.fromkeys([runs, home_of(args, "noshrink")])  # the no-shrink supernet may come from elsewhere
         data.update(environment=environment(), command=common.command_line(),
-                    train_commands=(runs / "train_commands.txt").read_text().splitlines(),
+                    train_commands=[c for h in homes if (h / "train_commands.txt").exists()
+                                    for c in (h / "train_commands.txt").read_text().splitlines()
+                                    if c.strip() and not c.startswith("#")],
                     wall_seconds=round(time.time() - started, 1))
         text = markdown(data, args)
         searched = [r for r in data["rows"] if r["kind"] == "NAS-BERT"]
