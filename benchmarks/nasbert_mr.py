@@ -222,6 +222,14 @@ def measure_phase(args: argparse.Namespace, runs: Path, length: int, base) -> di
         last = steps[-10:]  # the last 100 steps: single-path block losses of random live architectures
         model = nimblebert.load(path)
         state = model.extras["shrink"]
+        from nimblebert.methods.nasbert.latency import block_latency
+
+        sn_space = space_of(model)
+        sn_table = json.loads(default_table_path(sn_space).read_text())
+        block_ms = [block_latency(sn_table, sn_space, a, 1, length) for a in state.archs]
+        # What shrinking left for small budgets: the cheapest live block with ops (predicted batch-1 ms).
+        cheapest = [round(min(ms for ms, alive in zip(block_ms, state.alive(n).tolist(), strict=True)
+                              if alive and ms > 0), 4) for n in range(state.blocks)]
         supernets[which] = {
             "folder": str(path), "train_seconds": summary["train_seconds"], "steps": steps[-1]["step"] if steps else 0,
             "resumed_at": [e["step"] for e in log if e.get("event") == "resume"],
@@ -230,6 +238,7 @@ def measure_phase(args: argparse.Namespace, runs: Path, length: int, base) -> di
             "shrinking_rounds": int(state.rounds), "live_per_block": [int(state.alive(n).sum())
                                                                       for n in range(state.blocks)],
             "architectures_per_block": len(state.archs), "validation_largest_path": summary.get("stages"),
+            "live_per_bin": [state.counts(n) for n in range(state.blocks)], "cheapest_live_block_ms": cheapest,
             "config": model.method_config}
     training_ablation = []
     for frac in (float(f) for f in args.fractions.split(",")):
@@ -268,8 +277,10 @@ def supernet_line(name: str, sn: dict) -> str:
               f"{sn['architectures_per_block']:,} architectures per block" if sn["shrinking_rounds"]
               else f"all {sn['architectures_per_block']:,} architectures per block kept")
     resumed = f", resumed at step {', '.join(map(str, sn['resumed_at']))}" if sn["resumed_at"] else ""
+    cheapest = ", ".join(f"{ms:.2f}" for ms in sn.get("cheapest_live_block_ms", []))
     return (f"{name}: {sn['steps']:,} steps in {sn['train_seconds'] / 60:.0f} min wall time{resumed}; {shrink}; "
-            f"block losses of the sampled paths over the last 100 steps {losses}")
+            f"block losses of the sampled paths over the last 100 steps {losses}; the cheapest live block with ops "
+            f"per block {cheapest} ms (predicted, batch 1, with its transfer in)")
 
 
 def markdown(data: dict, args: argparse.Namespace) -> str:
