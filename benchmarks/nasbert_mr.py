@@ -370,6 +370,19 @@ def markdown(data: dict, args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def train_commands(args: argparse.Namespace, runs: Path) -> list[str]:
+    """The commands that trained what this run measures: those of --runs and, when the no-shrink supernet comes
+    from another run (--noshrink-runs), that run's commands for it and its networks only."""
+    def read(home: Path) -> list[str]:
+        path = home / "train_commands.txt"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [c for c in lines if c.strip() and not c.startswith("#")]
+
+    other = home_of(args, "noshrink")
+    borrowed = [c for c in read(other) if "supernet-noshrink" in c or "--parts nsn" in c] if other != runs else []
+    return read(runs) + borrowed
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--phase", choices=["train", "measure", "all"], default="all")
@@ -425,11 +438,8 @@ def main() -> None:
     if args.phase in ("measure", "all"):
         base = common.teacher_baseline(args.teacher, args.data, int(args.max_length))
         data = measure_phase(args, runs, length, base)
-        homes = dict.fromkeys([runs, home_of(args, "noshrink")])  # the no-shrink supernet may come from elsewhere
         data.update(environment=environment(), command=common.command_line(),
-                    train_commands=[c for h in homes if (h / "train_commands.txt").exists()
-                                    for c in (h / "train_commands.txt").read_text().splitlines()
-                                    if c.strip() and not c.startswith("#")],
+                    train_commands=train_commands(args, runs),
                     wall_seconds=round(time.time() - started, 1))
         text = markdown(data, args)
         searched = [r for r in data["rows"] if r["kind"] == "NAS-BERT"]
