@@ -11,6 +11,10 @@ Two phases, so that training never runs where latency is timed:
     /work/bin/bg python benchmarks/nasbert_mr.py --phase train --teacher-ms 14.25    # supernets, searches, students
     /work/bin/core0 python benchmarks/nasbert_mr.py --phase measure                   # test accuracy, latency, docs
 
+The published run (runs/nasbert-mr3): the shrinking supernet with latency caps on its bins, retrained with the
+same steps and options as runs/nasbert-mr2's, and the no-shrink supernet and its networks of nasbert-mr2 reused
+(``--runs runs/nasbert-mr3 --noshrink-runs runs/nasbert-mr2``; runs/nasbert-mr3/train_commands.txt).
+
 ``--parts`` picks what the train phase does (supernets, nas, nsn, noshrink, random, hand; several train phases
 with different parts may run side by side, e.g. the two supernets at once). ``--teacher-ms``: the teacher's
 batch-1 latency at the validation median length, measured on the timing core (14.25 ms when the budgets were first
@@ -288,7 +292,7 @@ def markdown(data: dict, args: argparse.Namespace) -> str:
     env = data["environment"]
     sns = data["supernets"]
     lines = [f"## NAS-BERT on {args.data}", "",
-             f"Teacher {data['teacher']}: test accuracy {data['teacher_accuracy']:.4f}, batch-1 latency "
+             f"Teacher {shown(data['teacher'])}: test accuracy {data['teacher_accuracy']:.4f}, batch-1 latency "
              f"{data['teacher_b1_ms']:.2f} ms at length {data['length']} (the validation median), encoder "
              f"{data['teacher_encoder_params'] / 1e6:.2f} M parameters. Two supernets distilled block-wise from it on "
              "mr's own training texts (2,800 sentences, labels unused), batch 32, the teacher's block outputs cached "
