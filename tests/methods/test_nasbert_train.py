@@ -36,10 +36,10 @@ def teacher_dir(tmp_path: Path) -> Path:
     return folder
 
 
-def _setup(teacher: Path, data: Path, out: Path, **kw):
+def _setup(teacher: Path, data: Path, out: Path, cfg_extra: dict | None = None, **kw):
     task = load_task(str(data))
     cfg = {"hidden_sizes": "8,16", "bins": 3, "shrink_every": 2, "shrink_samples": 40, "shrink_keep": 3,
-           "shrink_batches": 1, "dropout": 0.0}
+           "shrink_batches": 1, "dropout": 0.0, **(cfg_extra or {})}
     torch.manual_seed(0)  # the supernet's initialisation, as the CLI seeds it
     model = from_base(str(teacher), task.label_names, "nasbert", cfg)
     tok = model.tokenizer
@@ -79,6 +79,20 @@ def test_supernet_resume_reaches_the_same_weights_and_space(teacher_dir: Path, t
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
+
+
+def test_no_latency_bins_keeps_parameter_bins_and_measures_nothing(teacher_dir: Path, toy_data_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    from nimblebert.methods.nasbert.modules import assign_bins
+
+    table = tmp_path / "lat.json"
+    model, *_ = _setup(teacher_dir, toy_data_dir, tmp_path / "out", {"latency_bins": False,
+                                                                      "latency_table": str(table)})
+    shrink = model.extras["shrink"]
+    assert torch.equal(shrink.bin, assign_bins(shrink.params.double(), None, 3))
+    assert not table.exists() and "bin_latency_length" not in model.method_config
+    model, *_ = _setup(teacher_dir, toy_data_dir, tmp_path / "out2", {"latency_table": str(table)})
+    assert table.exists() and model.method_config["bin_latency_table"] == str(table)  # the path given is used
 
 
 def test_cli_supernet_then_search_then_evaluate_and_predict(teacher_dir: Path, toy_data_dir: Path, tmp_path: Path,

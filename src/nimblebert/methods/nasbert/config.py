@@ -31,7 +31,7 @@ class NasBertConfig:
         "help": "learning rate of block-wise supernet training (the ops start from random weights)"})
     dropout: float = field(default=0.1, metadata={"help": "dropout inside the ops"})
     shrink: bool = field(default=True, metadata={
-        "help": "progressive shrinking: periodically remove the worst architectures of each parameter bin by block "
+        "help": "progressive shrinking: periodically remove the worst architectures of each size bin by block "
                 "loss on held-out batches (--no-shrink: the ablation, all architectures stay)"})
     bins: int = field(default=10, metadata={"help": "B: size bins per block (paper: 10)"})
     latency_bins: bool = field(default=True, metadata={
