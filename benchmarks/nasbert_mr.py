@@ -11,6 +11,10 @@ Two phases, so that training never runs where latency is timed:
     /work/bin/bg python benchmarks/nasbert_mr.py --phase train --teacher-ms 14.25    # supernets, searches, students
     /work/bin/core0 python benchmarks/nasbert_mr.py --phase measure                   # test accuracy, latency, docs
 
+The published run (runs/nasbert-mr3): the shrinking supernet with latency caps on its bins, retrained with the
+same steps and options as runs/nasbert-mr2's, and the no-shrink supernet and its networks of nasbert-mr2 reused
+(``--runs runs/nasbert-mr3 --noshrink-runs runs/nasbert-mr2``; runs/nasbert-mr3/train_commands.txt).
+
 ``--parts`` picks what the train phase does (supernets, nas, nsn, noshrink, random, hand; several train phases
 with different parts may run side by side, e.g. the two supernets at once). ``--teacher-ms``: the teacher's
 batch-1 latency at the validation median length, measured on the timing core (14.25 ms when the budgets were first
@@ -72,6 +76,13 @@ NOSHRINK = "NAS-BERT, supernet without shrinking"
 RANDOM = "NAS-BERT architecture, random init"
 
 
+def home_of(args: argparse.Namespace, which: str) -> Path:
+    """Where a supernet (``shrink`` / ``noshrink``) and the networks searched on it live: --runs, except the
+    no-shrink one with --noshrink-runs (a later run reuses an earlier one's ablation supernet: it is trained with
+    the same steps and options and does not depend on how shrinking bins)."""
+    return Path(args.noshrink_runs or args.runs) if which == "noshrink" else Path(args.runs)
+
+
 def supernet_flags(args: argparse.Namespace, which: str) -> list[str]:
     """`nimblebert train nasbert` flags of one of the two supernets: the same steps, data and schedule; with
     progressive shrinking (warm-up, then a round every --shrink-every steps) or without it (the paper's ablation)."""
@@ -93,8 +104,9 @@ def train_phase(args: argparse.Namespace, runs: Path, length: int, teacher_ms: f
 
     parts = set(args.parts.split(","))
     for which, folder in SUPERNETS.items():
-        if "supernets" in parts and not (args.reuse and finished(runs / folder)):
-            cli("train", "nasbert", *supernet_flags(args, which), "--out", str(runs / folder), "--overwrite")
+        if "supernets" in parts and not (args.reuse and finished(home_of(args, which) / folder)):
+            cli("train", "nasbert", *supernet_flags(args, which), "--out", str(home_of(args, which) / folder),
+                "--overwrite")
     common_flags = ["--data", args.data, "--max-length", args.max_length, "--batch", "1", "--length", str(length),
                     "--general-epochs", args.general_epochs, "--epochs", args.epochs, "--prediction-epochs",
                     args.prediction_epochs, "--lr", args.lr, "--overwrite", "--no-progress"]
@@ -105,10 +117,10 @@ def train_phase(args: argparse.Namespace, runs: Path, length: int, teacher_ms: f
     for frac in (float(f) for f in args.fractions.split(",")):
         budget = round(teacher_ms / frac, 4)
         for part, prefix, which in (("nas", "nas", "shrink"), ("nsn", "nsn", "noshrink")):
-            out = runs / f"{prefix}-div{frac:g}"
+            out = home_of(args, which) / f"{prefix}-div{frac:g}"
             if part in parts and not (args.reuse and finished(out)):
-                cli("search", str(runs / SUPERNETS[which]), "--max-latency-ms", str(budget), *search_flags,
-                    *common_flags, "--out", str(out))
+                cli("search", str(home_of(args, which) / SUPERNETS[which]), "--max-latency-ms", str(budget),
+                    *search_flags, *common_flags, "--out", str(out))
         if "noshrink" in parts and not (args.reuse and (runs / f"noshrink-div{frac:g}.json").exists()):
             report = cli_json("search", str(supernet), "--max-latency-ms", str(budget), *search_flags,
                               "--ignore-shrinking", "--search-only", *common_flags, "--out", str(runs / "unused"))
@@ -145,8 +157,8 @@ def measure_phase(args: argparse.Namespace, runs: Path, length: int, base) -> di
 
     teacher_ms = statistics.median(measure_model(base.teacher, 1, length) for _ in range(3))
     models: dict[str, tuple] = {}  # name → (model, knobs, kind, extra)
-    kinds = (("NAS-BERT", "nas-div", runs), (NOSHRINK, "nsn-div", runs), (RANDOM, "rand-div", runs),
-             ("hand-designed", "hand-div", Path(args.hand_runs)))
+    kinds = (("NAS-BERT", "nas-div", runs), (NOSHRINK, "nsn-div", home_of(args, "noshrink")),
+             (RANDOM, "rand-div", runs), ("hand-designed", "hand-div", Path(args.hand_runs)))
     for frac in (float(f) for f in args.fractions.split(",")):
         for kind, folder in ((kind, where / f"{prefix}{frac:g}") for kind, prefix, where in kinds):
             if not finished(folder):
@@ -205,7 +217,7 @@ def measure_phase(args: argparse.Namespace, runs: Path, length: int, base) -> di
             for key, r in (("shrunk", shrunk), ("whole", whole))}})
     supernets = {}
     for which, folder in SUPERNETS.items():
-        path = runs / folder
+        path = home_of(args, which) / folder
         if not finished(path):
             continue
         summary = json.loads((path / "train_summary.json").read_text())
@@ -214,6 +226,14 @@ def measure_phase(args: argparse.Namespace, runs: Path, length: int, base) -> di
         last = steps[-10:]  # the last 100 steps: single-path block losses of random live architectures
         model = nimblebert.load(path)
         state = model.extras["shrink"]
+        from nimblebert.methods.nasbert.latency import block_latency
+
+        sn_space = space_of(model)
+        sn_table = json.loads(default_table_path(sn_space).read_text())
+        block_ms = [block_latency(sn_table, sn_space, a, 1, length) for a in state.archs]
+        # What shrinking left for small budgets: the cheapest live block with ops (predicted batch-1 ms).
+        cheapest = [round(min(ms for ms, alive in zip(block_ms, state.alive(n).tolist(), strict=True)
+                              if alive and ms > 0), 4) for n in range(state.blocks)]
         supernets[which] = {
             "folder": str(path), "train_seconds": summary["train_seconds"], "steps": steps[-1]["step"] if steps else 0,
             "resumed_at": [e["step"] for e in log if e.get("event") == "resume"],
@@ -222,12 +242,13 @@ def measure_phase(args: argparse.Namespace, runs: Path, length: int, base) -> di
             "shrinking_rounds": int(state.rounds), "live_per_block": [int(state.alive(n).sum())
                                                                       for n in range(state.blocks)],
             "architectures_per_block": len(state.archs), "validation_largest_path": summary.get("stages"),
+            "live_per_bin": [state.counts(n) for n in range(state.blocks)], "cheapest_live_block_ms": cheapest,
             "config": model.method_config}
     training_ablation = []
     for frac in (float(f) for f in args.fractions.split(",")):
         pair = {}
         for key, prefix, kind in (("shrink", "nas-div", "NAS-BERT"), ("noshrink", "nsn-div", NOSHRINK)):
-            folder = runs / f"{prefix}{frac:g}"
+            folder = home_of(args, key) / f"{prefix}{frac:g}"
             name = f"{kind} 1/{frac:g}"
             if finished(folder) and name in rows:
                 r = json.loads((folder / "search.json").read_text())
@@ -260,8 +281,10 @@ def supernet_line(name: str, sn: dict) -> str:
               f"{sn['architectures_per_block']:,} architectures per block" if sn["shrinking_rounds"]
               else f"all {sn['architectures_per_block']:,} architectures per block kept")
     resumed = f", resumed at step {', '.join(map(str, sn['resumed_at']))}" if sn["resumed_at"] else ""
+    cheapest = ", ".join(f"{ms:.2f}" for ms in sn.get("cheapest_live_block_ms", []))
     return (f"{name}: {sn['steps']:,} steps in {sn['train_seconds'] / 60:.0f} min wall time{resumed}; {shrink}; "
-            f"block losses of the sampled paths over the last 100 steps {losses}")
+            f"block losses of the sampled paths over the last 100 steps {losses}; the cheapest live block with ops "
+            f"per block {cheapest} ms (predicted, batch 1, with its transfer in)")
 
 
 def markdown(data: dict, args: argparse.Namespace) -> str:
@@ -269,13 +292,22 @@ def markdown(data: dict, args: argparse.Namespace) -> str:
     env = data["environment"]
     sns = data["supernets"]
     lines = [f"## NAS-BERT on {args.data}", "",
-             f"Teacher {data['teacher']}: test accuracy {data['teacher_accuracy']:.4f}, batch-1 latency "
+             f"Teacher {shown(data['teacher'])}: test accuracy {data['teacher_accuracy']:.4f}, batch-1 latency "
              f"{data['teacher_b1_ms']:.2f} ms at length {data['length']} (the validation median), encoder "
              f"{data['teacher_encoder_params'] / 1e6:.2f} M parameters. Two supernets distilled block-wise from it on "
              "mr's own training texts (2,800 sentences, labels unused), batch 32, the teacher's block outputs cached "
              "once; wall times on the two cores shared by four agents at low priority (an upper bound):", ""]
-    lines += [f"- {supernet_line(n, sns[k])}" for k, n in (("shrink", "with progressive shrinking"),
-                                                           ("noshrink", "without shrinking")) if k in sns]
+    lines += [f"- {supernet_line(n, sns[k])} ({shown(sns[k]['folder'])})"
+              for k, n in (("shrink", "with progressive shrinking"), ("noshrink", "without shrinking")) if k in sns]
+    latency_bins = bool(sns.get("shrink", {}).get("config", {}).get("latency_bins"))
+    if latency_bins:
+        c = sns["shrink"]["config"]
+        lines += ["", f"Shrinking's {c['bins']} bins carry latency caps as well as parameter caps (the paper's bins): "
+                  "an architecture is in the first bin b whose caps, (b/B) × the largest block's parameters and "
+                  f"(b/B) × the slowest block's predicted batch-1 latency at length {c['bin_latency_length']:g} "
+                  "(the cached latency table of the timing CPU), it meets both; each bin keeps its "
+                  f"{c['shrink_keep']} lowest-loss members, so the fastest architectures survive in the low bins. "
+                  "(The first measurement binned by parameters only and had no network under 1/10.)"]
     budgets = {r["fraction"]: r["budget_ms"] for r in rows if r["kind"] == "NAS-BERT" and r.get("budget_ms")}
     lines += ["", "Budgets (predicted batch-1 ms, the per-op latency table): the teacher's batch-1 latency on the "
               "timing core when the budgets were first set, divided by 3, 6 and 10 ("
@@ -296,12 +328,19 @@ def markdown(data: dict, args: argparse.Namespace) -> str:
     if data.get("shrunk_without_network"):
         lines += ["", "No network from the shrunk supernet at " + ", ".join(
             f"1/{f:g}" for f in data["shrunk_without_network"]) + ": `nimblebert search` found no live architecture "
-            "under the budget (exit 2). Shrinking bins architectures by parameters only and keeps the lowest block "
-            "losses of each bin, so the cheapest survivors (with their transfers) cost more than that budget."]
+            "under the budget (exit 2). " + ("Even with latency caps on the bins the cheapest survivors (with their "
+            "transfers) cost more than that budget." if latency_bins else "Shrinking bins architectures by parameters "
+            "only and keeps the lowest block losses of each bin, so the cheapest survivors (with their transfers) "
+            "cost more than that budget.")]
     errors = [abs(r["latency_error_pct"]) for r in rows if "latency_error_pct" in r]
     if errors:
+        interleaved = statistics.median(r["b1"]["teacher_ms"] for r in rows)
         lines += ["", f"Predicted vs measured batch-1 latency: mean absolute error {statistics.mean(errors):.0f} % "
-                  f"(max {max(errors):.0f} %) over the {len(errors)} searched and hand-designed networks."]
+                  f"(max {max(errors):.0f} %) over the {len(errors)} searched and hand-designed networks. Each "
+                  "'measured' is the model timed alone at the search's length (median of 3 × 30 calls); the "
+                  f"teacher so timed took {data['teacher_b1_ms']:.2f} ms, interleaved with the others on test batches "
+                  f"(the speed-ups) {interleaved:.2f} ms. Absolute times move between runs with the load on the other "
+                  "core (it shares caches and memory), the interleaved speed-ups much less."]
     searched = [r for r in rows if r["kind"] in ("NAS-BERT", NOSHRINK)]
     if searched:
         lines += ["", "Search cost: supernet training above, then per budget (block-loss lookup on held-out validation "
@@ -340,12 +379,27 @@ def markdown(data: dict, args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
+def train_commands(args: argparse.Namespace, runs: Path) -> list[str]:
+    """The commands that trained what this run measures: those of --runs and, when the no-shrink supernet comes
+    from another run (--noshrink-runs), that run's commands for it and its networks only."""
+    def read(home: Path) -> list[str]:
+        path = home / "train_commands.txt"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [c for c in lines if c.strip() and not c.startswith("#")]
+
+    other = home_of(args, "noshrink")
+    borrowed = [c for c in read(other) if "supernet-noshrink" in c or "--parts nsn" in c] if other != runs else []
+    return read(runs) + borrowed
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--phase", choices=["train", "measure", "all"], default="all")
     ap.add_argument("--data", default="mr")
     ap.add_argument("--teacher", default=str(ROOT / "runs" / "teacher-mr"))
     ap.add_argument("--runs", default=str(ROOT / "runs" / "nasbert-mr2"))
+    ap.add_argument("--noshrink-runs", default="",
+                    help="where the no-shrink supernet and its searched networks are (default: --runs)")
     ap.add_argument("--name", default="nasbert_mr")
     ap.add_argument("--docs", help="write the files here instead of docs/")
     ap.add_argument("--reuse", action="store_true", help="reuse finished models")
@@ -394,7 +448,7 @@ def main() -> None:
         base = common.teacher_baseline(args.teacher, args.data, int(args.max_length))
         data = measure_phase(args, runs, length, base)
         data.update(environment=environment(), command=common.command_line(),
-                    train_commands=(runs / "train_commands.txt").read_text().splitlines(),
+                    train_commands=train_commands(args, runs),
                     wall_seconds=round(time.time() - started, 1))
         text = markdown(data, args)
         searched = [r for r in data["rows"] if r["kind"] == "NAS-BERT"]

@@ -450,3 +450,73 @@ def test_supernet_reads_the_cached_teacher_blocks_like_the_teacher(tmp_path, mon
         for k in want:
             torch.testing.assert_close(got[k], want[k], rtol=2e-3, atol=1e-5)
     assert targets.teacher.examples_run == len(rows)  # the steps read the cache
+
+
+# ---- bins with latency caps (progressive shrinking, §3.3) ------------------------------------------------------
+
+
+def _overhead_table(space, overhead: float = 0.05) -> dict:
+    """A latency table where every op costs a fixed ``overhead`` ms plus 1e-5 ms per parameter: at batch 1 on a CPU
+    an op's fixed cost dominates a small op, so small-but-many-op blocks are slow (the case parameter bins got
+    wrong)."""
+    from nimblebert.methods.nasbert.latency import op_name, space_ops
+
+    ops = {op_name(s): [overhead + 1e-5 * op_params(s)] * 2 for s in space_ops(space)}
+    return {"lengths": [8, 16], "ops_ms": {"b1": ops}, "fixed_ms": {"b1": [0.1, 0.1]}}
+
+
+def _block_latencies(state: ShrinkState, space, table: dict) -> torch.Tensor:
+    from nimblebert.methods.nasbert.latency import block_latency
+
+    return torch.tensor([block_latency(table, space, a, 1, 12) for a in state.archs], dtype=torch.float64)
+
+
+def test_latency_caps_put_the_fastest_architectures_in_the_low_bins() -> None:
+    from transformers import BertConfig
+
+    space = default_space(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4), 1, (8, 16))
+    state, bins = ShrinkState(space, 5), 5
+    lat = _block_latencies(state, space, _overhead_table(space))
+    params = state.params.double()
+    by_params = state.bin.clone()
+    # Parameter caps alone put slow architectures in bin 1 (many 8-wide ops: few weights, each op's fixed cost).
+    assert float(lat[by_params == 0].max()) > float(lat.max()) / bins
+    state.set_latency(lat)
+    for b in range(bins):
+        members = state.bin == b
+        assert members.any()
+        # Each member meets bin b's caps (both) and not those of any lower bin: the first bin that fits.
+        assert (params[members] <= (b + 1) / bins * params.max() + 1e-9).all()
+        assert (lat[members] <= (b + 1) / bins * lat.max() + 1e-9).all()
+        if b:
+            lower = (params[members] <= b / bins * params.max()) & (lat[members] <= b / bins * lat.max())
+            assert not lower.any()
+    # Everything both small and fast is in bin 1; the bins' mean latency rises with b.
+    fast = (lat <= lat.max() / bins) & (params <= params.max() / bins)
+    assert fast.sum() > 1 and (state.bin[fast] == 0).all()
+    means = [float(lat[state.bin == b].mean()) for b in range(bins)]
+    assert means == sorted(means)
+
+
+def test_shrinking_with_latency_caps_keeps_m_per_bin_and_fast_architectures() -> None:
+    model = _supernet(hidden_sizes="8,16", bins=4, blocks=2).eval()  # 2 slots per block: 62 architectures
+    space = default_space(model.hf.config, 2, (8, 16))
+    state: ShrinkState = model.extras["shrink"]
+    lat = _block_latencies(state, space, _overhead_table(space, 0.002))
+    state.set_latency(lat)
+    budget = float(lat.max()) / 4  # bin 1's latency cap: a small budget per block
+    assert int(((state.bin == 0) & (lat > 0)).sum()) >= 1  # bin 1 holds more than the empty block
+    batch = _batch()
+    ys, masks = [teacher_blocks(model.encoder, batch, space)], [batch["attention_mask"]]
+    before = state.counts(0)
+    keep = 3
+    for _ in range(20):  # until every bin is down to m
+        if not shrink_round(model, ys, masks, samples=16, keep=keep):
+            break
+    for n in range(space.blocks):
+        after = state.counts(n)
+        assert sum(after) < sum(before)  # shrinking ran
+        assert all(a >= min(keep, b) for a, b in zip(after, before, strict=True)) and max(after) == keep
+        # An architecture under the small budget is still alive in every block (a low bin keeps its fastest members).
+        alive = state.alive(n)
+        assert int((alive & (lat <= budget) & (lat > 0)).sum()) >= 1

@@ -22,6 +22,13 @@ SUPERNET_FLAGS = ["--hidden-sizes", "8,16", "--bins", "3", "--shrink-every", "2"
                   "--shrink-keep", "3", "--shrink-batches", "1", "--dropout", "0"]
 
 
+@pytest.fixture(autouse=True)
+def _home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Supernet training writes this CPU's latency table (the bins' latency caps) and teacher caches under the
+    data home: keep them in the test's folder."""
+    monkeypatch.setenv("NIMBLEBERT_HOME", str(tmp_path / "home"))
+
+
 @pytest.fixture
 def teacher_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "teacher"
@@ -29,10 +36,10 @@ def teacher_dir(tmp_path: Path) -> Path:
     return folder
 
 
-def _setup(teacher: Path, data: Path, out: Path, **kw):
+def _setup(teacher: Path, data: Path, out: Path, cfg_extra: dict | None = None, **kw):
     task = load_task(str(data))
     cfg = {"hidden_sizes": "8,16", "bins": 3, "shrink_every": 2, "shrink_samples": 40, "shrink_keep": 3,
-           "shrink_batches": 1, "dropout": 0.0}
+           "shrink_batches": 1, "dropout": 0.0, **(cfg_extra or {})}
     torch.manual_seed(0)  # the supernet's initialisation, as the CLI seeds it
     model = from_base(str(teacher), task.label_names, "nasbert", cfg)
     tok = model.tokenizer
@@ -50,6 +57,17 @@ def test_supernet_resume_reaches_the_same_weights_and_space(teacher_dir: Path, t
     full = nimblebert.load(tmp_path / "full")
     shrink = full.extras["shrink"]
     assert int(shrink.rounds) >= 2 and not bool(shrink.alive0.all())  # shrinking ran and removed some
+    # The bins carry latency caps from the latency table training measured (and cached) on this CPU.
+    from nimblebert.methods.nasbert.latency import block_latency
+    from nimblebert.methods.nasbert.modules import assign_bins
+    from nimblebert.methods.nasbert.objective import space_of
+
+    cfg = full.method_config
+    table = json.loads(Path(cfg["bin_latency_table"]).read_text())
+    assert cfg["bin_latency_table"].startswith(str(tmp_path / "home")) and cfg["bin_latency_length"] > 0
+    lat = torch.tensor([block_latency(table, space_of(full), a, 1, cfg["bin_latency_length"]) for a in shrink.archs])
+    assert torch.equal(shrink.bin, assign_bins(shrink.params.double(), lat, 3))
+    assert not torch.equal(shrink.bin, assign_bins(shrink.params.double(), None, 3))
 
     model, stages, enc, opts = _setup(teacher_dir, toy_data_dir, tmp_path / "killed")
     with pytest.raises(StopTraining):
@@ -61,6 +79,20 @@ def test_supernet_resume_reaches_the_same_weights_and_space(teacher_dir: Path, t
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
+
+
+def test_no_latency_bins_keeps_parameter_bins_and_measures_nothing(teacher_dir: Path, toy_data_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    from nimblebert.methods.nasbert.modules import assign_bins
+
+    table = tmp_path / "lat.json"
+    model, *_ = _setup(teacher_dir, toy_data_dir, tmp_path / "out", {"latency_bins": False,
+                                                                      "latency_table": str(table)})
+    shrink = model.extras["shrink"]
+    assert torch.equal(shrink.bin, assign_bins(shrink.params.double(), None, 3))
+    assert not table.exists() and "bin_latency_length" not in model.method_config
+    model, *_ = _setup(teacher_dir, toy_data_dir, tmp_path / "out2", {"latency_table": str(table)})
+    assert table.exists() and model.method_config["bin_latency_table"] == str(table)  # the path given is used
 
 
 def test_cli_supernet_then_search_then_evaluate_and_predict(teacher_dir: Path, toy_data_dir: Path, tmp_path: Path,

@@ -1,8 +1,9 @@
 """NAS-BERT options (Xu et al., KDD 2021). Each field is a ``nimblebert train nasbert --flag``.
 
-The paper's recipe (METHODS.md §6) at its scale: 10 bins by parameters, 3 warm-up epochs, then each epoch per bin
-2000 sampled architectures scored on 5 batches and the worse 1000 removed, until 10 remain per bin. Our space is
-smaller (3,905 architectures per block for a 6-layer teacher, not 97,655), so the defaults sample fewer per round.
+The paper's recipe (METHODS.md §6) at its scale: 10 bins by parameters (with latency caps), 3 warm-up epochs, then
+each epoch per bin 2000 sampled architectures scored on 5 batches and the worse 1000 removed, until 10 remain per bin.
+Our space is smaller (3,905 architectures per block for a 6-layer teacher, not 97,655), so the defaults sample
+fewer per round.
 """
 
 from __future__ import annotations
@@ -30,9 +31,17 @@ class NasBertConfig:
         "help": "learning rate of block-wise supernet training (the ops start from random weights)"})
     dropout: float = field(default=0.1, metadata={"help": "dropout inside the ops"})
     shrink: bool = field(default=True, metadata={
-        "help": "progressive shrinking: periodically remove the worst architectures of each parameter bin by block "
+        "help": "progressive shrinking: periodically remove the worst architectures of each size bin by block "
                 "loss on held-out batches (--no-shrink: the ablation, all architectures stay)"})
-    bins: int = field(default=10, metadata={"help": "B: parameter bins per block (paper: 10)"})
+    bins: int = field(default=10, metadata={"help": "B: size bins per block (paper: 10)"})
+    latency_bins: bool = field(default=True, metadata={
+        "help": "bins carry latency caps too (the paper): an architecture goes to the first bin b whose parameter "
+                "cap AND latency cap (b/B × the largest block's, batch 1, from the cached latency table) it meets, "
+                "so the fastest architectures fill the low bins and survive shrinking (--no-latency-bins: bins by "
+                "parameters only)"})
+    latency_table: str = field(default="", metadata={
+        "help": "the latency table (JSON) the bins' latency caps use; default: this CPU's cached table, measured "
+                "now if there is none (the one `nimblebert search` uses)"})
     shrink_every: int = field(default=0, metadata={"help": "steps between shrinking rounds; 0 = once per epoch"})
     shrink_warmup: int = field(default=0, metadata={
         "help": "steps before the first shrinking round; 0 = one round interval (the paper waits 3 epochs)"})

@@ -34,7 +34,7 @@ import torch
 from ...core.ops import OpSpec, build_op
 from ...core.plan import Plan
 from ...io import write_json
-from .space import Arch, Space, arch_specs
+from .space import Arch, BlockArch, Space, arch_specs
 
 if TYPE_CHECKING:
     from ...model import NimbleModel
@@ -194,6 +194,17 @@ def predict_latency(table: dict[str, Any], space: Space, arch: Arch, batch: int,
                                                      for s in arch_specs(arch, space))
 
 
+def block_latency(table: dict[str, Any], space: Space, arch: BlockArch, batch: int, length: float) -> float:
+    """Predicted ms of one block architecture as the bins' latency caps see it (:func:`.modules.assign_bins`): its
+    ops plus the transfer into its size from the teacher's (the one a block with ops always pays in a network with
+    block transfers); an identity block costs nothing (its transfers fold into the next one)."""
+    hidden, kinds = arch
+    if not kinds:
+        return 0.0
+    specs = [OpSpec("linear", space.teacher_hidden, hidden), *(space.spec(k, hidden) for k in kinds)]
+    return sum(op_latency(table, s, batch, length) for s in specs)
+
+
 def measure_model(model: NimbleModel, batch: int, length: int, repeats: int = 30) -> float:
     """Measured median ms of ``model.infer`` on random ids of (batch, length), no padding."""
     torch.manual_seed(0)
@@ -205,4 +216,4 @@ def measure_model(model: NimbleModel, batch: int, length: int, repeats: int = 30
     return ms
 
 
-__all__ = ["cpu_identity", "default_table_path", "load_or_measure", "measure_model", "predict_latency"]
+__all__ = ["block_latency", "cpu_identity", "default_table_path", "load_or_measure", "measure_model", "predict_latency"]

@@ -53,17 +53,40 @@ def supernet_path(arch: Arch) -> tuple[str, ...]:
     return tuple(k for n, block in enumerate(arch) for k in block_path(n, block))
 
 
+def assign_bins(params: torch.Tensor, latency: torch.Tensor | None, bins: int) -> torch.Tensor:
+    """The bin of each block architecture (Xu et al. 2021, §3.3): "B bins by parameter count; bin b's cap is
+    (b/B) × the largest architecture's parameters; bins also carry latency caps".
+
+    How we read it: bin b (1-based) caps both the parameters at (b/B) × the largest block's and the latency at
+    (b/B) × the slowest block's; an architecture belongs to the first bin whose caps it meets both, i.e. to
+    max(its parameter bin, its latency bin). The paper does not say how the two caps combine; this reading keeps
+    every architecture in exactly one bin and puts the architectures that are small *and* fast in the low bins,
+    so shrinking, which keeps each bin's ``m`` lowest-loss members, keeps fast ones too. With parameter caps only,
+    bin 1 held small-but-slow ones (many ops at 64 wide: few weights, but each op's fixed cost at batch 1), whose
+    lower block loss won, and nothing was left under 1/10 of the teacher's latency (docs/sections/nasbert_mr.md).
+    Empty architectures (0 parameters, 0 ms) go to bin 1. ``latency`` None: parameter caps only."""
+    def bin_by(values: torch.Tensor) -> torch.Tensor:
+        top = float(values.max())
+        if top <= 0:
+            return torch.zeros(len(values), dtype=torch.long)
+        return torch.clamp(torch.ceil(values / top * bins - 1e-9).long() - 1, 0, bins - 1)
+
+    by_params = bin_by(params.double())
+    return by_params if latency is None else torch.maximum(by_params, bin_by(latency.double()))
+
+
 class ShrinkState(nn.Module):
     """Which block architectures are still in the space (progressive shrinking, §3.3), as buffers so that the
-    trainer's checkpoints and the saved folder carry it: ``alive{n}`` (A,) bool, ``bin{n}`` (A,) the parameter bin
-    of each architecture, ``steps`` the supernet training steps run, ``rounds`` the shrinking rounds done."""
+    trainer's checkpoints and the saved folder carry it: ``alive{n}`` (A,) bool, ``bin`` (A,) the bin of each
+    architecture (:func:`assign_bins`; by parameters and, once :meth:`set_latency` ran, latency), ``steps`` the
+    supernet training steps run, ``rounds`` the shrinking rounds done."""
 
     def __init__(self, space: Space, bins: int) -> None:
         super().__init__()
         self.archs: list[BlockArch] = list(space.block_archs())  # the fixed order the buffers index
         params = torch.tensor([space.block_params(a) for a in self.archs], dtype=torch.float64)
-        # Bin b holds architectures with params in ((b-1)/B, b/B] × the largest (the paper's bins by size).
-        bin_of = torch.clamp(torch.ceil(params / params.max() * bins).long() - 1, 0, bins - 1)
+        # By parameters until set_latency gives the latency caps too (training does, from the latency table).
+        bin_of = assign_bins(params, None, bins)
         self.register_buffer("params", params.long(), persistent=False)
         for n in range(space.blocks):
             self.register_buffer(f"alive{n}", torch.ones(len(self.archs), dtype=torch.bool))
@@ -71,6 +94,11 @@ class ShrinkState(nn.Module):
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("rounds", torch.zeros((), dtype=torch.long))
         self.blocks, self.bins = space.blocks, bins
+
+    def set_latency(self, latency: torch.Tensor) -> None:
+        """Re-bin with latency caps: ``latency`` (A,) the predicted ms of each block architecture (same order as
+        ``archs``). Only before shrinking starts: the bins a round used must stay the bins of the run."""
+        self.bin.copy_(assign_bins(self.params.double(), latency.double(), self.bins))
 
     def alive(self, n: int) -> torch.Tensor:
         return getattr(self, f"alive{n}")

@@ -7,14 +7,16 @@ L_n = MSE(out_h(f(in_h(Y_{n−1}); a_n)), Y_n) over real tokens, with a_n one ar
 block's live ones at every step (single path). All blocks train at once, each on its own teacher input, so no
 block waits for another. The teacher is frozen (eval mode, no dropout) and only the supernet's ops train.
 
-Progressive shrinking (§3.3): the block architectures are binned by parameters; every ``shrink_every`` steps after
-``shrink_warmup``, each bin with more than ``shrink_keep`` live architectures samples ``shrink_samples`` of them,
-scores each by its block loss on held-out batches (the validation split's first batches, used as unlabelled text)
+Progressive shrinking (§3.3): the block architectures are binned by parameters with latency caps
+(:func:`~.modules.assign_bins`: the first bin whose parameter and latency caps both hold); every ``shrink_every``
+steps after ``shrink_warmup``, each bin with more than ``shrink_keep`` live architectures samples ``shrink_samples`` of
+them, scores each by its block loss on held-out batches (the validation split's first batches, used as unlabelled text)
 and removes the worse half (never below ``shrink_keep``). The live sets are buffers of the model
 (:class:`~.modules.ShrinkState`), so checkpoints and ``--resume`` carry them. Where we deviate from the paper:
-the score uses a few held-out sentences (``shrink_rows``; the paper 5 batches of 1,024 sequences), and the bins are
-by parameters only (the paper's bins also carry latency caps): on mr with keep 10 per bin this left no architecture
-under 1/10 of the teacher's latency (docs/sections/nasbert_mr.md), the cheapest ones having the highest block losses.
+the score uses a few held-out sentences (``shrink_rows``; the paper 5 batches of 1,024 sequences); the latency caps
+are of one batch size (1) and length (the held-out median), from the cached latency table of this CPU. Bins by
+parameters only (``--no-latency-bins``, what this code did first) left on mr, with keep 10 per bin, no architecture
+under 1/10 of the teacher's latency (docs/sections/nasbert_mr.md): the cheapest ones had the highest block losses.
 
 Cost (benchmarks/nasbert_supernet_cost.py): the teacher's block outputs are read from a cache built once per
 training set instead of running the teacher at every step (0.50 → 0.21 s a step at 1 thread on MiniLM-L6), and
@@ -29,6 +31,7 @@ on the task's training set ("intermediate"), then the prediction-layer soft cros
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -227,6 +230,35 @@ def supernet_targets(teacher_hf: Any, space: Space, encoded: Any, tokenizer: Any
     return TargetSource(teacher, cache, hidden_idx, [])
 
 
+BIN_TABLE_LENGTHS = [16, 32, 64, 128]  # the grid `nimblebert search` measures by default: one cached table serves both
+
+
+def bin_latency_caps(model: NimbleModel, space: Space, cfg: NasBertConfig, held: list[dict[str, torch.Tensor]],
+                     progress: bool) -> None:
+    """Give the shrinking bins their latency caps (:func:`.modules.assign_bins`): each block architecture's predicted
+    batch-1 latency from this CPU's latency table (cached; measured now if absent) at the held-out rows' median
+    length (the length search budgets for, the validation median, when the rows are the validation's first). Batch
+    1: the budgets of the paper's and our comparisons are per-sentence latencies. Recorded in the config."""
+    from .latency import block_latency, default_table_path, load_or_measure
+
+    state: ShrinkState = model.extras["shrink"]
+    if int(state.rounds) > 0:
+        return  # a resumed run keeps the bins its rounds used (the checkpoint carries them)
+    lengths = sorted(int(n) for b in held for n in b["attention_mask"].sum(1).tolist())
+    length = float(lengths[len(lengths) // 2]) if lengths else 64.0
+    path = Path(cfg.latency_table) if cfg.latency_table else default_table_path(space)
+    max_positions = int(getattr(model.hf.config, "max_position_embeddings", 512) or 512)
+    grid = [t for t in BIN_TABLE_LENGTHS if t <= max_positions] or [max_positions]  # a short model's table
+    table = load_or_measure(path, model, space, grid, [1], 20, progress)
+    latency = torch.tensor([block_latency(table, space, a, 1, length) for a in state.archs], dtype=torch.float64)
+    state.set_latency(latency)
+    model.method_config.update(bin_latency_length=length, bin_latency_table=str(path),
+                               bin_latency_cpu=table.get("cpu", {}).get("model", ""))
+    if progress:
+        sys.stderr.write(f"nasbert: bins with latency caps (batch 1, length {length:g}, table {path}): "
+                         f"{state.counts(0)} architectures per bin\n")
+
+
 def supernet_stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None) -> list[Stage]:
     from ...model import has_trained_head
 
@@ -252,6 +284,8 @@ def supernet_stages(model: NimbleModel, opts: TrainOptions, data: TrainData | No
         held = held_out_batches(data.validation, model.tokenizer, cfg.shrink_rows, 1)
     else:
         held = held_out_batches(data.validation, model.tokenizer, opts.batch_size, cfg.shrink_batches)
+    if cfg.latency_bins:
+        bin_latency_caps(model, space, cfg, held, opts.progress)
     targets = supernet_targets(model.hf, space, train_data if train_data is not None else data.train,
                                model.tokenizer, opts)
     objective = SupernetObjective(space, cfg, held, every, targets)
