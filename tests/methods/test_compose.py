@@ -55,6 +55,15 @@ def quick_train(method: str, base: Path, data: Path, out: Path) -> int:
                  *QUICK.get(method, [])])
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _home(tmp_path_factory: pytest.TempPathFactory):
+    """Training writes caches under the data home (teacher outputs; NAS-BERT measures this CPU's latency table for
+    its bins): keep them in the module's temporary folder, not in the user's ~/.cache/nimblebert."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NIMBLEBERT_HOME", str(tmp_path_factory.mktemp("home")))
+        yield
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny fine-tuned teacher (4 layers) and the toy task, shared by the module's tests."""
