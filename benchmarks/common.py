@@ -238,15 +238,21 @@ def publish(name: str, markdown: str, data: dict, headline: str, docs: Path | No
     (docs / f"{name}.md").write_text(markdown)
 
 
+def portable(markdown: str) -> str:
+    """Paths under this checkout written as a reader's checkout has them: ``/work/main/runs/fast`` → ``runs/fast``
+    (the commands ran from the repository root, where the relative path is the same folder)."""
+    return markdown.replace(f"{ROOT}/", "")
+
+
 def write_section(name: str, markdown: str, data: dict, headline: str | None = None) -> None:
     """Write one benchmark's section (and its short headline for the README), then rebuild the docs. A section of
     that name in the history goes: the new run replaces it."""
     SECTIONS.mkdir(parents=True, exist_ok=True)
     for old in (HISTORY / f"{name}.md", HISTORY / f"{name}.headline.md"):
         old.unlink(missing_ok=True)
-    (SECTIONS / f"{name}.md").write_text(markdown.rstrip() + "\n")
+    (SECTIONS / f"{name}.md").write_text(portable(markdown).rstrip() + "\n")
     if headline is not None:
-        (SECTIONS / f"{name}.headline.md").write_text(headline.rstrip() + "\n")
+        (SECTIONS / f"{name}.headline.md").write_text(portable(headline).rstrip() + "\n")
     (DOCS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     rebuild_results()
 
@@ -314,11 +320,11 @@ def rebuild_results() -> None:
     names = _section_names(SECTIONS)
     for n in names:
         parts.append((SECTIONS / f"{n}.md").read_text())
-    (DOCS / "results.md").write_text("\n".join(parts))
+    (DOCS / "results.md").write_text(portable("\n".join(parts)))
     old = _section_names(HISTORY) if HISTORY.is_dir() else []
     if old:
         sections = [(HISTORY / f"{n}.md").read_text() for n in old]
-        (DOCS / "history.md").write_text("\n".join([*HISTORY_INTRO, teacher_note(), *sections]))
+        (DOCS / "history.md").write_text(portable("\n".join([*HISTORY_INTRO, teacher_note(), *sections])))
     # The README shows each benchmark's headline between its markers.
     headlines = [(SECTIONS / f"{n}.headline.md").read_text() for n in readme_sections(names)
                  if (SECTIONS / f"{n}.headline.md").exists()]
@@ -327,4 +333,4 @@ def rebuild_results() -> None:
     start, end = "<!-- results:start -->\n", "<!-- results:end -->"
     if start in text and end in text and headlines:
         head, rest = text.split(start, 1)
-        readme.write_text(head + start + "\n".join(headlines) + rest[rest.index(end):])
+        readme.write_text(head + start + portable("\n".join(headlines)) + rest[rest.index(end):])

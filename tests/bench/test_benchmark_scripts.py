@@ -159,3 +159,9 @@ def test_tinybert_small_means_over_seeds_pair_each_sentence_averaged_over_seeds(
     assert groups["joint"]["train_seconds"] == 10.0 and groups["peer"]["train_seconds"] is None
     assert tinybert_small.seed_folder(Path("r"), "joint", "42") == Path("r/joint")
     assert tinybert_small.seed_folder(Path("r"), "joint", "43") == Path("r/joint-s43")
+
+
+def test_published_pages_show_paths_as_a_reader_has_them(scripts) -> None:
+    common = scripts[0]
+    text = f"`python benchmarks/int8_mr.py --teacher {common.ROOT}/runs/teacher-mr` and /elsewhere/runs/x"
+    assert common.portable(text) == "`python benchmarks/int8_mr.py --teacher runs/teacher-mr` and /elsewhere/runs/x"
