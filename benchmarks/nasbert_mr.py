@@ -4,7 +4,8 @@ under three latency budgets (the teacher's measured batch-1 latency divided by 3
 trained with two-stage distillation — against the same architecture trained from random weights at one budget
 (separates the supernet's initialisation from the architecture), a hand-designed BERT-shaped student of about the
 same predicted latency through the same distillation (the paper's comparison), and the TinyBERT and DynaBERT
-students already trained on the same teacher (runs/s3, runs/dyna-w50, runs/dyna-w25, runs/s3-dyna-w50).
+students already trained on the same teacher (runs/s3, runs/s2, runs/dyna-w50, runs/dyna-w25, runs/s3-dyna-w50,
+runs/s3-dyna-w25, runs/s2-dyna-w50, runs/s2-dyna-w25; BASELINES).
 
 Two phases, so that training never runs where latency is timed:
 
@@ -41,9 +42,15 @@ from pathlib import Path
 import common
 from common import ROOT, cli, cli_json, environment, finished, points_ci
 
+# TinyBERT and DynaBERT students of the same teacher, from about 1/2 to about 1/10 of its latency: the 2-layer
+# ones (TinyBERT --recipe short, then DynaBERT widths as compose_mr's grid trains them) reach the smaller budgets.
 BASELINES = {"TinyBERT 3-layer (runs/s3)": ("s3", {}), "DynaBERT width 0.5 (runs/dyna-w50)": ("dyna-w50", {}),
              "DynaBERT width 0.25 (runs/dyna-w25)": ("dyna-w25", {}),
-             "TinyBERT 3-layer × DynaBERT 0.5 (runs/s3-dyna-w50)": ("s3-dyna-w50", {})}
+             "TinyBERT 3-layer × DynaBERT 0.5 (runs/s3-dyna-w50)": ("s3-dyna-w50", {}),
+             "TinyBERT 3-layer × DynaBERT 0.25 (runs/s3-dyna-w25)": ("s3-dyna-w25", {}),
+             "TinyBERT 2-layer (runs/s2)": ("s2", {}),
+             "TinyBERT 2-layer × DynaBERT 0.5 (runs/s2-dyna-w50)": ("s2-dyna-w50", {}),
+             "TinyBERT 2-layer × DynaBERT 0.25 (runs/s2-dyna-w25)": ("s2-dyna-w25", {})}
 
 
 def hand_designed(table: dict, space, budget_ms: float, length: float) -> str:
