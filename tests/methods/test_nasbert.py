@@ -123,6 +123,29 @@ def test_supernet_step_finite_and_trains_only_the_ops() -> None:
     assert int(model.extras["shrink"].steps) == 1
 
 
+def _rows_dataset(rows: list[list[int]]):
+    """An encoded task of the given token rows (no padding), labels alternating."""
+    import datasets
+
+    return datasets.Dataset.from_dict({"input_ids": rows, "token_type_ids": [[0] * len(r) for r in rows],
+                                       "attention_mask": [[1] * len(r) for r in rows],
+                                       "labels": [i % 2 for i in range(len(rows))]})
+
+
+def _ragged_task():
+    """A 4-layer supernet, its space at sizes 8 and 16, six rows of different lengths and one padded, shuffled batch
+    of them: the setting in which the cached teacher targets must equal the live teacher's."""
+    from nimblebert.data import make_loader
+
+    model = _supernet(layers=4, hidden_sizes="8,16").eval()
+    space = default_space(model.hf.config, 0, (8, 16))
+    torch.manual_seed(0)
+    rows = [torch.randint(5, 99, (n,)).tolist() for n in (7, 3, 9, 5, 4, 8)]
+    encoded = _rows_dataset(rows)
+    batch = next(iter(make_loader(encoded, model.tokenizer, 4, shuffle=True, seed=1)))
+    return model, space, rows, encoded, batch
+
+
 def _cfg(model: NimbleModel):
     from nimblebert.methods.nasbert.objective import config_of
 
@@ -327,9 +350,7 @@ def test_hooks_run_after_every_op_and_rows_can_leave() -> None:
 
 
 def test_net_distillation_reads_cached_teacher_targets_like_the_teacher(tmp_path, monkeypatch) -> None:
-    import datasets
 
-    from nimblebert.data import make_loader
     from nimblebert.distill.teacher import Teacher
     from nimblebert.methods.nasbert.objective import NetObjective, net_targets
     from nimblebert.methods.nasbert.search import build_searched
@@ -337,13 +358,7 @@ def test_net_distillation_reads_cached_teacher_targets_like_the_teacher(tmp_path
     from nimblebert.train.stages import TrainOptions
 
     monkeypatch.setenv("NIMBLEBERT_HOME", str(tmp_path))
-    model = _supernet(layers=4, hidden_sizes="8,16").eval()
-    space = default_space(model.hf.config, 0, (8, 16))
-    torch.manual_seed(0)
-    rows = [torch.randint(5, 99, (n,)).tolist() for n in (7, 3, 9, 5, 4, 8)]
-    encoded = datasets.Dataset.from_dict({"input_ids": rows, "token_type_ids": [[0] * len(r) for r in rows],
-                                          "attention_mask": [[1] * len(r) for r in rows], "labels": [0, 1] * 3})
-    batch = next(iter(make_loader(encoded, model.tokenizer, 4, shuffle=True, seed=1)))  # padded, shuffled rows
+    model, space, rows, encoded, batch = _ragged_task()
     opts = TrainOptions(out=str(tmp_path / "x"), progress=False)
     # "16:/8:" — identity then one op; "8:/16:" — only identities: the last block's output still has a target.
     for text in ("16:mha,conv3/8:ffn", "16:/8:ffn", "8:/16:"):
@@ -404,14 +419,12 @@ def test_block_losses_share_prefixes_exactly() -> None:
 
 
 def test_held_out_batches_are_the_same_rows_packed_by_length() -> None:
-    import datasets
 
     from nimblebert.methods.nasbert.objective import held_out_batches
 
     tok = make_tokenizer()
     rows = [list(range(5, 5 + n)) for n in (3, 9, 4, 7, 2, 8, 6, 5, 9, 3)]
-    encoded = datasets.Dataset.from_dict({"input_ids": rows, "token_type_ids": [[0] * len(r) for r in rows],
-                                          "attention_mask": [[1] * len(r) for r in rows], "labels": [0, 1] * 5})
+    encoded = _rows_dataset(rows)
     got = held_out_batches(encoded, tok, batch_size=4, count=2, rows_per_batch=2)  # the first 8 rows
     kept = sorted(tuple(ids[m.bool()].tolist())
                   for b in got for ids, m in zip(b["input_ids"], b["attention_mask"], strict=True))
@@ -423,20 +436,12 @@ def test_held_out_batches_are_the_same_rows_packed_by_length() -> None:
 def test_supernet_reads_the_cached_teacher_blocks_like_the_teacher(tmp_path, monkeypatch) -> None:
     """The supernet's targets from the teacher cache (float16, padding zeroed) give the step's losses that the
     teacher run at the step gives; the teacher runs once per row, not once per step."""
-    import datasets
 
-    from nimblebert.data import make_loader
     from nimblebert.methods.nasbert.objective import supernet_targets
     from nimblebert.train.stages import TrainOptions
 
     monkeypatch.setenv("NIMBLEBERT_HOME", str(tmp_path))
-    model = _supernet(layers=4, hidden_sizes="8,16").eval()
-    space = default_space(model.hf.config, 0, (8, 16))
-    torch.manual_seed(0)
-    rows = [torch.randint(5, 99, (n,)).tolist() for n in (7, 3, 9, 5, 4, 8)]
-    encoded = datasets.Dataset.from_dict({"input_ids": rows, "token_type_ids": [[0] * len(r) for r in rows],
-                                          "attention_mask": [[1] * len(r) for r in rows], "labels": [0, 1] * 3})
-    batch = next(iter(make_loader(encoded, model.tokenizer, 4, shuffle=True, seed=1)))
+    model, space, rows, encoded, batch = _ragged_task()
     targets = supernet_targets(model.hf, space, encoded, model.tokenizer, TrainOptions(out=str(tmp_path / "x"),
                                                                                       progress=False))
     assert targets.teacher.examples_run == len(rows)  # the cache was filled by one pass
