@@ -211,8 +211,7 @@ def main() -> None:
             "overhead_fastbert": fast_dir if trained_fast else "untrained branches on the teacher (timing only)",
             "exits": exits, "widths": widths, "environment": env}
     md = render(data, common.command_line())
-    common.publish("int8_mr", md, data, headline=None, docs=common.docs_folder(opts)) if opts.docs else \
-        common.write_section("int8_mr", md, data)
+    common.publish("int8_mr", md, data, headline=None, docs=common.docs_folder(opts))  # docs/ when not given
     print(md)
 
 

@@ -20,7 +20,6 @@ import json
 import random
 import statistics
 import time
-from pathlib import Path
 
 import common
 from common import ROOT, environment
@@ -36,8 +35,7 @@ def main() -> None:
                          "shrinking round draws them")
     ap.add_argument("--rows", type=int, default=8, help="held-out rows (the supernet's --shrink-rows)")
     ap.add_argument("--name", default="nasbert_supernet_cost")
-    ap.add_argument("--docs", help="write the files here instead of docs/")
-    ap.add_argument("--threads", type=int, default=1)
+    common.add_options(ap, bootstrap=False, threads_default=1)
     args = ap.parse_args()
     common.use_threads(args.threads)
     import torch
@@ -143,7 +141,7 @@ def main() -> None:
         f"Tokens scored {data['score_tokens']['padded']} padded → {data['score_tokens']['packed']} packed. The "
         f"teacher cache of mr's 2,800 training rows is built once ({cache_s:.0f} s here; 0 when already on disk).",
         "", f"Command (pinned): `{data['command']}`."]) + "\n"
-    common.publish(args.name, text, data, None, Path(args.docs) if args.docs else None)
+    common.publish(args.name, text, data, None, common.docs_folder(args))
     print(text)
     print(json.dumps(data["step_seconds"]))
 

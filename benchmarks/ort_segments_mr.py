@@ -139,15 +139,11 @@ def main() -> None:
     ap.add_argument("--teacher", default="runs/teacher-mr")
     ap.add_argument("--folders", nargs="+", default=list(FOLDERS))
     ap.add_argument("--max-length", type=int, default=64)
-    ap.add_argument("--b1-examples", type=int, default=400)
-    ap.add_argument("--b32-examples", type=int, default=640)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1)
+    common.add_options(ap, bootstrap=False, timing={1: 400, 32: 640}, rounds=2, threads_default=1)
     ap.add_argument("--acc-speeds", type=float, nargs="+", default=list(ACC_SPEEDS))
     ap.add_argument("--time-speeds", type=float, nargs="+", default=list(TIME_SPEEDS))
     ap.add_argument("--render", action="store_true",
                     help="redraw the section from docs/ort_segments_mr.json (what an earlier run measured)")
-    ap.add_argument("--docs", type=Path, default=None, help="write JSON/Markdown here instead of docs/ (a trial run)")
     opts = ap.parse_args()
     if opts.render:
         data = json.loads((common.DOCS / "ort_segments_mr.json").read_text())
@@ -282,10 +278,7 @@ def main() -> None:
             "overhead_folder": opts.folders[0], "session_options": options, "environment": env,
             "torch_version": torch.__version__}
     md = render(data, common.command_line())
-    if opts.docs:
-        common.publish("ort_segments_mr", md, data, headline=None, docs=opts.docs)
-    else:
-        common.write_section("ort_segments_mr", md, data)
+    common.publish("ort_segments_mr", md, data, headline=None, docs=common.docs_folder(opts))  # docs/ when not given
     print(md)
 
 

@@ -197,8 +197,7 @@ def main() -> None:
     if opts.before:
         data["before"] = {"label": opts.before_label, **json.loads(opts.before.read_text())}
     md = render(data, common.command_line())
-    common.publish("overhead", md, data, headline=None, docs=common.docs_folder(opts)) if opts.docs else \
-        common.write_section("overhead", md, data)
+    common.publish("overhead", md, data, headline=None, docs=common.docs_folder(opts))  # docs/ when not given
     print(md)
 
 

@@ -123,8 +123,7 @@ def main() -> None:
     data = {"before": opts.before, "after": git_head(), "data": opts.data, "b1_examples": len(b1), "rows": rows,
             "checks": checks, "split": split, "environment": env}
     md = render(data, common.command_line())
-    common.publish("overhead_ab", md, data, headline=None, docs=common.docs_folder(opts)) if opts.docs else \
-        common.write_section("overhead_ab", md, data)
+    common.publish("overhead_ab", md, data, headline=None, docs=common.docs_folder(opts))  # docs/ when not given
     print(md)
 
 

@@ -136,10 +136,7 @@ imported, one run; nested: torch's time is inside transformers' when transformer
 CPU: {cpu.get('model', '?')}; ISA: {', '.join(cpu.get('isa', [])) or '?'}; {opts.threads} thread(s), pinned;
 torch {env['torch']}; {env['date']}.
 """
-    if opts.docs:
-        common.publish("startup", md, data, headline=None, docs=common.docs_folder(opts))
-    else:
-        common.write_section("startup", md, data)
+    common.publish("startup", md, data, headline=None, docs=common.docs_folder(opts))  # docs/ when not given
     print(md)
 
 
