@@ -11,6 +11,7 @@ Two phases, so that training never runs where latency is timed:
 
     /work/bin/bg python benchmarks/nasbert_mr.py --phase train --teacher-ms 14.25    # supernets, searches, students
     /work/bin/core0 python benchmarks/nasbert_mr.py --phase measure                   # test accuracy, latency, docs
+    python benchmarks/nasbert_mr.py --render                                          # the section from its JSON
 
 The published run (runs/nasbert-mr3): the shrinking supernet with latency caps on its bins, retrained with the
 same steps and options as runs/nasbert-mr2's, and the no-shrink supernet and its networks of nasbert-mr2 reused
@@ -35,11 +36,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import time
 from pathlib import Path
 
 import common
+import compose_mr
 from common import ROOT, cli, cli_json, environment, finished, points_ci
 
 # TinyBERT and DynaBERT students of the same teacher, from about 1/2 to about 1/10 of its latency: the 2-layer
@@ -51,6 +54,31 @@ BASELINES = {"TinyBERT 3-layer (runs/s3)": ("s3", {}), "DynaBERT width 0.5 (runs
              "TinyBERT 2-layer (runs/s2)": ("s2", {}),
              "TinyBERT 2-layer × DynaBERT 0.5 (runs/s2-dyna-w50)": ("s2-dyna-w50", {}),
              "TinyBERT 2-layer × DynaBERT 0.25 (runs/s2-dyna-w25)": ("s2-dyna-w25", {})}
+
+
+def baseline_commands(teacher: str) -> dict[str, list[str]]:
+    """How each baseline folder of :data:`BASELINES` was made, from ``teacher``: the command chain in compose_mr's
+    recipes (its grid, plus the 2-layer TinyBERT and the width-0.25 exports this comparison added)."""
+    made = {Path(g["out"]).name: g["make"] for g in compose_mr.chains("runs", teacher)}
+
+    def dyna(base: str) -> list[str]:
+        return ["train", "dynabert", "--model", f"runs/{base}", "--data", "mr", "--out", "{out}", *compose_mr.DYNA]
+
+    def export(base: str, width: float) -> list[str]:
+        return ["export", f"runs/{base}", "--format", "hf", "--width", f"{width:g}", "--out", "{out}"]
+
+    made.update({"s2": ["train", "tinybert", "--teacher", teacher, "--data", "mr", "--student-layers", "2", "--out",
+                        "{out}", *compose_mr.TINY],
+                 "s2-dyna": dyna("s2"), "s2-dyna-w50": export("s2-dyna", 0.5), "s2-dyna-w25": export("s2-dyna", 0.25),
+                 "s3-dyna-w25": export("s3-dyna", 0.25)})
+    parents = {"dyna-w50": "dyna", "dyna-w25": "dyna", "s3-dyna-w50": "s3-dyna", "s3-dyna-w25": "s3-dyna",
+               "s3-dyna": "s3", "s2-dyna-w50": "s2-dyna", "s2-dyna-w25": "s2-dyna", "s2-dyna": "s2"}
+
+    def chain(folder: str) -> list[str]:
+        before = chain(parents[folder]) if folder in parents else []
+        return [*before, "nimblebert " + " ".join(a.replace("{out}", f"runs/{folder}") for a in made[folder])]
+
+    return {folder: chain(folder) for folder, _ in BASELINES.values()}
 
 
 def hand_designed(table: dict, space, budget_ms: float, length: float) -> str:
@@ -382,7 +410,13 @@ def markdown(data: dict, args: argparse.Namespace) -> str:
         lines.append(f"| 1/{a['fraction']:g} = {a['budget_ms']:.2f} ms | {pair('search_seconds', '.0f')} | "
                      f"{pair('min_block_loss', '.3f')} | {pair('best_validation', '.4f')} | `{w['arch']}` |")
     lines += ["", "Training (on the shared cores, low priority): " + "; ".join(f"`{c}`" for c in data["train_commands"])
-              + f". Timing (pinned): `{data['command']}`."]
+              + f". Timing (pinned): `{common.quoted_command(data['command'])}`."]
+    chains = baseline_commands(shown(data["teacher"]))
+    present = [(name, folder) for name, (folder, _) in BASELINES.items() if any(r["name"] == name for r in rows)]
+    if present:
+        lines += ["", "The TinyBERT and DynaBERT students (compose_mr's recipes; `nimblebert info FOLDER` shows each "
+                  "stack):", ""]
+        lines += [f"- {name}: " + "; then ".join(f"`{c}`" for c in chains[folder]) for name, folder in present]
     return "\n".join(lines) + "\n"
 
 
@@ -433,7 +467,15 @@ def main() -> None:
     ap.add_argument("--prediction-epochs", default="1")
     ap.add_argument("--lr", default="5e-4")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--render", action="store_true",
+                    help="redraw the section from docs/<name>.json (the options of the run it stores), measure nothing")
     args = ap.parse_args()
+    if args.render:
+        path = (common.docs_folder(args) or common.DOCS) / f"{args.name}.json"
+        data = json.loads(path.read_text())
+        ran = ap.parse_args(shlex.split(data["command"])[2:])  # the measured run's options, for the text
+        common.publish(args.name, markdown(data, ran), data, headline_of(data, ran), common.docs_folder(args))
+        return
     common.use_threads(args.threads)
     from nimblebert.data import encode, load_task
     from nimblebert.methods.nasbert.latency import measure_model
@@ -458,13 +500,19 @@ def main() -> None:
                     train_commands=train_commands(args, runs),
                     wall_seconds=round(time.time() - started, 1))
         text = markdown(data, args)
-        searched = [r for r in data["rows"] if r["kind"] == "NAS-BERT"]
-        best = max(searched, key=lambda r: r["b1"]["speedup"]) if searched else None
-        headline = (f"NAS-BERT ({args.data}): searched at 1/{best['fraction']:g} of the teacher's latency, "
-                    f"×{best['b1']['speedup']:.1f} at batch 1, {100 * best['vs_teacher']['diff']:+.1f} points; "
-                    f"see docs/{args.name}.md") if best else f"NAS-BERT ({args.data}): see docs/{args.name}.md"
-        common.publish(args.name, text, data, headline, Path(args.docs) if args.docs else None)
+        common.publish(args.name, text, data, headline_of(data, args), common.docs_folder(args))
         print(text)
+
+
+def headline_of(data: dict, args: argparse.Namespace) -> str:
+    """The README's one line: the fastest searched network's speed-up and accuracy change."""
+    searched = [r for r in data["rows"] if r["kind"] == "NAS-BERT"]
+    if not searched:
+        return f"NAS-BERT ({args.data}): see docs/{args.name}.md"
+    best = max(searched, key=lambda r: r["b1"]["speedup"])
+    return (f"NAS-BERT ({args.data}): searched at 1/{best['fraction']:g} of the teacher's latency, "
+            f"×{best['b1']['speedup']:.1f} at batch 1, {100 * best['vs_teacher']['diff']:+.1f} points; "
+            f"see docs/{args.name}.md")
 
 
 if __name__ == "__main__":

@@ -171,3 +171,31 @@ def test_published_pages_show_paths_as_a_reader_has_them(scripts) -> None:
     common = scripts[0]
     text = f"`python benchmarks/int8_mr.py --teacher {common.ROOT}/runs/teacher-mr` and /elsewhere/runs/x"
     assert common.portable(text) == "`python benchmarks/int8_mr.py --teacher runs/teacher-mr` and /elsewhere/runs/x"
+
+
+def test_nasbert_baselines_quote_every_command_that_made_them(scripts) -> None:
+    import nasbert_mr
+
+    chains = nasbert_mr.baseline_commands("runs/teacher-mr")
+    assert set(chains) == {folder for folder, _ in nasbert_mr.BASELINES.values()}
+    s3_dyna_w25 = chains["s3-dyna-w25"]  # the TinyBERT student, DynaBERT on it, the width-0.25 export, in order
+    assert len(s3_dyna_w25) == 3
+    assert "--student-layers 3 --out runs/s3 " in s3_dyna_w25[0]
+    assert s3_dyna_w25[1].startswith("nimblebert train dynabert --model runs/s3 ")
+    assert "--out runs/s3-dyna " in s3_dyna_w25[1]
+    assert s3_dyna_w25[2] == "nimblebert export runs/s3-dyna --format hf --width 0.25 --out runs/s3-dyna-w25"
+    assert "--student-layers 2 --out runs/s2 " in chains["s2"][0] and len(chains["s2"]) == 1
+
+
+def test_nasbert_render_redraws_the_section_from_the_published_json(scripts, tmp_path: Path, monkeypatch) -> None:
+    import nasbert_mr
+
+    published = BENCHMARKS.parent / "docs" / "nasbert_mr.json"
+    data = json.loads(published.read_text())
+    (tmp_path / "nasbert_mr.json").write_text(json.dumps(data))
+    monkeypatch.setattr(sys, "argv", ["nasbert_mr.py", "--render", "--docs", str(tmp_path)])
+    nasbert_mr.main()
+    md = (tmp_path / "nasbert_mr.md").read_text()
+    assert md.startswith("## NAS-BERT on mr") and "| NAS-BERT 1/10 |" in md
+    assert "then `nimblebert export runs/s2-dyna --format hf --width 0.25 --out runs/s2-dyna-w25`" in md
+    assert json.loads((tmp_path / "nasbert_mr.json").read_text()) == data  # the measurements are not touched
