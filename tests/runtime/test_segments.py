@@ -121,6 +121,8 @@ def test_cli_export_then_evaluate_and_predict_on_ort_int8(tmp_path: Path, toy_da
     report = json.loads(capsys.readouterr().out)
     assert report["runtime"] == "ort-int8" and report["live_knobs"] == ["speed", "patience"]
     assert (tmp_path / "q" / "ort-int8" / MANIFEST).exists()
+    graphs = [f for f in report["files"] if f.startswith("ort-int8/") and f.endswith(".onnx")]
+    assert graphs and f"ort-int8/{MANIFEST}" in report["files"] and "model.safetensors" in report["files"]
     loaded = nimblebert.load(tmp_path / "q")
     assert loaded.runtime == "ort-int8" and loaded.segments.folder == tmp_path / "q" / "ort-int8"  # stored, not redone
     assert main(["evaluate", str(tmp_path / "q"), "--data", str(toy_data_dir), "--speed", "0.5", "--json"]) == 0

@@ -47,7 +47,9 @@ def write(model: NimbleModel, folder: Path, options: ExportOptions) -> dict[str,
     finally:
         model.runtime = previous
     report: dict[str, Any] = {"runtime": runtime,
-                              "files": {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}}
+                              # every file of the folder, the segments' graphs in ort-int8/ too (what a deploy copies)
+                              "files": {p.relative_to(folder).as_posix(): p.stat().st_size
+                                        for p in sorted(folder.rglob("*")) if p.is_file()}}
     if options.check:
         batches = check_batches(model.tokenizer, model.hf.config)
         plain = AutoModelForSequenceClassification.from_pretrained(folder).eval()
@@ -110,7 +112,9 @@ def write_ort_int8(model: NimbleModel, folder: Path, options: ExportOptions) -> 
         model.runtime = previous
     manifest = export_segments(model, folder / SEGMENTS_DIR)
     report: dict[str, Any] = {"runtime": "ort-int8", "segments": manifest,
-                              "files": {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}}
+                              # every file of the folder, the segments' graphs in ort-int8/ too (what a deploy copies)
+                              "files": {p.relative_to(folder).as_posix(): p.stat().st_size
+                                        for p in sorted(folder.rglob("*")) if p.is_file()}}
     if options.check:
         has_speed = "speed" in {k.name for k in model.knobs()}
         speeds = (0.0, 0.3, 0.6, 1.0) if has_speed else (0.0,)
