@@ -513,8 +513,11 @@ def render(result: dict[str, Any], chart: str) -> tuple[str, str]:
     ort_note = ("\n  ort-int8 = `nimblebert.load(folder, runtime=\"ort-int8\")`: onnxruntime int8 segments, one graph "
                 "per layer, speed live (models with a live width or token cut have no ort-int8 row)."
                 if "ort-int8" in runtimes else "")
-    grid = ", ".join(runtimes)
-    md = f"""## Efficiency report on `{data}`: every composition × {{{grid}}}, {len(seeds)} seed(s), one timed run
+    # with no student trained yet the section holds the teacher's baselines only: say so instead of an empty grid
+    scope = (f"every composition × {{{', '.join(runtimes)}}}, {len(seeds)} seed(s)" if runtimes
+             else "the teacher's baselines (no student trained yet)")
+    swept = swept or "none: no student"
+    md = f"""## Efficiency report on `{data}`: {scope}, one timed run
 
 `{command}` — teacher `{result['teacher']}`: {tt['accuracy']:.4f} on the {result['test_examples']} test
 examples, {tv['accuracy']:.4f} on the {result['validation_examples']} validation examples (max {result['length']}
