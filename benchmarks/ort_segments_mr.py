@@ -6,12 +6,14 @@ segments (:mod:`nimblebert.runtime.segments`: embeddings + layer 1 + branch 1, t
 + the head; and the model below the exits as one graph for speed 0), each quantized with onnxruntime's dynamic int8,
 and run with the exit rule in Python between them; rows that leave are dropped at batch 32. Against, in the same
 timed run: nimblebert's int8 core on the same folder at the same speeds (``--runtime int8``), onnxruntime's
-dynamic int8 of the whole teacher, and plain transformers (the faster of eager / sdpa, the × baseline).
+dynamic int8 of the whole teacher, plain and after onnxruntime's transformer graph fusion (``onnxruntime-int8-fused``),
+and plain transformers (the faster of eager / sdpa, the × baseline).
 
 Accuracy on the mr test split per speed, for the float32 core, the int8 core and the int8 segments (exits re-checked
 under int8, never assumed), paired with the float32 teacher; timing at batch 1 (p50, mean, p90) and batch 32 (per
-sentence); the per-call overhead (every row leaving after layer 1 ÷ the full model; ideal 1/L); and the session
-options (graph optimisation level, per-channel weights, io binding) measured on the first folder.
+sentence); the per-call overhead (every row leaving after layer 1 ÷ the full model; ideal 1/L) with where it goes
+(segment 1 as a bare session.run; embeddings + layer 1 alone, the floor; interleaved and back to back); and the
+session options (graph optimisation level, per-channel weights, io binding) measured on the first folder.
 
     python benchmarks/ort_segments_mr.py --threads 1
 """
@@ -111,6 +113,62 @@ def layers_only_int8(segments: Any, folder: Path) -> Any:
     return SegmentRunner(folder)
 
 
+ONNX_INT8_FUSED = "onnxruntime-int8-fused"
+
+
+def fused_teacher(hf_eager: Any, tokenizer: Any, folder: Path) -> tuple[Any, dict[str, int]]:
+    """onnxruntime int8 of the teacher after onnxruntime's transformer graph fusion, as a user of onnxruntime's own
+    tools would make it: the eager-attention export (the sdpa one leaves the attention unfused),
+    ``onnxruntime.transformers.optimizer.optimize_model`` (model type "bert": EmbedLayerNormalization, Attention,
+    SkipLayerNormalization, BiasGelu), then ``quantize_dynamic`` (QAttention, QEmbedLayerNormalization, int8
+    products). Returns the session and the fused operators counted."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    from nimblebert.export.onnx import OrtModel, _quiet, write_onnx_files
+    from nimblebert.export.registry import ExportOptions
+
+    write_onnx_files(hf_eager, tokenizer, folder, ExportOptions(int8=False))
+    cfg = hf_eager.config
+    with _quiet():
+        fused = optimize_model(str(folder / "model.onnx"), model_type="bert", num_heads=cfg.num_attention_heads,
+                               hidden_size=cfg.hidden_size, opt_level=0)
+        fused.save_model_to_file(str(folder / "model_fused.onnx"))
+        # shape inference cannot type the contrib operators' outputs: every tensor here is float32
+        quantize_dynamic(str(folder / "model_fused.onnx"), str(folder / "model_fused_int8.onnx"),
+                         weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": 1})
+    stats = {k: v for k, v in fused.get_fused_operator_statistics().items() if v}
+    return OrtModel(folder / "model_fused_int8.onnx"), stats
+
+
+def first_layer_graph(model: Any, folder: Path) -> Any:
+    """The floor of an exit after layer 1: embeddings + layer 1 and nothing else (no branch, no head), exported and
+    quantized as the segments are, as an onnxruntime session."""
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from nimblebert.export.onnx import _quiet, check_batches
+    from nimblebert.runtime.segments import _export, session
+
+    class FirstLayer(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model  # a submodule: its weights are traced as initializers (quantizable), not constants
+
+        def forward(self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+            enc = self.model.encoder
+            return enc.layer(enc.parts[0], enc.embed(ids, types), mask[:, None, None, :].bool())[0]
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ex = check_batches(model.tokenizer, model.hf.config)[0]
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    _export(FirstLayer().eval(), folder / "layer1.onnx", tuple(ex[n] for n in names), names, ["hidden_out"], 17)
+    with _quiet():
+        quantize_dynamic(str(folder / "layer1.onnx"), str(folder / "layer1_int8.onnx"), weight_type=QuantType.QInt8,
+                         per_channel=True)
+    return session(folder / "layer1_int8.onnx")
+
+
 def seg_contender(runner: Any, speed: float) -> Any:
     """A timing contender: the batch's tensors handed to onnxruntime as numpy, as ``OrtModel`` does."""
     return lambda b: runner({k: v.numpy() for k, v in b.items()}, speed)
@@ -184,6 +242,17 @@ def main() -> None:
     fns: dict[str, Any] = {name: hf_contender(m) for name, m in hf.items()}
     sessions, _ = onnx_baselines(teacher, tmp / "teacher")
     fns[ONNX_INT8] = sessions[ONNX_INT8]
+    fns[ONNX_INT8_FUSED], fused_ops = fused_teacher(hf["transformers-eager"], teacher.tokenizer, tmp / "teacher-fused")
+    baselines = {}
+    for name in (ONNX_INT8, ONNX_INT8_FUSED):  # each onnxruntime teacher's accuracy on test, measured, paired
+        correct, index = [], []
+        for b in base.loader:
+            logits = fns[name]({k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in b})
+            correct.append((logits.argmax(-1) == b["labels"]).numpy())
+            index.append(b["index"].numpy())
+        ok = np.concatenate(correct)[np.argsort(np.concatenate(index))]
+        baselines[name] = {"accuracy": float(ok.mean()), "vs_teacher": pair(ok)}
+    print(f"onnxruntime teachers: {baselines}; fused operators {fused_ops}", file=sys.stderr)
 
     folders: list[dict[str, Any]] = []
     exits: list[dict[str, Any]] = []
@@ -244,8 +313,19 @@ def main() -> None:
                 "ort segments · full graph (speed 0)": nimble_contender(mort, {"speed": 0.0}),
                 "ort segments · exit after layer 1 (speed 1)": nimble_contender(mort, {"speed": 1.0}),
                 "ort segments · every segment, no exit": nimble_contender(mort, {"speed": NEVER})}
+    # Where an exit after layer 1 goes, on the same sentences: segment 1 (embeddings + layer 1 + branch 1 + its
+    # entropy) as a bare session.run with nothing around it, and embeddings + layer 1 alone (the floor: no branch).
+    seg1, floor = mort.segments.segments[0], first_layer_graph(load(opts.folders[0]), tmp / first / "floor")
+    numpy_feed = lambda b: {k: v.numpy() for k, v in b.items()}  # noqa: E731
+    parts = {"segment 1 session.run alone (no Python around it)": lambda b: seg1.run(None, numpy_feed(b)),
+             "embeddings + layer 1 graph alone (the floor: no branch)": lambda b: floor.run(None, numpy_feed(b))}
+    over_fns |= {f"ort segments · {k}": fn for k, fn in parts.items()}
     b1_batches = latency_batches(teacher, base.encoded, 1, opts.b1_examples)
     over = compare_latency(over_fns, b1_batches, 1, rounds=opts.rounds)
+    # The same ort contenders each timed alone, back to back (as a server running one model calls it): interleaved,
+    # every call starts with another model's weights in the cache, which costs a small graph proportionally more.
+    alone = {k: compare_latency({k: fn}, b1_batches, 1, rounds=opts.rounds)[k]["p50_ms"]
+             for k, fn in over_fns.items() if k.startswith("ort")}
     overhead = {}
     for tag in ("core int8", "ort segments"):
         full = over[[k for k in over if k.startswith(tag) and "speed 0" in k][0]]["p50_ms"]
@@ -253,6 +333,12 @@ def main() -> None:
         chain = over[f"{tag} · every {'branch' if tag == 'core int8' else 'segment'}, no exit"]["p50_ms"]
         overhead[tag] = {"full_p50_ms": full, "exit1_p50_ms": exit1, "chain_p50_ms": chain,
                          "exit1_over_full": round(exit1 / full, 4), "chain_over_full": round(chain / full, 4)}
+    full_key = "ort segments · full graph (speed 0)"
+    interleaved = {k: over[k]["p50_ms"] for k in alone}
+    breakdown = {k.split(" · ", 1)[1]: {"interleaved_p50_ms": interleaved[k], "alone_p50_ms": alone[k],
+                                         "interleaved_over_full": round(interleaved[k] / interleaved[full_key], 4),
+                                         "alone_over_full": round(alone[k] / alone[full_key], 4)}
+                 for k in alone}
 
     opt_fns: dict[str, Any] = {"per-tensor weights, level all, session.run": seg_contender(per_tensor, 0.8)}
     per_channel = mort.segments.folder
@@ -274,7 +360,8 @@ def main() -> None:
     env = {**environment(), "onnxruntime": onnxruntime.__version__, "minutes": round((time.time() - t_start) / 60, 1)}
     data = {"teacher": opts.teacher, "teacher_accuracy": base.metrics["accuracy"], "examples": len(base.encoded),
             "b1_examples": opts.b1_examples, "folders": folders, "exits": exits, "timing": timing, "latency": lat,
-            "overhead": overhead,
+            "overhead": overhead, "overhead_breakdown": breakdown, "onnxruntime_teachers": baselines,
+            "fused_operators": fused_ops,
             "overhead_folder": opts.folders[0], "session_options": options, "environment": env,
             "torch_version": torch.__version__}
     md = render(data, common.command_line())
@@ -308,6 +395,15 @@ def render(data: dict[str, Any], command: str) -> str:
     for tag, v in data["overhead"].items():
         o.append(f"| {tag} | {v['full_p50_ms']:.2f} | {v['exit1_p50_ms']:.2f} | {v['exit1_over_full']:.3f} | "
                  f"{v['chain_p50_ms']:.2f} | {v['chain_over_full']:.3f} |")
+    br = ["| ort segments, b1 | interleaved p50 ms | ÷ full | alone, back to back: p50 ms | ÷ full |",
+          "|---|---|---|---|---|"]
+    for k, v in data.get("overhead_breakdown", {}).items():
+        br.append(f"| {k} | {v['interleaved_p50_ms']:.3f} | {v['interleaved_over_full']:.3f} | {v['alone_p50_ms']:.3f} "
+                  f"| {v['alone_over_full']:.3f} |")
+    tb = ["| onnxruntime int8 teacher | test accuracy | Δ from the float32 teacher [95% CI] |", "|---|---|---|"]
+    for k, v in data.get("onnxruntime_teachers", {}).items():
+        tb.append(f"| {k} | {v['accuracy']:.4f} | {points_ci(v['vs_teacher'])} |")
+    fused = ", ".join(f"{k} {v}" for k, v in data.get("fused_operators", {}).items())
     s = ["| segments of the first folder at speed 0.8 (runner alone) | b1 ms (p50) | b32 ms/sentence |",
          "|---|---|---|"]
     for k, v in data["session_options"].items():
@@ -341,6 +437,19 @@ Per-call overhead at batch 1 on `{shown(data['overhead_folder'])}`: every senten
 every sentence running every branch without leaving, against the full model (speed 0):
 
 {chr(10).join(o)}
+
+Where an exit after layer 1 goes (same run, same sentences): segment 1 as a bare `session.run` with no Python
+around it, and a graph of embeddings + layer 1 alone (the floor of an exit after layer 1: no branch, no head); each
+also timed alone, back to back, as a server running one model calls it (interleaved, every call starts after another
+model's weights went through the cache, which costs a small graph proportionally more):
+
+{chr(10).join(br)}
+
+onnxruntime int8 of the teacher, plain (`nimblebert export --format onnx --int8`: the sdpa export, unfused) and
+fused (`{ONNX_INT8_FUSED}`: the eager export through onnxruntime's transformer optimizer, model type "bert":
+{fused or "?"}, then the same `quantize_dynamic`), both timed in the table above:
+
+{chr(10).join(tb)}
 
 Session options (measured, same run): graph optimisation level, per-channel int8 weights, io binding, which
 products are quantized (the runtime: per-channel, level all, session.run, every product):
