@@ -70,12 +70,21 @@ def compare_latency(
     batch_size: int,
     warmup: int = 3,
     rounds: int = 3,
+    block: int = 1,
 ) -> dict[str, dict[str, float]]:
-    """Time each contender on every batch, interleaved batch by batch, for ``rounds`` passes.
+    """Time each contender on every batch, interleaved, for ``rounds`` passes.
+
+    The contenders take turns ``block`` consecutive batches at a time (1: batch by batch). A turn's first call
+    finds the caches filled by the contender before it: at batch 1 a ~1 ms model timed right after a 20 ms one pays
+    0.2–0.3 ms for it (benchmarks/ort_segments_mr.py measured it), which a server running that model alone never
+    pays. Blocks of several batches time the steady state of each model while keeping the interleaving that lets a
+    shared machine's drift hit every contender alike.
 
     Returns per contender: ``p50_ms`` / ``p90_ms`` per batch, ``ms_per_sample`` (median batch time ÷
     batch size) and ``samples_per_s``.
     """
+    if block < 1:
+        raise ValueError(f"block must be at least 1, not {block}")
     times: dict[str, list[float]] = {name: [] for name in contenders}
     with torch.inference_mode():
         for fn in contenders.values():  # warm-up: allocator, thread pool, lazy init
@@ -83,12 +92,13 @@ def compare_latency(
                 fn(b)
         _sync()
         for _ in range(rounds):
-            for b in batches:
+            for start in range(0, len(batches), block):
                 for name, fn in contenders.items():
-                    t0 = time.perf_counter()
-                    fn(b)
-                    _sync()
-                    times[name].append(time.perf_counter() - t0)
+                    for b in batches[start:start + block]:
+                        t0 = time.perf_counter()
+                        fn(b)
+                        _sync()
+                        times[name].append(time.perf_counter() - t0)
     result = {}
     for name, ts in times.items():
         p50 = statistics.median(ts) * 1e3

@@ -44,8 +44,10 @@ def measure_latency(
     batch_sizes: tuple[int, ...] = (1, 32),
     examples: dict[int, int] | None = None,
     rounds: int = 3,
+    blocks: dict[int, int] | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Latency of each contender at each batch size on the same inputs, interleaved.
+    """Latency of each contender at each batch size on the same inputs, interleaved (``blocks``: {batch size:
+    consecutive batches per contender's turn}, 1 where not given; see :func:`compare_latency`).
 
     Returns ``{f"batch{b}": {contender: {p50_ms, p90_ms, ms_per_sample, samples_per_s}}}``.
     """
@@ -53,7 +55,7 @@ def measure_latency(
     result = {}
     for bs in batch_sizes:
         batches = latency_batches(model, encoded, bs, examples.get(bs, 20 * bs))
-        result[f"batch{bs}"] = compare_latency(contenders, batches, bs, rounds=rounds)
+        result[f"batch{bs}"] = compare_latency(contenders, batches, bs, rounds=rounds, block=(blocks or {}).get(bs, 1))
     return result
 
 
