@@ -66,7 +66,8 @@ def write_results(out: Path, rows: list[dict[str, Any]], meta: dict[str, Any], c
     atomic_write(out / "results.csv", lambda p: p.write_text(buf.getvalue()))
     env = meta.get("environment", {})
     text = (f"Data: {meta.get('data')} ({meta.get('split')}, {meta.get('examples')} examples). "
-            f"Latency: median of interleaved repeats; batch 1 over {meta.get('b1_examples')} sentences, "
+            f"Latency: median of interleaved repeats; batch 1 over {meta.get('b1_examples')} sentences "
+            f"({meta.get('b1_block', 1)} in a row per turn), "
             f"batch 32 over {meta.get('b32_examples')} (bucketed by length); × = speed-up over the faster "
             f"plain transformers model (sdpa/eager) of the first model, measured in the same run; onnxruntime "
             f"rows run that model exported to ONNX (fp32, and int8 by dynamic quantization), accuracy measured. "
