@@ -30,11 +30,14 @@ class TinyBertConfig(AugmentOptions):
     # ``--recipe joint`` (issue 20, "a peer ahead on small data"): one task stage that sums the intermediate and the
     # prediction losses (TextBrewer-style) with the prediction loss weighted 5, at lr 1e-4 for 2 epochs, on an
     # augmented set whose N follows the number of training rows (--aug-target-rows: N = 20 on a few hundred rows, as
-    # the paper's small-data answer, down to N = 1 from 5,600 rows on), so its cost stays about that of 8,400 rows.
+    # the paper's small-data answer, down to N = 1 from 5,600 rows on), so its cost stays about that of 8,400 rows;
+    # validation every 50 steps (about 10 times in its ~525 steps, as often as a 10-epoch stage is checked: the
+    # stage keeps its best checkpoint, and 2 epochs would give it only 2 to choose from).
     # Measured in docs/results.md (tinybert_small, tinybert_small_full).
     RECIPES: ClassVar[dict[str, dict[str, Any]]] = {
         "short": {"aug_copies": 1, "intermediate_epochs": 1.0, "general_epochs": 1.0, "epochs": 1.0},
-        "joint": {"stages": "joint", "pred_weight": 5.0, "aug_target_rows": 8400, "epochs": 2.0, "lr": 1e-4}}
+        "joint": {"stages": "joint", "pred_weight": 5.0, "aug_target_rows": 8400, "epochs": 2.0, "lr": 1e-4,
+                  "eval_every": 50}}
     RECIPE_HELP: ClassVar[dict[str, str]] = {
         "short": "what our benchmarks run on thousands of rows: about 1/70 of the official steps",
         "joint": "one joint stage, N from the rows (20 on a few hundred, 2 on 2,800): for small data, where the "
