@@ -162,7 +162,9 @@ def main() -> None:
     ap.add_argument("--textbrewer", metavar="PYTHON",
                     help="an interpreter that has TextBrewer (e.g. /work/tb-venv/bin/python): train the peer "
                          "(textbrewer_peer.py) for every seed and report it as 'textbrewer'")
-    ap.add_argument("--reference", default="two-5+5", help="the recipe every other is also paired against")
+    ap.add_argument("--reference", default="two-5+5",
+                    help="the recipe(s) every other is also paired against, comma-separated (the first one's "
+                         "interval is the headline's)")
     ap.add_argument("--seeds", default="42", help="training seeds of the students, comma-separated")
     ap.add_argument("--max-length", default="64")
     ap.add_argument("--batch-size", default="32")
@@ -281,33 +283,42 @@ def main() -> None:
                          "batch_size"])} if peer_train else {},
                      "layers": peer["options"]["layers"]})
         correct.append((p.predicted == p.labels).numpy())
-    # Δ vs the reference recipe run with the same seed (the same seed's data order and initial projection)
-    reference = {str(r["seed"]): c for r, c in zip(rows, correct, strict=True) if r["recipe"] == args.reference}
-    for r, c in zip(rows, correct, strict=True):
-        if reference and r["recipe"] != args.reference:
-            ref_seed = str(r["seed"]) if str(r["seed"]) in reference else next(iter(reference))
-            r["vs_reference"] = common.paired_bootstrap(reference[ref_seed], c, args.bootstrap)
-            r["reference_seed"] = ref_seed
-    groups = aggregate(rows, correct, base.correct, args.reference, args.bootstrap)
+    # Δ vs each reference recipe run with the same seed (the same seed's data order and initial projection)
+    refs = [x.strip() for x in args.reference.split(",") if x.strip()]
+    for ref in refs:
+        reference = {str(r["seed"]): c for r, c in zip(rows, correct, strict=True) if r["recipe"] == ref}
+        for r, c in zip(rows, correct, strict=True):
+            if reference and r["recipe"] != ref:
+                ref_seed = str(r["seed"]) if str(r["seed"]) in reference else next(iter(reference))
+                r.setdefault("vs_references", {})[ref] = common.paired_bootstrap(reference[ref_seed], c,
+                                                                                 args.bootstrap)
+                if ref == refs[0]:  # the first reference keeps the fields published before there were several
+                    r["vs_reference"], r["reference_seed"] = r["vs_references"][ref], ref_seed
+    groups = aggregate(rows, correct, base.correct, refs, args.bootstrap)
 
     env = environment()
-    table = [f"| recipe | seed | validation acc. | test acc. | Δ vs teacher [95% CI] | Δ vs {args.reference} "
-             "(same seed) [95% CI] | train rows per stage | steps per stage | train s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    ref_heads = "".join(f" Δ vs {ref} (same seed) [95% CI] |" for ref in refs)
+    table = [f"| recipe | seed | validation acc. | test acc. | Δ vs teacher [95% CI] |{ref_heads} "
+             "train rows per stage | steps per stage | train s |",
+             "|---|---|---|---|---|" + "---|" * len(refs) + "---|---|---|"]
     for r in rows:
         trows = ", ".join(f"{k} {v}" for k, v in (r["train_rows"] or {}).items())
         steps = " + ".join(str(v) for v in r["train_steps"].values()) or "—"
         secs = f"{r['train_seconds']:.0f}" if r["train_seconds"] else "—"
         table.append(f"| {r['recipe']} | {r['seed']} | {r['validation_accuracy']:.4f} | {r['test']['accuracy']:.4f} | "
-                     f"{points_ci(r['vs_teacher'])} | {points_ci(r.get('vs_reference'))} | {trows} | {steps} | "
+                     f"{points_ci(r['vs_teacher'])} | "
+                     + "".join(f"{points_ci(r.get('vs_references', {}).get(ref))} | " for ref in refs)
+                     + f"{trows} | {steps} | "
                      f"{secs} |")
-    means = [f"| recipe | seeds | mean validation acc. | mean test acc. (min–max) | Δ vs teacher [95% CI] | "
-             f"Δ vs {args.reference} [95% CI] | mean train s |", "|---|---|---|---|---|---|---|"]
+    means = ["| recipe | seeds | mean validation acc. | mean test acc. (min–max) | Δ vs teacher [95% CI] |"
+             + "".join(f" Δ vs {ref} [95% CI] |" for ref in refs) + " mean train s |",
+             "|---|---|---|---|---|" + "---|" * len(refs) + "---|"]
     for name, g in groups.items():
         secs = f"{g['train_seconds']:.0f}" if g["train_seconds"] else "—"
         means.append(f"| {name} | {', '.join(str(s) for s in g['seeds'])} | {g['validation_accuracy']:.4f} | "
                      f"{g['test_accuracy']:.4f} ({g['test_min']:.4f}–{g['test_max']:.4f}) | "
-                     f"{points_ci(g['vs_teacher'])} | {points_ci(g.get('vs_reference'))} | {secs} |")
+                     f"{points_ci(g['vs_teacher'])} | "
+                     + "".join(f"{points_ci(g.get('vs_references', {}).get(ref))} | " for ref in refs) + f"{secs} |")
     ours = {k: g for k, g in groups.items() if not g["peer"]}
     best = max(ours, key=lambda k: ours[k]["validation_accuracy"])
     command = common.command_line()
@@ -343,7 +354,7 @@ Every run:
     headline = (f"**TinyBERT on {scale}** (`{command}`): validation picks {best}, mean test "
                 f"{g['test_accuracy']:.4f} over seeds {', '.join(str(s) for s in g['seeds'])}, "
                 f"{points_ci(g['vs_teacher'])} points vs its teacher"
-                + (f", {points_ci(g.get('vs_reference'))} vs {args.reference}" if g.get("vs_reference") else "")
+                + (f", {points_ci(g.get('vs_reference'))} vs {refs[0]}" if g.get("vs_reference") else "")
                 + ".")
     result = {"data": data, "sizes": sizes, "teacher": teacher, "teacher_validation": teacher_val,
               "teacher_test": base.metrics, "seeds": seeds, "recipes": {k: RECIPES.get(k) for k in students},
@@ -359,13 +370,14 @@ def seed_folder(runs: Path, recipe: str, seed: str) -> Path:
     return runs / (recipe if seed == "42" else f"{recipe}-s{seed}")
 
 
-def aggregate(rows: list[dict[str, Any]], correct: list[Any], teacher_correct: Any, reference: str,
+def aggregate(rows: list[dict[str, Any]], correct: list[Any], teacher_correct: Any, reference: str | list[str],
               reps: int) -> dict[str, dict[str, Any]]:
     """Per recipe, over its seeds: mean validation and test accuracy, the test range, and the paired bootstrap
     interval of the mean over seeds (each test sentence's correctness averaged over the recipe's seeds) against
-    the teacher and against the reference recipe's own mean over seeds."""
+    the teacher and against each reference recipe's own mean over seeds (the first one also as ``vs_reference``)."""
     import numpy as np
 
+    refs = [reference] if isinstance(reference, str) else list(reference)
     by: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
         by.setdefault(r["recipe"], []).append(i)
@@ -379,8 +391,12 @@ def aggregate(rows: list[dict[str, Any]], correct: list[Any], teacher_correct: A
              "test_accuracy": float(np.mean(tests)), "test_min": min(tests), "test_max": max(tests),
              "vs_teacher": common.paired_bootstrap(teacher_correct, mean_correct[k], reps),
              "train_seconds": float(np.mean(secs)) if secs else None}
-        if reference in mean_correct and k != reference:
-            g["vs_reference"] = common.paired_bootstrap(mean_correct[reference], mean_correct[k], reps)
+        for ref in refs:
+            if ref in mean_correct and k != ref:
+                g.setdefault("vs_references", {})[ref] = common.paired_bootstrap(mean_correct[ref], mean_correct[k],
+                                                                                  reps)
+        if refs[0] in g.get("vs_references", {}):  # the first reference: the field published before
+            g["vs_reference"] = g["vs_references"][refs[0]]
         out[k] = g
     return out
 

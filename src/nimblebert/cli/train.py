@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     opts = TrainOptions(
         out=args.out, model=args.model, teacher=args.teacher, epochs=epochs, max_steps=args.max_steps,
         batch_size=args.batch_size, lr=training_lr(args, method.config_cls), max_length=args.max_length, seed=args.seed,
-        eval_every=training_eval_every(args, method.config_cls), save_every=args.save_every, resume=args.resume, overwrite=args.overwrite,
+        eval_every=training_eval_every(args, method.config_cls), save_every=args.save_every, resume=args.resume,
+        overwrite=args.overwrite,
         progress=not args.no_progress, bucket=args.bucket,
     )
     check_output_folder(opts)
