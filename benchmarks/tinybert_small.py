@@ -162,6 +162,8 @@ def main() -> None:
     ap.add_argument("--textbrewer", metavar="PYTHON",
                     help="an interpreter that has TextBrewer (e.g. /work/tb-venv/bin/python): train the peer "
                          "(textbrewer_peer.py) for every seed and report it as 'textbrewer'")
+    ap.add_argument("--peer-seeds", help="the seeds --textbrewer trains (default: --seeds; on the whole of mr a peer "
+                                         "run takes half an hour at 1 thread)")
     ap.add_argument("--reference", default="two-5+5",
                     help="the recipe(s) every other is also paired against, comma-separated (the first one's "
                          "interval is the headline's)")
@@ -220,7 +222,8 @@ def main() -> None:
             students.setdefault(recipe, []).append(out)
     peers = [tuple(spec.partition("=")[::2]) for spec in args.peer]
     if args.textbrewer:  # the real peer, one student per seed, in its own interpreter (TextBrewer is no dependency)
-        for seed in seeds:
+        peer_seeds = [s.strip() for s in (args.peer_seeds or args.seeds).split(",") if s.strip()]
+        for seed in peer_seeds:
             out = seed_folder(runs, "textbrewer", seed)
             if not (args.reuse and (out / "predictions.json").is_file()):
                 subprocess.run([args.textbrewer, str(ROOT / "benchmarks" / "textbrewer_peer.py"), "--data", peer_data,
@@ -229,9 +232,9 @@ def main() -> None:
                                check=True)
             peers.append(("textbrewer", str(out)))
         commands["textbrewer"] = (f"{args.textbrewer} benchmarks/textbrewer_peer.py --data {peer_data} "
-                                  f"--teacher {teacher} "
-                                  f"--out {seed_folder(runs, 'textbrewer', seeds[0])} --layers {args.student_layers} "
-                                  f"--seed {seeds[0]} --max-length {args.max_length} --batch-size {args.batch_size}")
+                                  f"--teacher {teacher} --out {seed_folder(runs, 'textbrewer', peer_seeds[0])} "
+                                  f"--layers {args.student_layers} --seed {peer_seeds[0]} "
+                                  f"--max-length {args.max_length} --batch-size {args.batch_size}")
     if args.train_only:
         return
     for spec in args.extra:
