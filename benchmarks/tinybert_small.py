@@ -20,8 +20,8 @@ each recipe of ``--recipes``:
   ``joint-pw5-aug-2ep`` (the same steps); the paper's own answer to small data, never measured here before: the
   ``official`` recipe (no flags: N = 20, 10 intermediate + 3 prediction epochs), and the joint stage on N = 20 or 5
   augmented copies (``joint-pw5-aug20-2ep``, ``joint-pw5-aug5-3ep``); ``recipe-joint`` is ``--recipe joint``, the
-  documented option that came out of them (on 400 rows the same run as ``joint-pw5-aug20-2ep``; on the whole of mr
-  its rule picks N = 2).
+  documented option that came out of them (on 400 rows the training of ``joint-pw5-aug20-2ep``, validated every 50
+  steps instead of once per epoch; on the whole of mr its rule picks N = 2).
 
 Every recipe runs for each of ``--seeds`` (``NAME@42`` or ``NAME@42+43``: only those); seed 42's folder is
 ``runs/robust/tinybert-mr<rows>/NAME``, another seed's ``NAME-s<seed>``. ``--textbrewer PYTHON`` trains the peer
@@ -93,7 +93,7 @@ RECIPES: dict[str, list[str]] = {
     "joint-pw5-aug5-3ep": ["--stages", "joint", "--aug-copies", "5", "--epochs", "3", "--lr", "1e-4",
                            "--pred-weight", "5"],
     # the documented option that came out of these: the joint stage, weight 5, lr 1e-4, 2 epochs, N from the rows
-    # (--aug-target-rows 8400): on 400 rows the same run as joint-pw5-aug20-2ep, on the whole of mr N = 2
+    # (--aug-target-rows 8400), validation every 50 steps: on 400 rows N = 20, on the whole of mr N = 2
     "recipe-joint": ["--recipe", "joint"],
 }
 
