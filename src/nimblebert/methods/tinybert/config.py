@@ -45,7 +45,8 @@ class TinyBertConfig(AugmentOptions):
         "joint": "one joint stage on N augmented copies picked from the rows (20 on a few hundred, 2 on 2,800, 1 "
                  "from 5,600 on), about 525 steps below 5,600 rows: for a few hundred to a few thousand rows, where "
                  "the official two stages take hours and the short ones lack steps; on 400 rows of mr +0.96 points "
-                 "on test over the TextBrewer peer (3 seeds), on the whole of mr +0.56 over --recipe short (2 seeds); "
+                 "on test over the TextBrewer peer (3 seeds), on the whole of mr +0.56 over --recipe short and +0.31 "
+                 "over the peer (2 seeds; all within noise); "
                  "docs/results.md: tinybert_small, tinybert_small_full"}
 
     student_layers: int = field(default=0, metadata={
