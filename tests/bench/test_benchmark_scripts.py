@@ -163,6 +163,12 @@ def test_tinybert_small_means_over_seeds_pair_each_sentence_averaged_over_seeds(
     assert groups["joint"]["vs_reference"]["diff"] == pytest.approx(0.125)
     assert groups["joint"]["vs_teacher"]["diff"] == pytest.approx(0.75 - 0.75)
     assert groups["joint"]["train_seconds"] == 10.0 and groups["peer"]["train_seconds"] is None
+    # several references: each paired with every other recipe; the first also as vs_reference
+    both = tinybert_small.aggregate(rows, [*peer, *ours], teacher, ["joint", "peer"], 200)
+    assert set(both["peer"]["vs_references"]) == {"joint"} and set(both["joint"]["vs_references"]) == {"peer"}
+    assert both["peer"]["vs_references"]["joint"]["diff"] == pytest.approx(-0.125)
+    assert both["peer"]["vs_reference"] == both["peer"]["vs_references"]["joint"]
+    assert "vs_reference" not in both["joint"]  # the first reference is not paired with itself
     assert tinybert_small.seed_folder(Path("r"), "joint", "42") == Path("r/joint")
     assert tinybert_small.seed_folder(Path("r"), "joint", "43") == Path("r/joint-s43")
 

@@ -9,7 +9,7 @@ import pytest
 
 from nimblebert.cli.common import config_from_args
 from nimblebert.cli.main import build_parser, main
-from nimblebert.cli.train import training_epochs
+from nimblebert.cli.train import training_epochs, training_eval_every, training_lr
 from nimblebert.methods import get_method
 
 
@@ -25,6 +25,29 @@ def test_tinybert_official_is_the_default_and_short_is_the_benchmarks() -> None:
     short, epochs = _parsed("tinybert", "--recipe", "short")
     assert (short.aug_copies, short.intermediate_epochs, short.general_epochs, epochs) == (1, 1.0, 1.0, 1.0)
     assert short.temperature == official.temperature  # what the recipe does not name stays official
+
+
+def test_tinybert_joint_recipe_sets_the_stage_weight_rule_epochs_and_lr() -> None:
+    """``--recipe joint``: one joint stage, prediction weight 5, N from the rows (target 8,400), 2 epochs at 1e-4;
+    the official recipe and ``short`` keep lr 5e-5, and an explicit ``--lr`` wins."""
+    args = build_parser().parse_args(["train", "tinybert", "--out", "o", "--data", "d", "--recipe", "joint"])
+    cfg = config_from_args(get_method("tinybert").config_cls, args)
+    assert (cfg.stage_list(), cfg.pred_weight, cfg.aug_target_rows, cfg.aug_copies) == (["joint"], 5.0, 8400, 20)
+    assert (training_epochs(args, type(cfg)), training_lr(args, type(cfg)), training_eval_every(args, type(cfg))) \
+        == (2.0, 1e-4, 50)
+    for flags in ([], ["--recipe", "short"]):
+        args = build_parser().parse_args(["train", "tinybert", "--out", "o", "--data", "d", *flags])
+        cfg = config_from_args(type(cfg), args)
+        assert (training_lr(args, type(cfg)), training_eval_every(args, type(cfg)), cfg.aug_target_rows,
+                cfg.stages) == (5e-5, None, 0, "auto")
+    args = build_parser().parse_args(["train", "tinybert", "--out", "o", "--data", "d", "--recipe", "joint",
+                                      "--lr", "3e-5", "--aug-target-rows", "0", "--aug-copies", "4", "--eval-every",
+                                      "7"])
+    cfg = config_from_args(type(cfg), args)
+    assert (training_lr(args, type(cfg)), training_eval_every(args, type(cfg)), cfg.aug_target_rows,
+            cfg.aug_copies) == (3e-5, 7, 0, 4)
+    args = build_parser().parse_args(["train", "finetune", "--out", "o", "--data", "d"])
+    assert training_lr(args, get_method("finetune").config_cls) == 5e-5  # methods without recipes: the plain default
 
 
 def test_explicit_flags_override_the_recipe_even_at_the_official_value() -> None:
@@ -61,6 +84,9 @@ def test_help_says_which_recipe_is_the_default(capsys: pytest.CaptureFixture) ->
     text = " ".join(capsys.readouterr().out.split())
     assert "'official' (the default" in text and "short: --aug-copies 1" in text
     assert "(official: 20; --recipe short: 1)" in text
+    assert ("joint: --stages joint, --pred-weight 5.0, --aug-target-rows 8400, --epochs 2.0, --lr 0.0001, "
+            "--eval-every 50 (") in text
+    assert "learning rate (official: 5e-05; --recipe joint: 0.0001)" in text
 
 
 def test_short_dynabert_trains_one_epoch_per_stage(tiny_model_dir: Path, toy_data_dir: Path, tmp_path: Path,

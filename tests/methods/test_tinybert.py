@@ -17,7 +17,7 @@ from nimblebert.distill.cache import build_cache
 from nimblebert.distill.teacher import Teacher
 from nimblebert.errors import UserError
 from nimblebert.methods.losses import attention_mse
-from nimblebert.methods.tinybert.config import TinyBertConfig
+from nimblebert.methods.tinybert.config import TinyBertConfig, copies_for_rows
 from nimblebert.methods.tinybert.objective import PROJECTION, TargetSource, layer_losses, swap_in_student
 from nimblebert.methods.tinybert.student import build_student, check_student, hidden_map, layer_map, uniform_layer_map
 from nimblebert.model import NimbleModel
@@ -305,3 +305,23 @@ def test_pairs_augment_each_field_with_the_other_unchanged() -> None:
     assert rows[0] == row
     assert all(r["text_pair"] == "bad plot" or r["text"] == "good movie" for r in rows)
     assert any(r["text"] != "good movie" for r in rows) and any(r["text_pair"] != "bad plot" for r in rows)
+
+
+# ---- --aug-target-rows: N from the number of training rows (--recipe joint) ------------------------------------
+
+
+@pytest.mark.parametrize(("rows", "n"), [(100, 20), (400, 20), (420, 19), (1000, 7), (2800, 2), (4000, 1),
+                                         (5600, 1), (8530, 1), (100_000, 1)])
+def test_copies_for_rows_keeps_the_augmented_set_near_the_target(rows: int, n: int) -> None:
+    """N = round(T / R) - 1 between 1 and --aug-copies: 20 (the paper's) on a few hundred rows, falling with R so
+    the augmented set stays near T = 8,400 rows, and never below one copy."""
+    assert copies_for_rows(rows, 8400, 20) == n
+    if 1 < n < 20:
+        assert abs(rows * (n + 1) - 8400) <= rows / 2  # the nearest whole N
+    assert copies_for_rows(rows, 8400, 5) == min(n, 5)  # --aug-copies caps it
+    assert copies_for_rows(rows, 8400, 0) == 0  # no copies asked for: none
+
+
+def test_aug_target_rows_is_checked() -> None:
+    with pytest.raises(UserError, match="--aug-target-rows"):
+        TinyBertConfig(aug_target_rows=-1)

@@ -334,3 +334,19 @@ def test_pred_weight_scales_only_the_prediction_loss_of_the_joint_stage(tmp_path
     torch.testing.assert_close(four["loss"], four["attn"] + four["hidden"] + 4 * four["pred"])
     with pytest.raises(UserError, match="--pred-weight"):
         from_base(str(teacher_dir), LABELS, "tinybert", config(tmp_path, stages="joint", pred_weight=0.0))
+
+
+def test_aug_target_rows_picks_n_from_the_number_of_training_rows(tmp_path, teacher_dir, toy_data_dir,
+                                                                  capsys) -> None:
+    """``--aug-target-rows T`` (``--recipe joint``): the stage augments with N = round(T / R) - 1 copies (capped by
+    --aug-copies), announced with the rule; the set has the original rows plus at most N variants each."""
+    n_rows = len(load_task(str(toy_data_dir), label_names=LABELS).train)  # 96
+    model = from_base(str(teacher_dir), LABELS, "tinybert",
+                      config(tmp_path, stages="joint", aug_copies=20, aug_target_rows=3 * n_rows))
+    capsys.readouterr()
+    (joint,) = stages(model, options(tmp_path, "rule", teacher_dir), task_data(toy_data_dir))
+    err = capsys.readouterr().err
+    assert f"({n_rows} + augmented copies, N = 2, from --aug-target-rows {3 * n_rows})" in err
+    assert n_rows < len(joint.train_data) <= 3 * n_rows
+    # The folder keeps the rule and the cap as given, not the N it resolved to.
+    assert (model.method_config["aug_target_rows"], model.method_config["aug_copies"]) == (3 * n_rows, 20)

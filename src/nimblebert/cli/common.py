@@ -162,11 +162,12 @@ def add_recipe_flag(p: argparse.ArgumentParser, config_cls: type) -> None:
     recipes = recipes_of(config_cls)
     if not recipes:
         return
+    notes = getattr(config_cls, "RECIPE_HELP", {})  # what a recipe is for, when the config says it
     described = "; ".join(f"{name}: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items())
-                          for name, values in recipes.items())
+                          + (f" ({notes[name]})" if name in notes else "") for name, values in recipes.items())
     p.add_argument("--recipe", choices=[OFFICIAL, *recipes], default=OFFICIAL,
                    help=f"'official' (the default: the paper's recipe, which its published numbers need; hours on a "
-                        f"CPU) or a shorter one that our benchmarks use ({described}). Flags given explicitly win")
+                        f"CPU) or a shorter one ({described}). Flags given explicitly win")
 
 
 def add_config_flags(p: argparse.ArgumentParser, config_cls: type) -> None:

@@ -42,10 +42,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         t.add_argument("--max-steps", type=positive(int, "--max-steps"), default=None,
                        help="optimizer steps per stage; overrides --epochs")
         t.add_argument("--batch-size", type=positive(int, "--batch-size"), default=32)
-        t.add_argument("--lr", type=positive(float, "--lr"), default=5e-5)
+        t.add_argument("--lr", type=positive(float, "--lr"), default=None if "lr" in by_recipe else 5e-5,
+                       help="learning rate" + (recipe_help(method.config_cls, "lr", 5e-5) if "lr" in by_recipe
+                                               else " (default 5e-05)"))
         t.add_argument("--seed", type=int, default=42)
         t.add_argument("--eval-every", type=positive(int, "--eval-every"), default=None,
-                       help="steps between validation runs (default: once per epoch)")
+                       help="steps between validation runs (default: once per epoch"
+                            + ("; " + recipe_help(method.config_cls, "eval_every", "per epoch")[2:-1] + ")"
+                               if "eval_every" in by_recipe else ")"))
         t.add_argument("--save-every", type=positive(int, "--save-every"), default=100,
                        help="steps between resume checkpoints")
         t.add_argument("--resume", action="store_true", help="continue a killed run in --out")
@@ -68,6 +72,20 @@ def training_epochs(args: argparse.Namespace, config_cls: type) -> float:
     return float(recipe_value(config_cls, getattr(args, "recipe", OFFICIAL), "epochs", 3.0))
 
 
+def training_lr(args: argparse.Namespace, config_cls: type) -> float:
+    """``--lr`` as given, else the recipe's (TinyBERT's joint recipe sets it), else 5e-5."""
+    if args.lr is not None:
+        return float(args.lr)
+    return float(recipe_value(config_cls, getattr(args, "recipe", OFFICIAL), "lr", 5e-5))
+
+
+def training_eval_every(args: argparse.Namespace, config_cls: type) -> int | None:
+    """``--eval-every`` as given, else the recipe's (TinyBERT's joint recipe sets it), else None (once per epoch)."""
+    if args.eval_every is not None:
+        return int(args.eval_every)
+    return recipe_value(config_cls, getattr(args, "recipe", OFFICIAL), "eval_every", None)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..data import encode, load_task
     from ..model import check_head_is_classifier, from_base
@@ -79,8 +97,9 @@ def run(args: argparse.Namespace) -> int:
     epochs = training_epochs(args, method.config_cls)
     opts = TrainOptions(
         out=args.out, model=args.model, teacher=args.teacher, epochs=epochs, max_steps=args.max_steps,
-        batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, seed=args.seed,
-        eval_every=args.eval_every, save_every=args.save_every, resume=args.resume, overwrite=args.overwrite,
+        batch_size=args.batch_size, lr=training_lr(args, method.config_cls), max_length=args.max_length, seed=args.seed,
+        eval_every=training_eval_every(args, method.config_cls), save_every=args.save_every, resume=args.resume,
+        overwrite=args.overwrite,
         progress=not args.no_progress, bucket=args.bucket,
     )
     check_output_folder(opts)

@@ -40,6 +40,7 @@ The projection is dropped when stage 3 starts, so the saved model is a plain tra
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,13 +52,13 @@ from ...core.encoder import CoreEncoder
 from ...distill.augment import augment_cache, encoded_training_set
 from ...distill.cache import TeacherCache, build_cache, cache_root, inner_bytes
 from ...distill.teacher import Targets, Teacher, zero_padding
-from ...distill.texts import base_of_teacher, general_dataset
+from ...distill.texts import base_of_teacher, general_dataset, training_task
 from ...errors import UserError
 from ...io import load_tensors
 from ...train.stages import Stage, TrainOptions
 from ..losses import attention_mse, hidden_mse, soft_cross_entropy
 from ..options import options_from
-from .config import TinyBertConfig
+from .config import TinyBertConfig, copies_for_rows
 from .student import (
     build_student,
     check_student,
@@ -311,7 +312,8 @@ def announce_plan(encoded: Any, data: TrainData | None, cfg: TinyBertConfig, opt
     parts = [f"{s} {epochs[s]:g} epoch{'s' if epochs[s] != 1 else ''} = "
              f"{opts.max_steps or math.ceil(per_epoch * epochs[s]):,} steps" for s in task_stages]
     original = len(data.train) if data is not None and data.train is not None else None
-    rows = f"{len(encoded):,} training rows" + (f" ({original:,} + augmented copies, N = {cfg.aug_copies})"
+    rule = f", from --aug-target-rows {cfg.aug_target_rows}" if cfg.aug_target_rows else ""
+    rows = f"{len(encoded):,} training rows" + (f" ({original:,} + augmented copies, N = {cfg.aug_copies}{rule})"
                                                 if original is not None and len(encoded) > original else "")
     announce(f"tinybert: {rows} at batch {opts.batch_size}: {'; '.join(parts)}. The teacher runs over the rows once "
              "first (cached); each stage prints its time estimate after its first steps (--recipe short: N = 1, one "
@@ -352,9 +354,13 @@ def stages(model: NimbleModel, opts: TrainOptions, data: TrainData | None = None
             train_data=g_data))
 
     if task_stages:
-        encoded = encoded_training_set(data, cfg, opts, teacher_hf, model.tokenizer, model.label_names,
+        aug = cfg
+        if cfg.augment and cfg.aug_target_rows:  # --recipe joint: N from the number of training rows
+            rows = len(training_task(data, opts, list(model.label_names)).train)
+            aug = dataclasses.replace(cfg, aug_copies=copies_for_rows(rows, cfg.aug_target_rows, cfg.aug_copies))
+        encoded = encoded_training_set(data, aug, opts, teacher_hf, model.tokenizer, model.label_names,
                                        augment_cache(cfg.cache_dir))
-        announce_plan(encoded, data, cfg, opts, task_stages)
+        announce_plan(encoded, data, aug, opts, task_stages)
         hidden_idx, score_idx = hidden_map(mapping), [g - 1 for g in mapping]
         cache = _teacher_cache(teacher, encoded, model, hidden_idx, score_idx,
                                "prediction" in names or "joint" in names, "intermediate" in names or "joint" in names,
