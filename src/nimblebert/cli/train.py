@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Any
 
 from ..methods import get_method, list_methods
 from ..train.stages import TrainData, TrainOptions
@@ -65,25 +66,28 @@ def register(sub: argparse._SubParsersAction) -> None:
         m.set_defaults(run=run)
 
 
+def training_value(args: argparse.Namespace, config_cls: type, name: str, default: Any) -> Any:
+    """A shared training flag (``--epochs``, ``--lr``, ``--eval-every``) as given, else the recipe's value (TinyBERT's
+    recipes set them), else ``default``."""
+    given = getattr(args, name)
+    if given is not None:
+        return given
+    return recipe_value(config_cls, getattr(args, "recipe", OFFICIAL), name, default)
+
+
 def training_epochs(args: argparse.Namespace, config_cls: type) -> float:
     """``--epochs`` as given, else the recipe's (TinyBERT's short recipe sets it), else 3."""
-    if args.epochs is not None:
-        return float(args.epochs)
-    return float(recipe_value(config_cls, getattr(args, "recipe", OFFICIAL), "epochs", 3.0))
+    return float(training_value(args, config_cls, "epochs", 3.0))
 
 
 def training_lr(args: argparse.Namespace, config_cls: type) -> float:
     """``--lr`` as given, else the recipe's (TinyBERT's joint recipe sets it), else 5e-5."""
-    if args.lr is not None:
-        return float(args.lr)
-    return float(recipe_value(config_cls, getattr(args, "recipe", OFFICIAL), "lr", 5e-5))
+    return float(training_value(args, config_cls, "lr", 5e-5))
 
 
 def training_eval_every(args: argparse.Namespace, config_cls: type) -> int | None:
     """``--eval-every`` as given, else the recipe's (TinyBERT's joint recipe sets it), else None (once per epoch)."""
-    if args.eval_every is not None:
-        return int(args.eval_every)
-    return recipe_value(config_cls, getattr(args, "recipe", OFFICIAL), "eval_every", None)
+    return training_value(args, config_cls, "eval_every", None)
 
 
 def run(args: argparse.Namespace) -> int:
