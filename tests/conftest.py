@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 # Before transformers / huggingface_hub are imported: they read these once. Tests never reach a hub.
@@ -18,6 +21,19 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 # One thread: tiny models gain nothing from two, and spinning OpenMP threads on a shared 2-core machine
 # made tiny training tests 100× slower.
 torch.set_num_threads(1)
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@contextlib.contextmanager
+def benchmarks_on_path() -> Iterator[None]:
+    """benchmarks/ on sys.path for the block: its scripts import each other (``import common``) as top-level
+    modules, so a test imports them the same way (in a module-scoped fixture, yielding inside the block)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(BENCHMARKS))
 
 WORDS = (
     "the a movie film good bad great awful boring fun plot actor story best worst is was not very and but "

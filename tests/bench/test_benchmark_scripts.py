@@ -9,22 +9,19 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import BENCHMARKS, benchmarks_on_path
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 OPTIONAL = {"fastapi", "uvicorn", "pydantic"}  # packages of an optional extra some scripts import at the top
 
 
 @pytest.fixture(scope="module")
 def scripts():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
+    with benchmarks_on_path():
         import common
         import dynabert_mr
         import ssa
 
         yield common, ssa, dynabert_mr
-    finally:
-        sys.path.remove(str(BENCHMARKS))
 
 
 def verdict(gain: float) -> dict:
@@ -141,12 +138,8 @@ def test_tinybert_small_means_over_seeds_pair_each_sentence_averaged_over_seeds(
     """tinybert_small.py's table of means: per recipe the mean validation and test accuracy over its seeds, and the
     paired interval of the per-sentence correctness averaged over seeds, against the teacher and the reference."""
     import numpy as np
+    import tinybert_small  # importable: the scripts fixture holds benchmarks/ on the path
 
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import tinybert_small
-    finally:
-        sys.path.remove(str(BENCHMARKS))
     teacher = np.array([1, 1, 1, 1, 0, 0, 1, 1])
     peer = [np.array([1, 1, 0, 0, 1, 0, 1, 1]), np.array([1, 0, 1, 0, 1, 0, 1, 1])]  # 5/8 and 5/8
     ours = [np.array([1, 1, 1, 0, 1, 0, 1, 1])]  # 6/8, one seed

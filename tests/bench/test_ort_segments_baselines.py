@@ -5,29 +5,24 @@ PyTorch on a tiny random BERT (tolerance 1e-4 on logits / hidden states; float32
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_tokenizer, tiny_model
+from conftest import benchmarks_on_path, make_tokenizer, tiny_model
 
 from nimblebert.export.onnx import check_batches
 
 pytest.importorskip("onnxruntime")
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def script():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
+    with benchmarks_on_path():
         import ort_segments_mr
 
         yield ort_segments_mr
-    finally:
-        sys.path.remove(str(BENCHMARKS))
 
 
 def test_fused_teacher_fuses_the_eager_export_and_computes_the_same_model(tmp_path: Path, script) -> None:

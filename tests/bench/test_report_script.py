@@ -9,19 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from conftest import benchmarks_on_path
 
 
 @pytest.fixture(scope="module")
 def report():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
+    with benchmarks_on_path():
         import report
 
         yield report
-    finally:
-        sys.path.remove(str(BENCHMARKS))
 
 
 def test_seed_folders_and_commands(report) -> None:

@@ -3,23 +3,16 @@ over the answered requests, and the section it renders. Nothing is served or tim
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from conftest import benchmarks_on_path
 
 
 @pytest.fixture(scope="module")
 def serve_mr():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
+    with benchmarks_on_path():
         import serve_mr
 
         yield serve_mr
-    finally:
-        sys.path.remove(str(BENCHMARKS))
 
 
 def test_summary_counts_goodput_sheds_and_accuracy_of_answers_only(serve_mr) -> None:
