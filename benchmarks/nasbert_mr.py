@@ -71,11 +71,15 @@ def baseline_commands(teacher: str) -> dict[str, list[str]]:
                         "{out}", *compose_mr.TINY],
                  "s2-dyna": dyna("s2"), "s2-dyna-w50": export("s2-dyna", 0.5), "s2-dyna-w25": export("s2-dyna", 0.25),
                  "s3-dyna-w25": export("s3-dyna", 0.25)})
-    parents = {"dyna-w50": "dyna", "dyna-w25": "dyna", "s3-dyna-w50": "s3-dyna", "s3-dyna-w25": "s3-dyna",
-               "s3-dyna": "s3", "s2-dyna-w50": "s2-dyna", "s2-dyna-w25": "s2-dyna", "s2-dyna": "s2"}
+
+    def parent(folder: str) -> str | None:
+        """The folder a command starts from (an export's source, a training's --model), when made here too."""
+        cmd = made[folder]
+        source = cmd[1] if cmd[0] == "export" else cmd[cmd.index("--model") + 1] if "--model" in cmd else ""
+        return Path(source).name if Path(source).name in made else None
 
     def chain(folder: str) -> list[str]:
-        before = chain(parents[folder]) if folder in parents else []
+        before = chain(parent(folder)) if parent(folder) else []
         return [*before, "nimblebert " + " ".join(a.replace("{out}", f"runs/{folder}") for a in made[folder])]
 
     return {folder: chain(folder) for folder, _ in BASELINES.values()}
