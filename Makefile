@@ -2,11 +2,13 @@
 #   make demo   fine-tune MiniLM-L6 on the built-in `mr` data, evaluate it, print accuracy and speed,
 #               then a short FastBERT run and its speed sweep (6.6 minutes measured on 2 CPU cores)
 #   make test   run the test suite (offline, tiny random models)
-# and one regenerates every measured figure in docs/results.md from scratch (about 8 hours on 2 cores; the efficiency
+# and one regenerates every measured figure in docs/results.md from scratch (about 9 hours on 2 cores; the efficiency
 # report about 110 min of it: its two seeds' trainings 2 x 43 min (the folders' train_seconds), its accuracy sweep
 # about 6 min per seed and its timed run 10 min, measured on 2026-12-03 at 1 thread; the sections added after it,
-# about 4 hours more, mostly NAS-BERT's supernet and searches (~2 h), the small-data TinyBERT recipes (~1 h) and
-# the chnsenti teacher (103 min at low priority on a shared core, an upper bound)):
+# about 5 hours more, mostly NAS-BERT's supernet and searches (~2 h), the small-data TinyBERT recipes (~1 h on 400
+# rows; on all of mr 2.5 h at 1 thread, 4 seeds x (290 + 569 + 178 s for the recipes + 1230 s for the TextBrewer
+# peer), 75 min as two 1-thread streams, measured on 2026-12-06) and the chnsenti teacher (103 min at low priority on
+# a shared core, an upper bound)):
 #   make bench
 PYTHON ?= python3
 VENV   ?= .venv
@@ -14,8 +16,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.nimblebert-installed
 
 # issue 20's TinyBERT recipes (benchmarks/tinybert_small.py): NAME@SEED runs only that seed
-TINYBERT_SMALL_RECIPES = joint,joint-pw5,joint-pred@42,joint-aug-5ep@42,two-5+5@42,two-5+5-lr1e-4@42,short@42
-TINYBERT_FULL_RECIPES = joint-pw5-aug-2ep,joint-pw5-aug-1ep,joint-aug-1ep@42,joint-1ep-noaug@42
+TINYBERT_SMALL_RECIPES = recipe-joint,joint-pw5-aug20-2ep,joint-pw5-aug5-3ep@42,joint,joint-pw5,joint-pred@42,joint-aug-5ep@42,two-5+5@42,two-5+5-lr1e-4@42,short@42
+TINYBERT_FULL_RECIPES = recipe-joint,recipe-joint-4ep,short
 TB_PYTHON ?=
 
 .PHONY: setup test demo bench lint data clean-runs
@@ -69,8 +71,8 @@ bench: data
 	# TB_PYTHON=/path/to/python: an interpreter with TextBrewer (benchmarks/textbrewer_peer.py says how to make one)
 	$(BIN)/python benchmarks/tinybert_small.py --rows 400 --threads 1 --seeds 42,43,44 --reference textbrewer \
 		--recipes $(TINYBERT_SMALL_RECIPES) $(if $(TB_PYTHON),--textbrewer $(TB_PYTHON))
-	$(BIN)/python benchmarks/tinybert_small.py --rows 0 --student-layers 3 --seeds 42,43 --recipes $(TINYBERT_FULL_RECIPES) \
-		--extra s3=runs/s3 --extra s3=runs/seed43/s3 --reference s3 --name tinybert_small_full --threads 1
+	$(BIN)/python benchmarks/tinybert_small.py --rows 0 --student-layers 3 --seeds 42,43,44,45 --recipes $(TINYBERT_FULL_RECIPES) \
+		--reference textbrewer,short --name tinybert_small_full --threads 1 $(if $(TB_PYTHON),--textbrewer $(TB_PYTHON))
 	$(BIN)/nimblebert train finetune --model minilm-l6 --data chnsenti --out runs/teacher-chnsenti --epochs 2 \
 		--batch-size 32 --lr 5e-5 --max-length 128 --seed 42
 	$(BIN)/python benchmarks/report.py --data chnsenti --threads 1 --seeds 42  # --train adds its students (hours)
