@@ -1,10 +1,12 @@
 """Kernels under the runner: the precision a loaded model's matrix products run in.
 
-``fp32`` (default) runs the modules as they are; ``int8`` quantizes the large Linears in place at load time
-(:mod:`.int8`); ``ort-int8`` runs the model as onnxruntime int8 graphs, one per layer, with FastBERT's exits decided
-between them (:mod:`.segments`; exits only, other structure knobs fixed). A runtime never changes what is saved: a
-folder keeps its float32 weights, and its config's ``nimblebert`` section may name the runtime to load it with
-(``nimblebert export DIR --format nimble --int8``, ``--format ort-int8``).
+``fp32`` (default) runs the modules as they are; ``fp32-onednn`` runs the same float32 products through oneDNN
+on weights packed once (:mod:`.onednn`: faster at the small row counts of batch 1 and early exits); ``int8``
+quantizes the large Linears in place at load time (:mod:`.int8`); ``ort-int8`` runs the model as onnxruntime int8
+graphs, one per layer, with FastBERT's exits decided between them (:mod:`.segments`; exits only, other structure
+knobs fixed). A runtime never changes what is saved: a folder keeps its float32 weights, and its config's
+``nimblebert`` section may name the runtime to load it with (``nimblebert export DIR --format nimble --int8``,
+``--format ort-int8``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from ..errors import UserError
 if TYPE_CHECKING:
     from ..model import NimbleModel
 
-RUNTIMES = ("fp32", "int8", "ort-int8")
+RUNTIMES = ("fp32", "fp32-onednn", "int8", "ort-int8")
 DEFAULT = "fp32"
 
 
@@ -47,6 +49,12 @@ def apply_runtime(model: NimbleModel, name: str | None) -> NimbleModel:
 
         require_onnx()
         attach(model)
+    if name == "fp32-onednn" and model.runtime != name:
+        from ..core.families import get_path
+        from .onednn import pack_
+
+        family = model.encoder.family
+        pack_(get_path(getattr(model.hf, family.backbone), family.layers))
     if name == "int8" and model.runtime != "int8":
         from ..core.families import get_path
         from .int8 import fuse_qkv_, quantize_

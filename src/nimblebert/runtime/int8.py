@@ -114,7 +114,7 @@ class Int8Linear(nn.Linear):
         return super().extra_repr() + ", int8"
 
 
-def _linears(module: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Linear]]:
+def linears_of(module: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Linear]]:
     for parent in module.modules():
         for name, child in parent.named_children():
             if type(child) is nn.Linear:
@@ -130,7 +130,7 @@ def quantize_(module: nn.Module, min_features: int | None = None) -> int:
         raise UserError(f"the int8 runtime needs torch's x86 quantized engine (this build has "
                         f"{torch.backends.quantized.supported_engines}); run with --runtime fp32")
     count = 0
-    for parent, name, linear in list(_linears(module)):
+    for parent, name, linear in list(linears_of(module)):
         if linear.weight.device.type != "cpu":
             raise UserError("the int8 runtime runs on the CPU; load the model on the CPU or use --runtime fp32")
         if min(linear.in_features, linear.out_features) >= min_features:

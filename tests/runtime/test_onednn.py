@@ -1,0 +1,77 @@
+"""The fp32-onednn runtime: the same float32 products on packed weights, so the same logits, exits and widths.
+
+Tiny models 64 wide (FFN 128) so that their Linears reach the runtime's size threshold, as MiniLM's do.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from test_int8 import batch, nimble
+from torch import nn
+
+import nimblebert
+from nimblebert.core.plan import Plan
+from nimblebert.model import NimbleModel
+from nimblebert.runtime import apply_runtime
+from nimblebert.runtime.onednn import PackedLinear, pack_
+
+
+def onednn_of(model: NimbleModel) -> NimbleModel:
+    return apply_runtime(copy.deepcopy(model), "fp32-onednn")
+
+
+def test_packed_linear_equals_float_linear_at_every_slice() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 80)
+    p = PackedLinear(linear)
+    for x in (torch.randn(2, 7, 96), torch.randn(1, 96), torch.randn(33, 96)):
+        with torch.inference_mode():
+            torch.testing.assert_close(p(x), linear(x), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(p.narrow(x, rows=40), linear(x)[..., :40], atol=1e-5, rtol=1e-5)
+            ref = nn.functional.linear(x[..., :48], linear.weight[:, :48], linear.bias)
+            torch.testing.assert_close(p.narrow(x[..., :48], cols=48), ref, atol=1e-5, rtol=1e-5)
+    assert set(p._packed) == {(None, None), (40, None), (None, 48)}  # each width packed once
+    assert set(p.state_dict()) == set(linear.state_dict()) and isinstance(p, nn.Linear)
+
+
+def test_small_linears_stay_plain() -> None:
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 2), nn.Linear(32, 64))
+    assert pack_(model) == 1
+    assert [type(m) for m in model] == [PackedLinear, nn.Linear, nn.Linear]
+
+
+def test_logits_equal_fp32_on_padded_and_single_rows_and_narrow_widths() -> None:
+    fp32 = nimble()
+    fast = onednn_of(fp32)
+    assert fast.runtime == "fp32-onednn"
+    assert sum(isinstance(m, PackedLinear) for m in fast.hf.modules()) == 3 * 6
+    assert type(fast.hf.bert.pooler.dense) is nn.Linear
+    b = batch()
+    one = {k: v[:1] for k, v in b.items()}
+    plan = Plan(heads=(2, 2, 2), ffn=(64, 64, 64))
+    with torch.inference_mode():
+        torch.testing.assert_close(fast.infer(b).logits, fp32.infer(b).logits, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(fast.infer(one).logits, fp32.infer(one).logits, atol=1e-5, rtol=1e-4)
+        narrow = fast.encoder(b["input_ids"], b["attention_mask"], plan=plan).logits
+        ref = fp32.encoder(b["input_ids"], b["attention_mask"], plan=plan).logits
+        torch.testing.assert_close(narrow, ref, atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(narrow, fast.infer(b).logits)  # the width really changed what ran
+
+
+def test_fastbert_exits_are_the_fp32_exits(tmp_path: Path) -> None:
+    fp32 = nimble("fastbert", layers=4)
+    fast = onednn_of(fp32)
+    b = batch(rows=8)
+    with torch.inference_mode():
+        for speed in (0.0, 0.3, 0.6, 1.0):
+            a, o = fp32.infer(b, speed=speed), fast.infer(b, speed=speed)
+            assert o.layers_run.tolist() == a.layers_run.tolist()
+            torch.testing.assert_close(o.logits, a.logits, atol=1e-5, rtol=1e-4)
+        assert fast.infer(b, speed=1.0).layers_run.tolist() == [1] * 8
+    # Saved, the folder names its runtime and keeps float32 weights.
+    fast.save(tmp_path / "f")
+    again = nimblebert.load(tmp_path / "f")
+    assert again.runtime == "fp32-onednn" and isinstance(again.encoder.parts[0].query, PackedLinear)
