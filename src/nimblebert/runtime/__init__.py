@@ -49,19 +49,19 @@ def apply_runtime(model: NimbleModel, name: str | None) -> NimbleModel:
 
         require_onnx()
         attach(model)
-    if name == "fp32-onednn" and model.runtime != name:
+    if name in ("fp32-onednn", "int8") and model.runtime != name:
         from ..core.families import get_path
-        from .onednn import pack_
 
         family = model.encoder.family
-        pack_(get_path(getattr(model.hf, family.backbone), family.layers))
-    if name == "int8" and model.runtime != "int8":
-        from ..core.families import get_path
-        from .int8 import fuse_qkv_, quantize_
+        layers = get_path(getattr(model.hf, family.backbone), family.layers)  # where the FLOPs are
+        if name == "fp32-onednn":
+            from .onednn import pack_
 
-        family = model.encoder.family
-        for layer in get_path(getattr(model.hf, family.backbone), family.layers):
-            quantize_(layer)
-        fuse_qkv_(model.encoder.parts)
+            pack_(layers)
+        else:
+            from .int8 import fuse_qkv_, quantize_
+
+            quantize_(layers)
+            fuse_qkv_(model.encoder.parts)
     model.runtime = name
     return model

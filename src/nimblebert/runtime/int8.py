@@ -35,7 +35,7 @@ the int8 weights are derived from them at load time, never stored. An int8 model
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -114,29 +114,37 @@ class Int8Linear(nn.Linear):
         return super().extra_repr() + ", int8"
 
 
-def linears_of(module: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Linear]]:
+def _linears(module: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Linear]]:
     for parent in module.modules():
         for name, child in parent.named_children():
             if type(child) is nn.Linear:
                 yield parent, name, child
 
 
+def replace_linears_(module: nn.Module, make: Callable[[nn.Linear], nn.Linear], runtime: str,
+                     min_features: int | None = None) -> int:
+    """Replace, in place, every plain ``nn.Linear`` inside ``module`` whose input and output are both at least
+    ``min_features`` (default :data:`MIN_FEATURES`) wide by ``make(linear)``: the one loop of the CPU runtimes that
+    swap Linears (int8 here, ``fp32-onednn`` in :mod:`.onednn`). Returns how many were replaced."""
+    min_features = MIN_FEATURES if min_features is None else min_features
+    count = 0
+    for parent, name, linear in list(_linears(module)):
+        if linear.weight.device.type != "cpu":
+            raise UserError(f"the {runtime} runtime runs on the CPU; load the model on the CPU or use --runtime fp32")
+        if min(linear.in_features, linear.out_features) >= min_features:
+            setattr(parent, name, make(linear))
+            count += 1
+    return count
+
+
 def quantize_(module: nn.Module, min_features: int | None = None) -> int:
     """Replace, in place, every plain ``nn.Linear`` inside ``module`` whose input and output are both at least
     ``min_features`` (default :data:`MIN_FEATURES`) wide by an :class:`Int8Linear`. Returns how many were
     replaced."""
-    min_features = MIN_FEATURES if min_features is None else min_features
     if torch.backends.quantized.engine not in ("x86", "fbgemm"):
         raise UserError(f"the int8 runtime needs torch's x86 quantized engine (this build has "
                         f"{torch.backends.quantized.supported_engines}); run with --runtime fp32")
-    count = 0
-    for parent, name, linear in list(linears_of(module)):
-        if linear.weight.device.type != "cpu":
-            raise UserError("the int8 runtime runs on the CPU; load the model on the CPU or use --runtime fp32")
-        if min(linear.in_features, linear.out_features) >= min_features:
-            setattr(parent, name, Int8Linear(linear))
-            count += 1
-    return count
+    return replace_linears_(module, Int8Linear, "int8", min_features)
 
 
 class FusedInt8:
