@@ -16,7 +16,7 @@ import nimblebert
 from nimblebert.core.plan import Plan
 from nimblebert.model import NimbleModel
 from nimblebert.runtime import apply_runtime
-from nimblebert.runtime.onednn import PackedLinear, pack_
+from nimblebert.runtime.onednn import FusedPacked, PackedLinear, pack_
 
 
 def onednn_of(model: NimbleModel) -> NimbleModel:
@@ -59,6 +59,21 @@ def test_logits_equal_fp32_on_padded_and_single_rows_and_narrow_widths() -> None
         ref = fp32.encoder(b["input_ids"], b["attention_mask"], plan=plan).logits
         torch.testing.assert_close(narrow, ref, atol=1e-5, rtol=1e-4)
         assert not torch.allclose(narrow, fast.infer(b).logits)  # the width really changed what ran
+    # Q, K and V ran as one packed product, at full width and at the narrow one (each width packed once).
+    fused = fast.encoder.parts[0].query.fused_qkv
+    assert isinstance(fused, FusedPacked) and set(fused._widths) == {64, 2 * fast.encoder.head_dim}
+
+
+def test_fused_qkv_equals_the_three_products_at_every_width() -> None:
+    torch.manual_seed(0)
+    trio = [PackedLinear(nn.Linear(64, 64)) for _ in range(3)]
+    fused = FusedPacked(trio)
+    x = torch.randn(2, 5, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x), torch.cat([m(x) for m in trio], -1), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fused.width(16)(x), torch.cat([m(x)[..., :16] for m in trio], -1),
+                                   atol=1e-5, rtol=1e-5)
+    assert fused.width(16) is fused.width(16)  # packed once
 
 
 def test_fastbert_exits_are_the_fp32_exits(tmp_path: Path) -> None:

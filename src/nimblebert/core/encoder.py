@@ -268,14 +268,16 @@ class CoreEncoder(nn.Module):
         if pack is not None:
             x = x.reshape(b * t, d).index_select(0, pack)  # (N, d) the real tokens only
 
-        # The int8 runtime packs Q, K, V as one product: one input quantization and one call instead of three.
-        fused = getattr(p.query, "fused_qkv", None) if h == self.stored_heads else None
-        if fused is not None and pack is None:  # the common batch-1 case: 3 tensor ops instead of 7
-            q, k, v = fused(x).view(b, t, 3, h, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (b, h, t, dh)
+        # The int8 and fp32-onednn runtimes pack Q, K, V as one product: one call (and, in int8, one input
+        # quantization) instead of three; fp32-onednn's also at each narrower width (its ``width``).
+        fused = getattr(p.query, "fused_qkv", None)
+        if fused is not None and h != self.stored_heads:
+            fused = fused.width(n) if hasattr(fused, "width") else None
+        if fused is not None:  # 3 tensor ops instead of 7 (one scatter of the packed tokens instead of 3)
+            qkv = fused(x) if pack is None else unpack(fused(x), pack, b, t)  # (b, t, 3n)
+            q, k, v = qkv.view(b, t, 3, h, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (b, h, t, dh)
         else:
-            if fused is not None:
-                q, k, v = fused(x).chunk(3, dim=-1)  # (N, n) each
-            elif h == self.stored_heads:
+            if h == self.stored_heads:
                 q, k, v = p.query(x), p.key(x), p.value(x)  # (b, t, n) or (N, n) each
             else:
                 q, k, v = (narrow_linear(m, x, rows=n) for m in (p.query, p.key, p.value))

@@ -33,11 +33,12 @@ def check_runtime(name: str | None) -> str:
 def apply_runtime(model: NimbleModel, name: str | None) -> NimbleModel:
     """Put ``model`` (loaded in float32, in eval mode) on runtime ``name``, in place; returns it.
 
-    int8 quantizes the Linears of the Transformer layers (Q/K/V, attention output, FFN), where the FLOPs are,
-    and packs each layer's Q, K and V as one product. The rest stays float32 on purpose: the pooler, the
-    classifier and the methods' modules (FastBERT branches, TR-BERT policies) multiply one token or a few narrow
-    columns, where int8's per-call input quantization costs more than it saves (measured on the mr teacher at
-    batch 1: a FastBERT branch in int8 cost more than in float32), and their logits decide the exits.
+    int8 quantizes the Linears of the Transformer layers (Q/K/V, attention output, FFN), where the FLOPs are
+    (fp32-onednn packs the same ones), and both pack each layer's Q, K and V as one product. The rest stays
+    float32 on purpose: the pooler, the classifier and the methods' modules (FastBERT branches, TR-BERT policies)
+    multiply one token or a few narrow columns, where int8's per-call input quantization costs more than it saves
+    (measured on the mr teacher at batch 1: a FastBERT branch in int8 cost more than in float32), and their
+    logits decide the exits.
     Every knob stays live: exits and token cuts run as in float32, narrow widths get their own packed weights.
     """
     name = check_runtime(name)
@@ -54,12 +55,15 @@ def apply_runtime(model: NimbleModel, name: str | None) -> NimbleModel:
 
         family = model.encoder.family
         layers = get_path(getattr(model.hf, family.backbone), family.layers)  # where the FLOPs are
+        from .int8 import fuse_qkv_
+
         if name == "fp32-onednn":
-            from .onednn import pack_
+            from .onednn import FusedPacked, PackedLinear, pack_
 
             pack_(layers)
+            fuse_qkv_(model.encoder.parts, PackedLinear, FusedPacked)
         else:
-            from .int8 import fuse_qkv_, quantize_
+            from .int8 import quantize_
 
             quantize_(layers)
             fuse_qkv_(model.encoder.parts)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -165,17 +166,18 @@ class FusedInt8:
         return torch.ops.quantized.linear_dynamic(x, self.packed, REDUCE_RANGE)
 
 
-def fuse_qkv_(parts: list) -> int:
-    """Give every layer whose Q, K and V are :class:`Int8Linear` of one input a fused Q·K·V product (see
-    :class:`FusedInt8`), as ``query.fused_qkv``. Returns how many layers got one. ``parts``: the core's
+def fuse_qkv_(parts: list, kind: type[nn.Linear] = Int8Linear, make: Callable[[list[nn.Linear]], Any] = FusedInt8
+              ) -> int:
+    """Give every layer whose Q, K and V are ``kind`` Linears of one shape a fused Q·K·V product ``make([q, k,
+    v])`` (:class:`FusedInt8`; the fp32-onednn runtime's :class:`~nimblebert.runtime.onednn.FusedPacked`), as
+    ``query.fused_qkv``. Returns how many layers got one. ``parts``: the core's
     :class:`~nimblebert.core.families.LayerParts`."""
     count = 0
     for p in parts:
         trio = [p.query, p.key, p.value]
-        if all(isinstance(m, Int8Linear) for m in trio) and len({m.in_features for m in trio}) == 1:
-            # Per-output-channel scales: each row keeps the scale it had alone, so the fused product equals
-            # the three separate ones (up to the shared input quantization, which was the same input anyway).
-            object.__setattr__(p.query, "fused_qkv", FusedInt8(trio))
+        if all(isinstance(m, kind) for m in trio) and len({(m.in_features, m.out_features) for m in trio}) == 1:
+            # int8: per-output-channel scales, so each row keeps the scale it had alone and the fused product
+            # equals the three separate ones (up to the shared input quantization, which was the same input).
+            object.__setattr__(p.query, "fused_qkv", make(trio))
             count += 1
     return count
-

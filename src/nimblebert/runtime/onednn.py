@@ -19,6 +19,8 @@ the packed weight).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -28,6 +30,13 @@ from .int8 import replace_linears_
 
 def _pack(weight: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach().float().contiguous(), None)
+
+
+def _product(weight: torch.Tensor, bias: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x ↦ x Wᵀ + b`` through oneDNN on the packed ``weight``."""
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return run
 
 
 class PackedLinear(nn.Linear):
@@ -69,6 +78,37 @@ class PackedLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", oneDNN packed"
+
+
+class FusedPacked:
+    """Q, K and V as one packed float32 product: their weights stacked by rows, one oneDNN call instead of three.
+
+    The core's attention calls it as ``p.query.fused_qkv`` (as it calls the int8 runtime's
+    :class:`~nimblebert.runtime.int8.FusedInt8`) and splits the output into Q, K and V. At a DynaBERT width
+    the core asks :meth:`width` for the first ``rows`` channels of each of the three, stacked and packed once per
+    width, so narrow sub-networks save the two calls too (at width 0.25 a layer's products are small enough that
+    per-call costs are a large part of its time). Not an ``nn.Module`` on purpose: derived from the Linears'
+    weights at load time, it must not appear in ``state_dict``.
+    """
+
+    def __init__(self, linears: list[nn.Linear]) -> None:
+        self.linears = linears
+        self._widths: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {}
+        self._full = self.width(linears[0].out_features)
+
+    def width(self, rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The fused product of the first ``rows`` output channels of Q, K and V (with their biases)."""
+        run = self._widths.get(rows)
+        if run is None:
+            weight = torch.cat([m.weight.detach()[:rows] for m in self.linears])
+            biases = [m.bias for m in self.linears]
+            bias = (torch.cat([b.detach()[:rows] for b in biases]).contiguous()
+                    if all(b is not None for b in biases) else None)
+            run = self._widths[rows] = _product(_pack(weight), bias)
+        return run
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self._full(x)
 
 
 def pack_(module: nn.Module, min_features: int | None = None) -> int:
