@@ -1,5 +1,6 @@
-"""The efficiency report: every composition of the `mr` grid at both runtimes (fp32, int8), both training seeds,
-against plain transformers and onnxruntime fp32 / int8 of the teacher, timed in ONE interleaved run.
+"""The efficiency report: every composition of the `mr` grid on every CPU runtime (fp32, fp32-onednn, int8,
+ort-int8), both training seeds, against plain transformers and onnxruntime fp32 / int8 of the teacher, timed in ONE
+interleaved run.
 
 The goal it shows or refutes (issue 17): within 1 point of the teacher ≥ 10× at batch 1 and batch 32, within 3
 points ≥ 20×, and ≥ 3× ahead of onnxruntime's dynamic int8 of the teacher; two training seeds.
@@ -8,7 +9,7 @@ points ≥ 20×, and ≥ 3× ahead of onnxruntime's dynamic int8 of the teacher;
   42 in ``runs/``, seed 43 in ``runs/seed43/`` (for another dataset ``runs/<data>/`` and ``runs/<data>/seed43/``).
   One teacher per dataset (``runs/teacher-<data>``), trained once, shared by both seeds. ``--train`` trains what is
   missing with the same recipe and ``--seed N``; otherwise missing folders are listed and left out.
-- Selection: per model, runtime (``fp32``; ``int8`` = ``nimblebert.load(folder, runtime="int8")``) and budget (0, 1
+- Selection: per model, runtime (``nimblebert.load(folder, runtime=...)``: see :data:`RUNTIMES`) and budget (0, 1
   and 3 points below the teacher's *validation* accuracy), every knob setting runs on validation *under that
   runtime* (int8 changes the logits the exit rule reads, so exits are re-checked, never assumed) and the one with
   the fewest FLOPs within the budget is kept; it is then run once on test. Δ: paired difference from the fp32
@@ -52,7 +53,7 @@ GOALS = {0.01: 10.0, 0.03: 20.0}  # budget -> the speed-up issue 17 asks for, at
 GOAL_VS_ORT = 3.0  # × ahead of onnxruntime int8 of the teacher
 # ort-int8 (onnxruntime segments, exits between them: benchmarks/ort_segments_mr.py) runs the models it can: those whose
 # only live structure knob is FastBERT's speed (or none); the others are left out of that runtime.
-# fp32-onednn (the same float32 products on oneDNN-packed weights) is new on 2026-12-06: not yet in a published report.
+# fp32-onednn: the same float32 products on oneDNN-packed weights (nimblebert.runtime.onednn), same accuracy as fp32.
 RUNTIMES = ("fp32", "fp32-onednn", "int8", "ort-int8")
 DEFAULT_SEED = 42  # the seed every training command uses when --seed is not given
 TEACHERS = {"mr": "runs/teacher-mr", "chnsenti": "runs/teacher-chnsenti"}
