@@ -15,7 +15,7 @@ points ≥ 20×, and ≥ 3× ahead of onnxruntime's dynamic int8 of the teacher;
   the fewest FLOPs within the budget is kept; it is then run once on test. Δ: paired difference from the fp32
   teacher on the same test sentences, bootstrap 95% interval.
 - Timing: all chosen settings and the baselines (transformers eager and sdpa: the baseline is the faster; the
-  nimblebert teacher in fp32 and int8; onnxruntime fp32 and dynamic int8 of the teacher, from ``nimblebert
+  nimblebert teacher in fp32, fp32-onednn and int8; onnxruntime fp32 and dynamic int8 of the teacher, from ``nimblebert
   export --format onnx [--int8]``) are timed interleaved in one run, batch 1 (p50, mean, p90) and batch 32 (per
   sentence, bucketed by length). Headline ×: batch-1 p50 (median) and batch-32 median batch time per sentence.
 - Accuracies (validation sweep and test predictions) are kept in ``bench/report_cache.json``, keyed by the model's
@@ -304,13 +304,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     onnx_dir = Path(tempfile.mkdtemp(prefix="report_onnx_"))
     sessions, onnx_report = onnx_baselines(teacher, onnx_dir)
     plain = transformers_baselines(args.teacher)
-    teacher_int8 = load(args.teacher, runtime="int8")
+    # The unchanged teacher on nimblebert's other CPU runtimes: their predictions are measured, never copied.
+    teachers = {rt: load(args.teacher, runtime=rt) for rt in ("fp32-onednn", "int8")}
     baselines: dict[str, tuple[str, Any, Any]] = {  # label -> (group, timed function, predicted labels)
         **{name: ("transformers", hf_contender(m), None) for name, m in plain.items()},
         **{name: ("onnxruntime", fn, None) for name, fn in sessions.items()},
         "nimblebert teacher · fp32": ("nimblebert fp32", nimble_contender(teacher, {}),
                                       base.predictions.predicted.tolist()),
-        "nimblebert teacher · int8": ("nimblebert int8", nimble_contender(teacher_int8, {}), None),
+        **{f"nimblebert teacher · {rt}": (f"nimblebert {rt}", nimble_contender(m, {}), None)
+           for rt, m in teachers.items()},
     }
     base_rows = []
     for name, (group, fn, predicted) in baselines.items():
@@ -318,8 +320,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             key = cache.key(args.data, base.split, args.teacher, name, {})
             hit = cache.get(key)
             if hit is None:
-                if name == "nimblebert teacher · int8":
-                    hit = evaluate(teacher_int8, base.loader, {}, keep=True)
+                rt = name.rpartition(" · ")[2]
+                if name.startswith("nimblebert teacher") and rt in teachers:
+                    hit = evaluate(teachers[rt], base.loader, {}, keep=True)
                 else:  # onnxruntime int8 changes predictions: measured, never copied from the teacher
                     hit = {"predicted": logits_predicted(fn, base.loader)}
                 # the ONNX files are re-exported on every run: same weights, but cached only for this code
@@ -376,6 +379,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 def _runtime_of(name: str) -> str:
     if name.startswith("transformers-"):
         return "fp32 (" + name.split("-", 1)[1] + ")"
+    if name.startswith("nimblebert teacher · "):
+        return name.rpartition(" · ")[2]
     return "int8" if "int8" in name else "fp32"
 
 
