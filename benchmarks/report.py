@@ -579,7 +579,7 @@ def publish(result: dict[str, Any], docs: str | None) -> str:
     folder = Path(docs) if docs else common.DOCS
     folder.mkdir(parents=True, exist_ok=True)
     plot_pareto(chart_rows(result), folder / f"{name}.png",
-                title=f"{result['data']} test: accuracy vs measured speed-up (fp32 and int8, seeds "
+                title=f"{result['data']} test: accuracy vs measured speed-up (every runtime, seeds "
                       f"{', '.join(map(str, result['seeds']))}; {result['environment'].get('threads')} thread)")
     md, headline = render(result, f"{name}.png")
     common.publish(name, md, result, headline, Path(docs) if docs else None)
