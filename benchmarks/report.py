@@ -305,14 +305,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     sessions, onnx_report = onnx_baselines(teacher, onnx_dir)
     plain = transformers_baselines(args.teacher)
     # The unchanged teacher on nimblebert's other CPU runtimes: their predictions are measured, never copied.
-    teachers = {rt: load(args.teacher, runtime=rt) for rt in ("fp32-onednn", "int8")}
+    teachers = {f"nimblebert teacher · {rt}": (rt, load(args.teacher, runtime=rt)) for rt in ("fp32-onednn", "int8")}
     baselines: dict[str, tuple[str, Any, Any]] = {  # label -> (group, timed function, predicted labels)
         **{name: ("transformers", hf_contender(m), None) for name, m in plain.items()},
         **{name: ("onnxruntime", fn, None) for name, fn in sessions.items()},
         "nimblebert teacher · fp32": ("nimblebert fp32", nimble_contender(teacher, {}),
                                       base.predictions.predicted.tolist()),
-        **{f"nimblebert teacher · {rt}": (f"nimblebert {rt}", nimble_contender(m, {}), None)
-           for rt, m in teachers.items()},
+        **{name: (f"nimblebert {rt}", nimble_contender(m, {}), None) for name, (rt, m) in teachers.items()},
     }
     base_rows = []
     for name, (group, fn, predicted) in baselines.items():
@@ -320,9 +319,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             key = cache.key(args.data, base.split, args.teacher, name, {})
             hit = cache.get(key)
             if hit is None:
-                rt = name.rpartition(" · ")[2]
-                if name.startswith("nimblebert teacher") and rt in teachers:
-                    hit = evaluate(teachers[rt], base.loader, {}, keep=True)
+                if name in teachers:
+                    hit = evaluate(teachers[name][1], base.loader, {}, keep=True)
                 else:  # onnxruntime int8 changes predictions: measured, never copied from the teacher
                     hit = {"predicted": logits_predicted(fn, base.loader)}
                 # the ONNX files are re-exported on every run: same weights, but cached only for this code

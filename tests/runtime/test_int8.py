@@ -23,6 +23,7 @@ from nimblebert.methods import get_method
 from nimblebert.model import NimbleModel
 from nimblebert.runtime import apply_runtime
 from nimblebert.runtime.int8 import Int8Linear, quantize_
+from nimblebert.runtime.onednn import PackedLinear, pack_
 
 WIDE = dict(hidden=64, heads=4, ffn=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
@@ -69,10 +70,12 @@ def test_int8_linear_is_close_to_float_at_every_slice() -> None:
     assert isinstance(q, nn.Linear)
 
 
-def test_small_linears_stay_float() -> None:
+@pytest.mark.parametrize("replace, kind", [(quantize_, Int8Linear), (pack_, PackedLinear)], ids=["int8", "onednn"])
+def test_small_linears_stay_float(replace, kind) -> None:
+    """Both CPU runtimes swap only the Linears whose sides reach MIN_FEATURES (their one shared loop)."""
     model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 2), nn.Linear(32, 64))
-    assert quantize_(model) == 1
-    assert [type(m) for m in model] == [Int8Linear, nn.Linear, nn.Linear]
+    assert replace(model) == 1
+    assert [type(m) for m in model] == [kind, nn.Linear, nn.Linear]
 
 
 def test_int8_logits_close_to_float_and_the_encoder_sees_the_new_modules() -> None:

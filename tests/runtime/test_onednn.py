@@ -16,7 +16,7 @@ import nimblebert
 from nimblebert.core.plan import Plan
 from nimblebert.model import NimbleModel
 from nimblebert.runtime import apply_runtime
-from nimblebert.runtime.onednn import FusedPacked, PackedLinear, pack_
+from nimblebert.runtime.onednn import FusedPacked, PackedLinear
 
 
 def onednn_of(model: NimbleModel) -> NimbleModel:
@@ -35,12 +35,6 @@ def test_packed_linear_equals_float_linear_at_every_slice() -> None:
             torch.testing.assert_close(p.narrow(x[..., :48], cols=48), ref, atol=1e-5, rtol=1e-5)
     assert set(p._packed) == {(None, None), (40, None), (None, 48)}  # each width packed once
     assert set(p.state_dict()) == set(linear.state_dict()) and isinstance(p, nn.Linear)
-
-
-def test_small_linears_stay_plain() -> None:
-    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 2), nn.Linear(32, 64))
-    assert pack_(model) == 1
-    assert [type(m) for m in model] == [PackedLinear, nn.Linear, nn.Linear]
 
 
 def test_logits_equal_fp32_on_padded_and_single_rows_and_narrow_widths() -> None:

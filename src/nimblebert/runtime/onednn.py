@@ -50,31 +50,29 @@ class PackedLinear(nn.Linear):
         super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
         self.weight = nn.Parameter(linear.weight.detach(), requires_grad=False)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
-        self._packed: dict[tuple[int | None, int | None], tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._packed: dict[tuple[int | None, int | None], Callable[[torch.Tensor], torch.Tensor]] = {}
         self._full = self._slice(None, None)
 
-    def _slice(self, rows: int | None, cols: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _slice(self, rows: int | None, cols: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
         key = (rows, cols)
-        packed = self._packed.get(key)
-        if packed is None:
+        run = self._packed.get(key)
+        if run is None:
             w = self.weight.detach()
             bias = None if self.bias is None else self.bias.detach()
             if rows is not None:
                 w, bias = w[:rows], (None if bias is None else bias[:rows].contiguous())
             if cols is not None:
                 w = w[:, :cols]
-            packed = self._packed[key] = (_pack(w), bias)
-        return packed
+            run = self._packed[key] = _product(_pack(w), bias)
+        return run
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = self._full
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        return self._full(x)
 
     def narrow(self, x: torch.Tensor, rows: int | None = None, cols: int | None = None) -> torch.Tensor:
         """``x`` times the first ``rows`` output channels (with their biases) or the first ``cols`` input
         features (with the whole bias): the core's sliced widths, each packed once."""
-        weight, bias = self._slice(rows, cols)
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias, "none", [], "")
+        return self._slice(rows, cols)(x.contiguous())
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", oneDNN packed"
@@ -102,8 +100,7 @@ class FusedPacked:
         if run is None:
             weight = torch.cat([m.weight.detach()[:rows] for m in self.linears])
             biases = [m.bias for m in self.linears]
-            bias = (torch.cat([b.detach()[:rows] for b in biases]).contiguous()
-                    if all(b is not None for b in biases) else None)
+            bias = torch.cat([b.detach()[:rows] for b in biases]) if all(b is not None for b in biases) else None
             run = self._widths[rows] = _product(_pack(weight), bias)
         return run
 
