@@ -139,19 +139,12 @@ def finished(folder: str | Path) -> bool:
 
 
 def cpu() -> dict[str, str]:
-    """The CPU's model name and the instruction sets int8 and fp32 speed depend on (from /proc/cpuinfo)."""
-    model, flags = "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model == "unknown CPU":
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8")
-    return {"cpu_model": model, "isa": ", ".join(f for f in wanted if f in flags) or "no AVX2"}
+    """The CPU's model name and the instruction sets int8, bfloat16 and fp32 speed depend on (from /proc/cpuinfo)."""
+    from nimblebert.bench.latency import cpu_info
+
+    info = cpu_info()
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+    return {"cpu_model": info["model"], "isa": ", ".join(f for f in wanted if f in info["isa"]) or "no AVX2"}
 
 
 def env_line(env: dict) -> str:

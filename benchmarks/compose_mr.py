@@ -114,6 +114,10 @@ def chains(runs: str, teacher: str) -> list[dict[str, Any]]:
          "parts": ["tinybert", "dynabert"]},
         {"name": "tinybert3 → dynabert w0.5 → fastbert", "out": r + "s3-dyna-w50-fast",
          "make": fast(r + "s3-dyna-w50"), "parts": ["tinybert", "dynabert", "fastbert"]},
+        {"name": "tinybert3 → dynabert w0.25", "out": r + "s3-dyna-w25", "make": export(r + "s3-dyna", 0.25),
+         "parts": ["tinybert", "dynabert"]},
+        {"name": "tinybert3 → dynabert w0.25 → fastbert", "out": r + "s3-dyna-w25-fast",
+         "make": fast(r + "s3-dyna-w25"), "parts": ["tinybert", "dynabert", "fastbert"]},
     ]
 
 

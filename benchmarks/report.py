@@ -1,6 +1,6 @@
-"""The efficiency report: every composition of the `mr` grid on every CPU runtime (fp32, fp32-onednn, int8,
-ort-int8), both training seeds, against plain transformers and onnxruntime fp32 / int8 of the teacher, timed in ONE
-interleaved run.
+"""The efficiency report: every composition of the `mr` grid on every CPU runtime (fp32, fp32-onednn, bf16-onednn,
+int8, ort-int8), both training seeds, against plain transformers and onnxruntime fp32 / int8 of the teacher, timed
+in ONE interleaved run.
 
 The goal it shows or refutes (issue 17): within 1 point of the teacher ≥ 10× at batch 1 and batch 32, within 3
 points ≥ 20×, and ≥ 3× ahead of onnxruntime's dynamic int8 of the teacher; two training seeds.
@@ -15,9 +15,10 @@ points ≥ 20×, and ≥ 3× ahead of onnxruntime's dynamic int8 of the teacher;
   the fewest FLOPs within the budget is kept; it is then run once on test. Δ: paired difference from the fp32
   teacher on the same test sentences, bootstrap 95% interval.
 - Timing: all chosen settings and the baselines (transformers eager and sdpa: the baseline is the faster; the
-  nimblebert teacher in fp32, fp32-onednn and int8; onnxruntime fp32 and dynamic int8 of the teacher, from ``nimblebert
-  export --format onnx [--int8]``) are timed interleaved in one run, batch 1 (p50, mean, p90) and batch 32 (per
-  sentence, bucketed by length). Headline ×: batch-1 p50 (median) and batch-32 median batch time per sentence.
+  nimblebert teacher in fp32, fp32-onednn, bf16-onednn and int8; onnxruntime fp32 and dynamic int8 of the teacher,
+  from ``nimblebert export --format onnx [--int8]``) are timed interleaved in one run, batch 1 (p50, mean, p90) and
+  batch 32 (per sentence, bucketed by length). Headline ×: batch-1 p50 (median) and batch-32 median batch time per
+  sentence.
 - Accuracies (validation sweep and test predictions) are kept in ``bench/report_cache.json``, keyed by the model's
   weight files, the runtime, the setting and a hash of the code that computes logits (core, runtime, methods,
   inference), so a second run only times; timing is never cached.
@@ -53,8 +54,9 @@ GOALS = {0.01: 10.0, 0.03: 20.0}  # budget -> the speed-up issue 17 asks for, at
 GOAL_VS_ORT = 3.0  # × ahead of onnxruntime int8 of the teacher
 # ort-int8 (onnxruntime segments, exits between them: benchmarks/ort_segments_mr.py) runs the models it can: those whose
 # only live structure knob is FastBERT's speed (or none); the others are left out of that runtime.
-# fp32-onednn: the same float32 products on oneDNN-packed weights (nimblebert.runtime.onednn), same accuracy as fp32.
-RUNTIMES = ("fp32", "fp32-onednn", "int8", "ort-int8")
+# fp32-onednn: the same float32 products on oneDNN-packed weights (nimblebert.runtime.onednn), same accuracy as fp32;
+# bf16-onednn: those products in bfloat16 (AMX where the CPU has it; refused, so left out, on CPUs without bfloat16).
+RUNTIMES = ("fp32", "fp32-onednn", "bf16-onednn", "int8", "ort-int8")
 DEFAULT_SEED = 42  # the seed every training command uses when --seed is not given
 TEACHERS = {"mr": "runs/teacher-mr", "chnsenti": "runs/teacher-chnsenti"}
 BIG = 32
@@ -257,7 +259,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for runtime in RUNTIMES:
             try:
                 model = models[(g["out"], runtime)] = load(g["out"], runtime=runtime)
-            except UserError as e:  # a live width or token cut: not on ort-int8 (the message says why)
+            except UserError as e:  # a live width or token cut on ort-int8, bf16 on a CPU without it (says why)
                 print(f"{g['name']} (seed {g['seed']}): no {runtime} row: {e}", file=sys.stderr)
                 continue
             own = []
@@ -305,7 +307,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     sessions, onnx_report = onnx_baselines(teacher, onnx_dir)
     plain = transformers_baselines(args.teacher)
     # The unchanged teacher on nimblebert's other CPU runtimes: their predictions are measured, never copied.
-    teachers = {f"nimblebert teacher · {rt}": (rt, load(args.teacher, runtime=rt)) for rt in ("fp32-onednn", "int8")}
+    teachers = {}
+    for rt in ("fp32-onednn", "bf16-onednn", "int8"):
+        try:
+            teachers[f"nimblebert teacher · {rt}"] = (rt, load(args.teacher, runtime=rt))
+        except UserError as e:  # bf16-onednn on a CPU without bfloat16 instructions
+            print(f"teacher: no {rt} row: {e}", file=sys.stderr)
     baselines: dict[str, tuple[str, Any, Any]] = {  # label -> (group, timed function, predicted labels)
         **{name: ("transformers", hf_contender(m), None) for name, m in plain.items()},
         **{name: ("onnxruntime", fn, None) for name, fn in sessions.items()},
@@ -433,8 +440,8 @@ def flops_checks(result: dict[str, Any]) -> str:
 
     big = result["big_batch"]
     lines = ["| runtime | batch | lowest measured ÷ FLOPs speed-up (setting) | median | goal |", "|---" * 5 + "|"]
-    for runtime, goal in (("fp32", "≥ 0.9 every row"), ("fp32-onednn", "≥ 0.9 every row"), ("int8", "> 1"),
-                          ("ort-int8", "> 1")):
+    for runtime, goal in (("fp32", "≥ 0.9 every row"), ("fp32-onednn", "≥ 0.9 every row"), ("bf16-onednn", "> 1"),
+                          ("int8", "> 1"), ("ort-int8", "> 1")):
         own = [r for r in result["rows"] if r["runtime"] == runtime]
         for batch in (1, big):
             key = f"b{batch}_over_flops"
@@ -521,6 +528,9 @@ def render(result: dict[str, Any], chart: str) -> tuple[str, str]:
     ort_note = ("\n  ort-int8 = `nimblebert.load(folder, runtime=\"ort-int8\")`: onnxruntime int8 segments, one graph "
                 "per layer, speed live (models with a live width or token cut have no ort-int8 row)."
                 if "ort-int8" in runtimes else "")
+    amx = "AMX on this CPU" if "amx_bf16" in env_text(env) else "no AMX on this CPU"
+    bf16_note = ("\n  bf16-onednn = `nimblebert.load(folder, runtime=\"bf16-onednn\")`: the Transformer layers' "
+                 f"products in bfloat16 on oneDNN ({amx}), every knob live." if "bf16-onednn" in runtimes else "")
     # with no student trained yet the section holds the teacher's baselines only: say so instead of an empty grid
     scope = (f"every composition × {{{', '.join(runtimes)}}}, {len(seeds)} seed(s)" if runtimes
              else "the teacher's baselines (no student trained yet)")
@@ -538,7 +548,8 @@ tokens, {tt['flops_per_sample'] / 1e6:.0f} MFLOPs per test example). CPU: {env_t
 - Settings: per model, runtime and budget (0, 1, 3 points below the teacher's validation accuracy), every knob
   setting ({swept}) runs on validation *under that runtime*; the one with the fewest FLOPs within the budget is
   run once on test. Δ: paired difference from the fp32 teacher on the same test examples, bootstrap 95% interval
-  ({result['bootstrap']} resamples). int8 = `nimblebert.load(folder, runtime="int8")`, exits and widths live.{ort_note}
+  ({result['bootstrap']} resamples). int8 = `nimblebert.load(folder, runtime="int8")`, exits and widths live.\
+{bf16_note}{ort_note}
 - ×: speed-up over the faster plain transformers teacher (eager / sdpa), every row timed interleaved in this run
   ({result['rounds']} rounds): batch 1 over {result['b1_examples']} examples, {turns} — **headline: p50
   (median)**, mean = throughput, p90 — and batch {big} over {result['big_examples']} (bucketed by length, median batch

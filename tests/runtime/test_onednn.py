@@ -8,15 +8,17 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import pytest
 import torch
 from test_int8 import batch, nimble
 from torch import nn
 
 import nimblebert
 from nimblebert.core.plan import Plan
+from nimblebert.errors import UserError
 from nimblebert.model import NimbleModel
 from nimblebert.runtime import apply_runtime
-from nimblebert.runtime.onednn import FusedPacked, PackedLinear
+from nimblebert.runtime.onednn import BF16Linear, FusedPacked, PackedLinear, bf16_supported
 
 
 def onednn_of(model: NimbleModel) -> NimbleModel:
@@ -84,3 +86,62 @@ def test_fastbert_exits_are_the_fp32_exits(tmp_path: Path) -> None:
     fast.save(tmp_path / "f")
     again = nimblebert.load(tmp_path / "f")
     assert again.runtime == "fp32-onednn" and isinstance(again.encoder.parts[0].query, PackedLinear)
+
+
+needs_bf16 = pytest.mark.skipif(not bf16_supported(), reason="oneDNN has no bfloat16 products on this CPU")
+
+
+@needs_bf16
+def test_bf16_linear_is_the_bfloat16_product_at_every_slice() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 80)
+    p = BF16Linear(linear)
+    w, bias = linear.weight.bfloat16().float(), linear.bias.bfloat16().float()
+    for x in (torch.randn(2, 7, 96), torch.randn(1, 96), torch.randn(33, 96)):
+        xb = x.bfloat16().float()  # what the product multiplies: both sides rounded to bfloat16
+        with torch.inference_mode():
+            out = p(x)
+            assert out.dtype == torch.bfloat16  # left in bfloat16: the core's residual sum promotes it
+            torch.testing.assert_close(out.float(), nn.functional.linear(xb, w, bias), atol=3e-2, rtol=1e-2)
+            ref = nn.functional.linear(xb[..., :48], w[:, :48], bias)
+            torch.testing.assert_close(p.narrow(x[..., :48], cols=48).float(), ref, atol=3e-2, rtol=1e-2)
+            torch.testing.assert_close(p.narrow(x, rows=40).float(), out[..., :40].float(), atol=3e-2, rtol=1e-2)
+    assert set(p._packed) == {(None, None), (40, None), (None, 48)}
+    assert set(p.state_dict()) == set(linear.state_dict())  # float32 weights stay: save is unchanged
+    assert p.weight.dtype == torch.float32
+
+
+@needs_bf16
+def test_bf16_runtime_keeps_float32_outside_the_products_and_every_knob_live(tmp_path: Path) -> None:
+    fp32 = nimble("fastbert", layers=4)
+    bf16 = apply_runtime(copy.deepcopy(fp32), "bf16-onednn")
+    assert bf16.runtime == "bf16-onednn"
+    assert sum(isinstance(m, BF16Linear) for m in bf16.hf.modules()) == 4 * 6
+    assert isinstance(bf16.encoder.parts[0].query.fused_qkv, FusedPacked)
+    b = batch(rows=8)
+    plan = Plan(heads=(2, 2, 2, 2), ffn=(64, 64, 64, 64))
+    with torch.inference_mode():
+        out = bf16.infer(b, speed=0.0)
+        ref = fp32.infer(b, speed=0.0)
+        # LayerNorm, residuals, exits and classifier stay float32; the products' rounding moves logits a little
+        assert out.logits.dtype == torch.float32
+        torch.testing.assert_close(out.logits, ref.logits, atol=5e-2, rtol=5e-2)
+        assert not torch.equal(out.logits, ref.logits)  # the products really ran in bfloat16
+        hidden = bf16.encoder(b["input_ids"], b["attention_mask"], output_hidden_states=True).hidden_states
+        assert all(h.dtype == torch.float32 for h in hidden)
+        narrow = bf16.encoder(b["input_ids"], b["attention_mask"], plan=plan).logits
+        torch.testing.assert_close(narrow, fp32.encoder(b["input_ids"], b["attention_mask"], plan=plan).logits,
+                                   atol=5e-2, rtol=5e-2)
+        assert not torch.allclose(narrow, bf16.encoder(b["input_ids"], b["attention_mask"]).logits)
+        assert bf16.infer(b, speed=1.0).layers_run.tolist() == [1] * 8  # exits live
+    bf16.save(tmp_path / "f")
+    again = nimblebert.load(tmp_path / "f")
+    assert again.runtime == "bf16-onednn" and isinstance(again.encoder.parts[0].query, BF16Linear)
+
+
+def test_bf16_runtime_is_refused_with_one_line_where_onednn_has_no_bfloat16(monkeypatch) -> None:
+    import nimblebert.runtime.onednn as onednn
+
+    monkeypatch.setattr(onednn, "bf16_supported", lambda: False)
+    with pytest.raises(UserError, match="bf16-onednn runtime needs oneDNN's bfloat16"):
+        apply_runtime(nimble(), "bf16-onednn")

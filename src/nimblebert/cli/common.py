@@ -90,13 +90,15 @@ def resolve_knobs(model: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_runtime_flag(p: argparse.ArgumentParser, multiple: bool = False) -> None:
-    """``--runtime fp32|int8|ort-int8``: the kernels the model's matrix products run on (default: what the folder's
-    config names, else fp32). With ``multiple``, repeatable: each model is run on each runtime given."""
+    """``--runtime fp32|fp32-onednn|bf16-onednn|int8|ort-int8``: the kernels the model's matrix products run on
+    (default: what the folder's config names, else fp32). With ``multiple``, repeatable: each model is run on each
+    runtime given."""
     from ..runtime import RUNTIMES
 
-    help_text = ("fp32; fp32-onednn: the same float32 products through oneDNN on weights packed once (CPU; faster at "
-                 "batch 1 and after exits), every knob live; int8: dynamic int8 matrix products on the CPU, every "
-                 "knob still live; ort-int8: onnxruntime "
+    help_text = ("fp32; fp32-onednn: the same float32 products through oneDNN on weights packed once (CPU; faster "
+                 "at batch 1 and after exits), every knob live; bf16-onednn: those products in bfloat16 (several "
+                 "times faster on CPUs with AMX; refused where oneDNN has no bfloat16), every knob live; int8: "
+                 "dynamic int8 matrix products on the CPU, every knob still live; ort-int8: onnxruntime "
                  "int8, one graph per layer, FastBERT's --speed live, other structure knobs fixed (default: the "
                  "folder's runtime, else fp32)")
     if not multiple:

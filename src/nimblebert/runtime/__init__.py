@@ -1,7 +1,9 @@
 """Kernels under the runner: the precision a loaded model's matrix products run in.
 
 ``fp32`` (default) runs the modules as they are; ``fp32-onednn`` runs the same float32 products through oneDNN
-on weights packed once (:mod:`.onednn`: faster at the small row counts of batch 1 and early exits); ``int8``
+on weights packed once (:mod:`.onednn`: faster at the small row counts of batch 1 and early exits);
+``bf16-onednn`` the same packed products in bfloat16 (:class:`.onednn.BF16Linear`: several times faster on CPUs
+with AMX, refused on CPUs without bfloat16 instructions); ``int8``
 quantizes the large Linears in place at load time (:mod:`.int8`); ``ort-int8`` runs the model as onnxruntime int8
 graphs, one per layer, with FastBERT's exits decided between them (:mod:`.segments`; exits only, other structure
 knobs fixed). A runtime never changes what is saved: a folder keeps its float32 weights, and its config's
@@ -18,7 +20,7 @@ from ..errors import UserError
 if TYPE_CHECKING:
     from ..model import NimbleModel
 
-RUNTIMES = ("fp32", "fp32-onednn", "int8", "ort-int8")
+RUNTIMES = ("fp32", "fp32-onednn", "bf16-onednn", "int8", "ort-int8")
 DEFAULT = "fp32"
 
 
@@ -34,11 +36,11 @@ def apply_runtime(model: NimbleModel, name: str | None) -> NimbleModel:
     """Put ``model`` (loaded in float32, in eval mode) on runtime ``name``, in place; returns it.
 
     int8 quantizes the Linears of the Transformer layers (Q/K/V, attention output, FFN), where the FLOPs are
-    (fp32-onednn packs the same ones), and both pack each layer's Q, K and V as one product. The rest stays
-    float32 on purpose: the pooler, the classifier and the methods' modules (FastBERT branches, TR-BERT policies)
-    multiply one token or a few narrow columns, where int8's per-call input quantization costs more than it saves
-    (measured on the mr teacher at batch 1: a FastBERT branch in int8 cost more than in float32), and their
-    logits decide the exits.
+    (fp32-onednn and bf16-onednn pack the same ones), and each packs each layer's Q, K and V as one product. The
+    rest stays float32 on purpose: the pooler, the classifier and the methods' modules (FastBERT branches, TR-BERT
+    policies) multiply one token or a few narrow columns, where int8's per-call input quantization costs more than
+    it saves (measured on the mr teacher at batch 1: a FastBERT branch in int8 cost more than in float32), and
+    their logits decide the exits.
     Every knob stays live: exits and token cuts run as in float32, narrow widths get their own packed weights.
     """
     name = check_runtime(name)
@@ -50,18 +52,19 @@ def apply_runtime(model: NimbleModel, name: str | None) -> NimbleModel:
 
         require_onnx()
         attach(model)
-    if name in ("fp32-onednn", "int8") and model.runtime != name:
+    if name in ("fp32-onednn", "bf16-onednn", "int8") and model.runtime != name:
         from ..core.families import get_path
 
         family = model.encoder.family
         layers = get_path(getattr(model.hf, family.backbone), family.layers)  # where the FLOPs are
         from .int8 import fuse_qkv_
 
-        if name == "fp32-onednn":
-            from .onednn import FusedPacked, PackedLinear, pack_
+        if name.endswith("-onednn"):
+            from .onednn import BF16Linear, FusedPacked, PackedLinear, pack_
 
-            pack_(layers)
-            fuse_qkv_(model.encoder.parts, PackedLinear, FusedPacked)
+            kind = BF16Linear if name == "bf16-onednn" else PackedLinear
+            pack_(layers, kind=kind)
+            fuse_qkv_(model.encoder.parts, kind, FusedPacked)
         else:
             from .int8 import quantize_
 
