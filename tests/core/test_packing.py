@@ -89,3 +89,43 @@ def test_packing_follows_dropped_tokens(monkeypatch: pytest.MonkeyPatch) -> None
     torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=0)
     for name, g in grads.items():
         torch.testing.assert_close(g, ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_key_mask_pads_keys_to_the_multiple_and_masks_what_was_added() -> None:
+    _, mask = _ragged(length=12)
+    keys = tokens.key_mask4d(mask, 16)
+    assert keys is not None and keys.shape == (4, 1, 1, 16) and keys.dtype == torch.bool
+    torch.testing.assert_close(keys[:, 0, 0, :12], mask.bool())
+    assert not keys[..., 12:].any()  # the added keys are never attended to
+    full = torch.ones(2, 16, dtype=torch.long)
+    assert tokens.key_mask4d(full, 16) is None  # a multiple already, nothing padded: no mask at all
+    assert tokens.key_mask4d(full[:, :13], 16)[..., 13:].sum() == 0
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "padded"])
+def test_padded_keys_give_the_unpadded_attention_in_bfloat16(monkeypatch: pytest.MonkeyPatch, packed: bool) -> None:
+    # The encoder pads K and V for bfloat16 attention at inference (tokens.KEY_MULTIPLE): the added keys are
+    # masked, so a layer's output is that of attention on the real keys. (Attending to the added zero keys
+    # instead moves it by ~1e-2 on this model: the tolerance would catch it.)
+    torch.manual_seed(0)
+    model = tiny_model(layers=2).eval().to(torch.bfloat16)
+    encoder = CoreEncoder(model)
+    _, mask = _ragged(length=12)
+    x = torch.randn(4, 12, model.config.hidden_size, dtype=torch.bfloat16)
+    pack = pack_index(mask) if packed else None
+    assert (pack is not None) == packed
+    with torch.inference_mode():
+        ref, _ = encoder.layer(encoder.parts[0], x, tokens.attention_mask4d(mask), pack=pack)
+        out, _ = encoder.layer(encoder.parts[0], x, tokens.attention_mask4d(mask), pack=pack,
+                               keys=tokens.key_mask4d(mask, 16))
+        torch.testing.assert_close(out[mask.bool()], ref[mask.bool()], atol=2e-3, rtol=0)
+        # the loop hands the layers the padded mask, and the model's outputs follow
+        monkeypatch.setattr(tokens, "PACK_MIN_PADDING", PACK_MIN_PADDING if packed else 2.0)
+        ids = torch.randint(5, 99, mask.shape)
+        logits = {}
+        for multiple in (1, 16):
+            monkeypatch.setattr(tokens, "KEY_MULTIPLE", multiple)
+            logits[multiple] = encoder(ids, mask).logits
+        torch.testing.assert_close(logits[16], logits[1], atol=2e-3, rtol=0)
+    state = LoopState(torch.zeros(4, 12, 8), mask, 2)
+    assert state.keys is not None and state.keys.size(-1) == 16

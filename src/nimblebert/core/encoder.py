@@ -26,7 +26,7 @@ from torch.nn.modules.module import register_module_module_registration_hook
 from .families import Family, LayerParts, classify, embed, family_of, layer_parts
 from .ops import OpSpec, run_ops
 from .plan import FULL, Plan
-from .tokens import attention_mask4d, gather_tokens, keep_index, pack_index, unpack
+from .tokens import attention_mask4d, gather_tokens, keep_index, key_mask4d, pack_index, unpack
 
 
 @dataclass
@@ -99,6 +99,7 @@ class LoopState:
         self.removed = False  # whether any row has left (then outputs go through the row buffer)
         self._mask4d: torch.Tensor | None = None
         self._pack: torch.Tensor | None = None
+        self._keys: torch.Tensor | None = None
         self._mask4d_valid = False
 
     @property
@@ -115,10 +116,18 @@ class LoopState:
         self._refresh_masks()
         return self._pack
 
+    @property
+    def keys(self) -> torch.Tensor | None:
+        """The attention mask over keys padded to a multiple of :data:`~nimblebert.core.tokens.KEY_MULTIPLE`
+        (:func:`key_mask4d`; what the layers' inference attention runs on), cached like :attr:`attn_mask`."""
+        self._refresh_masks()
+        return self._keys
+
     def _refresh_masks(self) -> None:
         if not self._mask4d_valid:
             self._mask4d = attention_mask4d(self.mask)
             self._pack = pack_index(self.mask) if self._mask4d is not None else None
+            self._keys = key_mask4d(self.mask)
             self._mask4d_valid = True
 
     def finish(self, done: torch.Tensor, logits: torch.Tensor) -> None:
@@ -250,6 +259,7 @@ class CoreEncoder(nn.Module):
         ffn: int | None = None,
         need_scores: bool = False,
         pack: torch.Tensor | None = None,
+        keys: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One post-LayerNorm Transformer layer (Vaswani et al. 2017; BERT's layer) on ``x`` (b, t, d).
 
@@ -257,6 +267,10 @@ class CoreEncoder(nn.Module):
         ``pack`` (N,), the flat positions of the real tokens (:func:`~nimblebert.core.tokens.pack_index`):
         every per-token product runs on those N tokens alone and only the attention sees the padded
         (b, t) layout; the output is then zero at padding (a value nothing reads: padding is masked).
+        ``keys`` (b, 1, 1, t'), t' ≥ t: the mask over keys padded to ``t'`` (:func:`key_mask4d`); when given,
+        longer than ``t`` and K, V are bfloat16 (the bf16-onednn runtime), K and V are padded to it and attention
+        runs on that mask instead of ``mask4d`` (same result: the added keys are masked; faster on the CPU, see
+        :data:`~nimblebert.core.tokens.KEY_MULTIPLE`).
         Returns the layer output and, when ``need_scores``, the pre-softmax scores QKᵀ/√d_h + mask
         (b, h, t, t) that TinyBERT distils.
         """
@@ -295,6 +309,12 @@ class CoreEncoder(nn.Module):
             probs = F.dropout(torch.softmax(scores, dim=-1), p.attn_dropout_p, training)
             ctx = torch.matmul(probs, v)  # (b, h, t, dh)
         else:
+            # bfloat16 only: measured on the mr teacher at batch 32 (1 thread, Intel Xeon with AMX), padded keys
+            # made the whole model 1.13-1.25x faster in bfloat16 and 0.95-0.99x in float32, where copying K and V
+            # (twice the bytes) costs about what the kernel saves.
+            if keys is not None and keys.size(-1) != t and k.dtype == torch.bfloat16:
+                k, v = F.pad(k, (0, 0, 0, keys.size(-1) - t)), F.pad(v, (0, 0, 0, keys.size(-1) - t))
+                mask4d = keys
             ctx = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask4d, dropout_p=p.attn_dropout_p if training else 0.0
             )
@@ -344,6 +364,8 @@ class CoreEncoder(nn.Module):
         scores_out: list[torch.Tensor] | None = [] if output_scores else None
         steps: list[Step] = []
         parts = self.parts
+        # Keys padded for the CPU attention kernel at inference (training and explicit scores keep the plain path)
+        pad_keys = not self.model.training and not output_scores and hidden.device.type == "cpu"
         for hook in hooks:  # hooks that keep per-row or per-token state register it before rows or tokens move
             start = getattr(hook, "start", None)
             if start is not None:
@@ -358,7 +380,7 @@ class CoreEncoder(nn.Module):
             ffn = plan.ffn_at(i, self.ffn_size)
             steps.append(Step(i, state.rows, state.lengths, heads, ffn))
             state.hidden, scores = self.layer(parts[i], state.hidden, state.attn_mask, heads, ffn, output_scores,
-                                              state.pack)
+                                              state.pack, state.keys if pad_keys else None)
             state.step += 1
             state.layer = i
             if hiddens is not None:
