@@ -18,7 +18,7 @@ from nimblebert.core.plan import Plan
 from nimblebert.errors import UserError
 from nimblebert.model import NimbleModel
 from nimblebert.runtime import apply_runtime
-from nimblebert.runtime.onednn import BF16Linear, FusedPacked, PackedLinear, bf16_supported
+from nimblebert.runtime.onednn import BF16Linear, FusedPacked, PackedLinear, bf16_supported, gelu_kind
 
 
 def onednn_of(model: NimbleModel) -> NimbleModel:
@@ -145,3 +145,36 @@ def test_bf16_runtime_is_refused_with_one_line_where_onednn_has_no_bfloat16(monk
     monkeypatch.setattr(onednn, "bf16_supported", lambda: False)
     with pytest.raises(UserError, match="bf16-onednn runtime needs oneDNN's bfloat16"):
         apply_runtime(nimble(), "bf16-onednn")
+
+
+def test_gelu_kind_tells_erf_from_tanh_and_fuses_neither_else() -> None:
+    from transformers.activations import ACT2FN
+
+    assert gelu_kind(ACT2FN["gelu"]) == "none"  # BERT's and MiniLM's: the erf form
+    assert gelu_kind(ACT2FN["gelu_new"]) == "tanh" and gelu_kind(ACT2FN["gelu_pytorch_tanh"]) == "tanh"
+    assert gelu_kind(ACT2FN["relu"]) is None and gelu_kind(ACT2FN["silu"]) is None
+
+
+def test_fused_gelu_is_the_activation_of_the_product_at_every_width() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 96)
+    for kind, act in (("none", nn.functional.gelu), ("tanh", lambda z: nn.functional.gelu(z, approximate="tanh"))):
+        p = PackedLinear(linear)
+        p.fuse_gelu(kind)
+        x = torch.randn(5, 64)
+        with torch.inference_mode():
+            torch.testing.assert_close(p(x), act(linear(x)), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(p.narrow(x, rows=32), act(linear(x))[:, :32], atol=1e-5, rtol=1e-5)
+
+
+def test_the_runtime_fuses_the_ffn_gelu_and_the_core_skips_its_own() -> None:
+    fp32 = nimble()
+    fast = onednn_of(fp32)
+    assert all(p.ffn_in.fused_act == "none" for p in fast.encoder.parts)
+    b = batch()
+    plan = Plan(heads=(2, 2, 2), ffn=(64, 64, 64))
+    with torch.inference_mode():  # applied once, not twice: the logits are the float32 model's, full and narrow
+        torch.testing.assert_close(fast.infer(b).logits, fp32.infer(b).logits, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(fast.encoder(b["input_ids"], b["attention_mask"], plan=plan).logits,
+                                   fp32.encoder(b["input_ids"], b["attention_mask"], plan=plan).logits,
+                                   atol=1e-5, rtol=1e-4)

@@ -194,6 +194,10 @@ def _count_registration(module: nn.Module, name: str, submodule: nn.Module | Non
 register_module_module_registration_hook(_count_registration)
 
 
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
 def narrow_linear(linear: nn.Module, x: torch.Tensor, rows: int | None = None, cols: int | None = None) -> torch.Tensor:
     """``linear`` restricted to its first ``rows`` outputs (with their biases) or its first ``cols`` inputs.
 
@@ -330,10 +334,12 @@ class CoreEncoder(nn.Module):
             a = F.dropout(a, p.dropout_p, True)
         a = p.attn_norm(a + x)  # (b, t, d) or (N, d)
 
+        # the oneDNN runtimes may apply the activation inside the first product (their ``fused_act``)
+        act = _identity if getattr(p.ffn_in, "fused_act", None) else p.ffn_act
         if f == self.ffn_size:
-            y = p.ffn_out(p.ffn_act(p.ffn_in(a)))
+            y = p.ffn_out(act(p.ffn_in(a)))
         else:
-            y = narrow_linear(p.ffn_out, p.ffn_act(narrow_linear(p.ffn_in, a, rows=f)), cols=f)
+            y = narrow_linear(p.ffn_out, act(narrow_linear(p.ffn_in, a, rows=f)), cols=f)
         if training:
             y = F.dropout(y, p.dropout_p, True)
         out = p.ffn_norm(y + a)

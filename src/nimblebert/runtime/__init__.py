@@ -60,11 +60,12 @@ def apply_runtime(model: NimbleModel, name: str | None) -> NimbleModel:
         from .int8 import fuse_qkv_
 
         if name.endswith("-onednn"):
-            from .onednn import BF16Linear, FusedPacked, PackedLinear, pack_
+            from .onednn import BF16Linear, FusedPacked, PackedLinear, fuse_ffn_gelu_, pack_
 
             kind = BF16Linear if name == "bf16-onednn" else PackedLinear
             pack_(layers, kind=kind)
             fuse_qkv_(model.encoder.parts, kind, FusedPacked)
+            fuse_ffn_gelu_(model.encoder.parts)
         else:
             from .int8 import quantize_
 

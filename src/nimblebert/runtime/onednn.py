@@ -28,17 +28,31 @@ from ..errors import UserError
 from .int8 import replace_linears_
 
 
-def _product(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
+def _product(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, gelu: str | None = None
              ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``x ↦ x Wᵀ + b`` through oneDNN, ``weight`` packed once in ``dtype``; the input is cast to ``dtype`` (a
     no-op when it already is) and the output stays in it (see :class:`BF16Linear` for why bfloat16 outputs are
-    not cast back)."""
+    not cast back). ``gelu`` ("none" = erf, "tanh"): GELU applied to the output inside the same oneDNN call."""
     packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype).contiguous(), None)
     bias = None if bias is None else bias.detach().to(dtype).contiguous()
+    op, algorithm = ("none", "") if gelu is None else ("gelu", gelu)
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x.to(dtype), packed, bias, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(x.to(dtype), packed, bias, op, [], algorithm)
     return run
+
+
+def gelu_kind(act: Callable[[torch.Tensor], torch.Tensor]) -> str | None:
+    """Which GELU ``act`` computes, as oneDNN names it ("none" = the erf form, "tanh" = the tanh approximation),
+    found by running it on a probe; None when it is neither (then it is not fused)."""
+    z = torch.linspace(-6, 6, 97)
+    with torch.inference_mode():
+        out = act(z)
+        refs = {"none": torch.nn.functional.gelu(z), "tanh": torch.nn.functional.gelu(z, approximate="tanh")}
+        for kind, ref in refs.items():
+            if isinstance(out, torch.Tensor) and out.shape == z.shape and torch.allclose(out, ref, atol=1e-6):
+                return kind
+    return None
 
 
 class PackedLinear(nn.Linear):
@@ -49,6 +63,7 @@ class PackedLinear(nn.Linear):
     """
 
     compute_dtype = torch.float32  # what the products multiply in (BF16Linear: bfloat16)
+    fused_act: str | None = None  # a GELU the product applies itself (:meth:`fuse_gelu`); the core then skips it
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
@@ -67,8 +82,15 @@ class PackedLinear(nn.Linear):
                 w, bias = w[:rows], (None if bias is None else bias[:rows])
             if cols is not None:
                 w = w[:, :cols]
-            run = self._packed[key] = _product(w, bias, self.compute_dtype)
+            run = self._packed[key] = _product(w, bias, self.compute_dtype, self.fused_act)
         return run
+
+    def fuse_gelu(self, kind: str) -> None:
+        """Apply GELU (``kind`` as :func:`gelu_kind` names it) inside every product of this Linear from now on;
+        the core's FFN then skips its own activation (it reads :attr:`fused_act`)."""
+        self.fused_act = kind
+        self._packed.clear()
+        self._full = self._slice(None, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._full(x)
@@ -142,6 +164,23 @@ class FusedPacked:
 def bf16_supported() -> bool:
     """Whether oneDNN runs bfloat16 products on this CPU (AVX-512 and up; natively with AVX-512 BF16 or AMX)."""
     return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def fuse_ffn_gelu_(parts: list) -> int:
+    """Fuse each layer's FFN activation into its first FFN product where the activation is a GELU and that product
+    is a :class:`PackedLinear`: one pass over the (tokens x FFN) activations less per layer. Measured on the mr
+    teacher at 1 thread on an Intel Xeon (AMX), fused against separate, same process: bfloat16 1.16-1.32x faster at
+    batch 32 (22 and 30 tokens), 1.03x at batch 1; float32 1.10-1.15x and 1.01x, with logits bit-identical (the
+    same float32 GELU, applied in the product's epilogue). Returns how many layers were fused. ``parts``: the
+    core's :class:`~nimblebert.core.families.LayerParts`."""
+    count = 0
+    for p in parts:
+        if isinstance(p.ffn_in, PackedLinear) and p.ffn_in.fused_act is None:
+            kind = gelu_kind(p.ffn_act)
+            if kind is not None:
+                p.ffn_in.fuse_gelu(kind)
+                count += 1
+    return count
 
 
 def pack_(module: nn.Module, min_features: int | None = None, kind: type[PackedLinear] = PackedLinear) -> int:
