@@ -18,7 +18,7 @@ from nimblebert.core.plan import Plan
 from nimblebert.errors import UserError
 from nimblebert.model import NimbleModel
 from nimblebert.runtime import apply_runtime
-from nimblebert.runtime.onednn import BF16Linear, FusedPacked, PackedLinear, bf16_supported, gelu_kind
+from nimblebert.runtime.onednn import BF16FloatLinear, BF16Linear, FusedPacked, PackedLinear, bf16_supported, gelu_kind
 
 
 def onednn_of(model: NimbleModel) -> NimbleModel:
@@ -75,6 +75,7 @@ def test_fused_qkv_equals_the_three_products_at_every_width() -> None:
 def test_fastbert_exits_are_the_fp32_exits(tmp_path: Path) -> None:
     fp32 = nimble("fastbert", layers=4)
     fast = onednn_of(fp32)
+    assert isinstance(fast.extras["branches"][0].proj, PackedLinear)  # the branches' projections packed too
     b = batch(rows=8)
     with torch.inference_mode():
         for speed in (0.0, 0.3, 0.6, 1.0):
@@ -118,6 +119,8 @@ def test_bf16_runtime_keeps_float32_outside_the_products_and_every_knob_live(tmp
     assert bf16.runtime == "bf16-onednn"
     assert sum(isinstance(m, BF16Linear) for m in bf16.hf.modules()) == 4 * 6
     assert isinstance(bf16.encoder.parts[0].query.fused_qkv, FusedPacked)
+    proj = bf16.extras["branches"][0].proj  # the branches' projections multiply in bfloat16, answer in float32
+    assert isinstance(proj, BF16FloatLinear) and proj(torch.randn(3, proj.in_features)).dtype == torch.float32
     b = batch(rows=8)
     plan = Plan(heads=(2, 2, 2, 2), ffn=(64, 64, 64, 64))
     with torch.inference_mode():

@@ -60,12 +60,15 @@ def apply_runtime(model: NimbleModel, name: str | None) -> NimbleModel:
         from .int8 import fuse_qkv_
 
         if name.endswith("-onednn"):
-            from .onednn import BF16Linear, FusedPacked, PackedLinear, fuse_ffn_gelu_, pack_
+            from .onednn import BF16FloatLinear, BF16Linear, FusedPacked, PackedLinear, fuse_ffn_gelu_, pack_
 
             kind = BF16Linear if name == "bf16-onednn" else PackedLinear
             pack_(layers, kind=kind)
             fuse_qkv_(model.encoder.parts, kind, FusedPacked)
             fuse_ffn_gelu_(model.encoder.parts)
+            # the methods' wide Linears too (FastBERT's branch projections run over every token after every
+            # layer), with float32 outputs: what follows them stays float32
+            pack_(model.extras, kind=BF16FloatLinear if name == "bf16-onednn" else PackedLinear)
         else:
             from .int8 import quantize_
 
