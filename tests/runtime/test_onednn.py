@@ -181,3 +181,27 @@ def test_the_runtime_fuses_the_ffn_gelu_and_the_core_skips_its_own() -> None:
         torch.testing.assert_close(fast.encoder(b["input_ids"], b["attention_mask"], plan=plan).logits,
                                    fp32.encoder(b["input_ids"], b["attention_mask"], plan=plan).logits,
                                    atol=1e-5, rtol=1e-4)
+
+
+def test_keep_heap_sets_glibc_thresholds_and_can_be_turned_off(monkeypatch) -> None:
+    import ctypes
+    import sys
+
+    from nimblebert.runtime import keep_heap
+
+    monkeypatch.setenv("NIMBLEBERT_KEEP_HEAP", "0")
+    assert keep_heap() is False
+    monkeypatch.delenv("NIMBLEBERT_KEEP_HEAP")
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param: int, value: int) -> int:
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
+    assert keep_heap() is True
+    assert calls == [(-3, 32 << 20), (-1, 64 << 20)]  # M_MMAP_THRESHOLD 32 MB, M_TRIM_THRESHOLD 64 MB
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: (_ for _ in ()).throw(OSError("no glibc")))
+    assert keep_heap() is False

@@ -49,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)  # the subcommand comes first
     args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     quiet_libraries()
+    from ..runtime import keep_heap
+
+    keep_heap()  # activations reuse heap memory instead of fresh pages on every call (see its doc)
     try:
         return int(args.run(args) or 0)
     except UserError as e:
