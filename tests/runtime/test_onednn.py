@@ -205,3 +205,23 @@ def test_keep_heap_sets_glibc_thresholds_and_can_be_turned_off(monkeypatch) -> N
     assert calls == [(-3, 32 << 20), (-1, 64 << 20)]  # M_MMAP_THRESHOLD 32 MB, M_TRIM_THRESHOLD 64 MB
     monkeypatch.setattr(ctypes, "CDLL", lambda name: (_ for _ in ()).throw(OSError("no glibc")))
     assert keep_heap() is False
+
+
+def test_rows_run_in_buckets_so_few_shapes_reach_onednn() -> None:
+    import os
+
+    from nimblebert.runtime.onednn import row_bucket
+
+    assert [row_bucket(r) for r in (1, 8, 9, 22, 64, 65, 100, 512, 513, 700)] == [8, 8, 16, 24, 64, 96, 128, 512,
+                                                                                  640, 768]
+    assert len({row_bucket(r) for r in range(1, 2049)}) <= 40  # a few dozen primitives per product, not 2048
+    assert int(os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"]) >= 4096
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 96)
+    p = PackedLinear(linear)
+    for shape in ((1, 22, 64), (65, 64), (3, 7, 64)):  # padded to 24, 96 and 24 rows: the extra rows are dropped
+        x = torch.randn(*shape)
+        with torch.inference_mode():
+            out = p(x)
+        assert out.shape == (*shape[:-1], 96)
+        torch.testing.assert_close(out, linear(x), atol=1e-5, rtol=1e-5)

@@ -19,13 +19,31 @@ the packed weight).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
 from .int8 import replace_linears_
+
+# oneDNN makes (JIT-compiles) a primitive for every new input shape: measured at 1 thread on an Intel Xeon (AMX),
+# 1.1-1.5 ms per new row count for a 384x384 product (float32 or bfloat16), against 0.1 ms to run it. Packed tokens
+# and early exits give a new row count on nearly every call, so (1) rows are padded with zeros up to a bucket
+# (:func:`row_bucket`): a few dozen shapes per product instead of one per token count, and (2) oneDNN's primitive
+# cache (1024 entries by default; each shape takes more than one) is raised, unless the user set it: a model's
+# products x buckets x widths fit. It must be set before oneDNN's first primitive in the process.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
+
+
+def row_bucket(rows: int) -> int:
+    """The row count a product runs at: ``rows`` rounded up to a multiple of 8 (up to 64 rows), of 32 (up to 512),
+    then of 128. Extra rows cost little where they are many (at most 1/16 more from 64 rows on) and nothing
+    measurable where they are few (a sentence's 20 tokens: the product is bound by reading the weight)."""
+    step = 8 if rows <= 64 else 32 if rows <= 512 else 128
+    return -(-rows // step) * step
 
 
 def _product(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, gelu: str | None = None
@@ -38,7 +56,14 @@ def _product(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
     op, algorithm = ("none", "") if gelu is None else ("gelu", gelu)
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x.to(dtype), packed, bias, op, [], algorithm)
+        x = x.to(dtype)
+        rows = x.numel() // x.size(-1)
+        padded = row_bucket(rows)
+        if padded == rows:
+            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, op, [], algorithm)
+        flat = F.pad(x.reshape(rows, x.size(-1)), (0, 0, 0, padded - rows))  # zero rows: their outputs are dropped
+        out = torch.ops.mkldnn._linear_pointwise(flat, packed, bias, op, [], algorithm)[:rows]
+        return out.view(*x.shape[:-1], out.size(-1))
     return run
 
 
