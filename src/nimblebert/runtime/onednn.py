@@ -9,6 +9,9 @@ not re-pack the weight per call. Measured at 1 thread on our machines' AMD EPYC 
 93-107 and 106-113 (a weight packed without a batch hint serves every row count); on the mr teacher through the
 core, 1.47x faster at batch 1 and 1.08x at batch 32, logits within 4e-6 of MKL's. oneDNN unpacked was no faster than
 MKL. The arithmetic is float32 either way (only the summation order differs), so accuracy is the fp32 runtime's.
+CPUs differ: on an Intel Xeon with AMX (2026-12-06) MKL is as fast at small row counts, and the teacher ran 1.03x
+plain transformers at batch 1 on this runtime against 1.08x on fp32 (efficiency report); there bf16-onednn
+(:class:`BF16Linear`) is the fast one. ``bench`` measures them side by side.
 
 Every ``nn.Linear`` of the Transformer layers is replaced in place by a :class:`PackedLinear` (the same modules the
 int8 runtime replaces, for the same reason: the small classifiers, branches and policies gain nothing). Dynamic
@@ -145,9 +148,9 @@ class BF16Linear(PackedLinear):
     and the attention output in bfloat16: SDPA accumulates in float32). Casting each output back would cost a
     pass over every activation for no accuracy the residual sum does not already keep. bfloat16 keeps 8 bits of
     mantissa (relative error up to 0.4%, like int8 per channel): accuracy is measured per model, never assumed.
-    On the mr teacher (MiniLM-L6) its test predictions were the float32 ones' accuracy, 0.8087 (1 thread, batch 1
-    2.15x and batch 32 2.62x plain transformers, where onnxruntime int8 ran 3.23x / 1.73x: ``nimblebert bench
-    runs/teacher-mr --data mr --runtime fp32-onednn,bf16-onednn,int8 --threads 1``).
+    On the mr teacher (MiniLM-L6), efficiency report of 2026-12-06 on that Xeon (1 thread): test accuracy 0.8100
+    (float32 0.8087), 2.08x plain transformers at batch 1 and 3.06x at batch 32, where onnxruntime int8 of the
+    teacher ran 3.30x / 1.81x (``python benchmarks/report.py --threads 1``, docs/efficiency_mr.json).
     """
 
     compute_dtype = torch.bfloat16
