@@ -334,7 +334,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 cache.put(key, hit)
             predicted = hit["predicted"]
         vs, agree = paired(predicted)
-        base_rows.append({"label": name, "kind": "baseline", "group": group, "runtime": _runtime_of(name),
+        runtime = teachers[name][0] if name in teachers else _runtime_of(name)
+        base_rows.append({"label": name, "kind": "baseline", "group": group, "runtime": runtime,
                           "accuracy": float(np.mean(np.asarray(predicted) == base.predictions.labels.numpy())),
                           "vs_teacher": vs, "agreement_with_teacher": agree,
                           "mean_layers": base.metrics["mean_layers"], "flops_per_sample": base_flops,
@@ -384,8 +385,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 def _runtime_of(name: str) -> str:
     if name.startswith("transformers-"):
         return "fp32 (" + name.split("-", 1)[1] + ")"
-    if name.startswith("nimblebert teacher · "):
-        return name.rpartition(" · ")[2]
     return "int8" if "int8" in name else "fp32"
 
 

@@ -100,6 +100,7 @@ class LoopState:
         self._mask4d: torch.Tensor | None = None
         self._pack: torch.Tensor | None = None
         self._keys: torch.Tensor | None = None
+        self._keys_valid = False  # made on first use: only bfloat16 layers read them
         self._mask4d_valid = False
 
     @property
@@ -119,15 +120,17 @@ class LoopState:
     @property
     def keys(self) -> torch.Tensor | None:
         """The attention mask over keys padded to a multiple of :data:`~nimblebert.core.tokens.KEY_MULTIPLE`
-        (:func:`key_mask4d`; what the layers' inference attention runs on), cached like :attr:`attn_mask`."""
+        (:func:`key_mask4d`; what bfloat16 layers' inference attention runs on), cached like :attr:`attn_mask`."""
         self._refresh_masks()
+        if not self._keys_valid:
+            self._keys, self._keys_valid = key_mask4d(self.mask), True
         return self._keys
 
     def _refresh_masks(self) -> None:
         if not self._mask4d_valid:
             self._mask4d = attention_mask4d(self.mask)
             self._pack = pack_index(self.mask) if self._mask4d is not None else None
-            self._keys = key_mask4d(self.mask)
+            self._keys_valid = False
             self._mask4d_valid = True
 
     def finish(self, done: torch.Tensor, logits: torch.Tensor) -> None:
@@ -271,10 +274,10 @@ class CoreEncoder(nn.Module):
         ``pack`` (N,), the flat positions of the real tokens (:func:`~nimblebert.core.tokens.pack_index`):
         every per-token product runs on those N tokens alone and only the attention sees the padded
         (b, t) layout; the output is then zero at padding (a value nothing reads: padding is masked).
-        ``keys`` (b, 1, 1, t'), t' ≥ t: the mask over keys padded to ``t'`` (:func:`key_mask4d`); when given,
-        longer than ``t`` and K, V are bfloat16 (the bf16-onednn runtime), K and V are padded to it and attention
-        runs on that mask instead of ``mask4d`` (same result: the added keys are masked; faster on the CPU, see
-        :data:`~nimblebert.core.tokens.KEY_MULTIPLE`).
+        ``keys`` (b, 1, 1, t'), t' ≥ t: the mask over keys padded to ``t'`` (:func:`key_mask4d`); when given and
+        longer than ``t``, K and V are padded to it and attention runs on that mask instead of ``mask4d`` (same
+        result: the added keys are masked; faster on the CPU, see :data:`~nimblebert.core.tokens.KEY_MULTIPLE`).
+        :meth:`forward` gives it to bfloat16 layers only.
         Returns the layer output and, when ``need_scores``, the pre-softmax scores QKᵀ/√d_h + mask
         (b, h, t, t) that TinyBERT distils.
         """
@@ -313,10 +316,7 @@ class CoreEncoder(nn.Module):
             probs = F.dropout(torch.softmax(scores, dim=-1), p.attn_dropout_p, training)
             ctx = torch.matmul(probs, v)  # (b, h, t, dh)
         else:
-            # bfloat16 only: measured on the mr teacher at batch 32 (1 thread, Intel Xeon with AMX), padded keys
-            # made the whole model 1.13-1.25x faster in bfloat16 and 0.95-0.99x in float32, where copying K and V
-            # (twice the bytes) costs about what the kernel saves.
-            if keys is not None and keys.size(-1) != t and k.dtype == torch.bfloat16:
+            if keys is not None and keys.size(-1) != t:
                 k, v = F.pad(k, (0, 0, 0, keys.size(-1) - t)), F.pad(v, (0, 0, 0, keys.size(-1) - t))
                 mask4d = keys
             ctx = F.scaled_dot_product_attention(
@@ -370,8 +370,14 @@ class CoreEncoder(nn.Module):
         scores_out: list[torch.Tensor] | None = [] if output_scores else None
         steps: list[Step] = []
         parts = self.parts
-        # Keys padded for the CPU attention kernel at inference (training and explicit scores keep the plain path)
-        pad_keys = not self.model.training and not output_scores and hidden.device.type == "cpu"
+        # Keys padded for the CPU attention kernel at inference (training and explicit scores keep the plain path),
+        # where the layers' products run in bfloat16 (the bf16-onednn runtime's ``compute_dtype``, else the
+        # weights' dtype): measured on the mr teacher at batch 32 (1 thread, Intel Xeon with AMX), padded keys
+        # made the whole model 1.13-1.25x faster in bfloat16 and 0.95-0.99x in float32, where copying K and V
+        # (twice the bytes) costs about what the kernel saves.
+        products = getattr(parts[0].query, "compute_dtype", parts[0].query.weight.dtype) if parts else None
+        pad_keys = (not self.model.training and not output_scores and hidden.device.type == "cpu"
+                    and products == torch.bfloat16)
         for hook in hooks:  # hooks that keep per-row or per-token state register it before rows or tokens move
             start = getattr(hook, "start", None)
             if start is not None:

@@ -65,10 +65,11 @@ def apply_runtime(model: NimbleModel, name: str | None) -> NimbleModel:
 
     int8 quantizes the Linears of the Transformer layers (Q/K/V, attention output, FFN), where the FLOPs are
     (fp32-onednn and bf16-onednn pack the same ones), and each packs each layer's Q, K and V as one product. The
-    rest stays float32 on purpose: the pooler, the classifier and the methods' modules (FastBERT branches, TR-BERT
-    policies) multiply one token or a few narrow columns, where int8's per-call input quantization costs more than
-    it saves (measured on the mr teacher at batch 1: a FastBERT branch in int8 cost more than in float32), and
-    their logits decide the exits.
+    rest stays float32 under int8 on purpose: the pooler, the classifier and the methods' modules (FastBERT
+    branches, TR-BERT policies) multiply one token or a few narrow columns, where int8's per-call input
+    quantization costs more than it saves (measured on the mr teacher at batch 1: a FastBERT branch in int8 cost
+    more than in float32), and their logits decide the exits. The oneDNN runtimes, with no per-call cost, also
+    pack the methods' Linears that reach the size threshold (FastBERT's branch projections), float32 out.
     Every knob stays live: exits and token cuts run as in float32, narrow widths get their own packed weights.
     """
     name = check_runtime(name)

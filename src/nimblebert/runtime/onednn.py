@@ -14,7 +14,8 @@ plain transformers at batch 1 on this runtime against 1.08x on fp32 (efficiency 
 (:class:`BF16Linear`) is the fast one. ``bench`` measures them side by side.
 
 Every ``nn.Linear`` of the Transformer layers is replaced in place by a :class:`PackedLinear` (the same modules the
-int8 runtime replaces, for the same reason: the small classifiers, branches and policies gain nothing). Dynamic
+int8 runtime replaces), and so are the methods' Linears at least as wide (FastBERT's branch projections, which
+run over every token after every layer; unlike int8, packing costs them nothing per call). Dynamic
 width packs each sliced width once, on first use (:meth:`PackedLinear.narrow`), so every knob stays live. The float32
 weights stay in the module: ``state_dict`` and ``save`` are unchanged. Inference only (no gradients flow through
 the packed weight).
@@ -174,7 +175,8 @@ class BF16FloatLinear(BF16Linear):
 
 
 class FusedPacked:
-    """Q, K and V as one packed float32 product: their weights stacked by rows, one oneDNN call instead of three.
+    """Q, K and V as one packed product (in the Linears' ``compute_dtype``): their weights stacked by rows, one
+    oneDNN call instead of three.
 
     The core's attention calls it as ``p.query.fused_qkv`` (as it calls the int8 runtime's
     :class:`~nimblebert.runtime.int8.FusedInt8`) and splits the output into Q, K and V. At a DynaBERT width
@@ -228,7 +230,8 @@ def fuse_ffn_gelu_(parts: list) -> int:
 def pack_(module: nn.Module, min_features: int | None = None, kind: type[PackedLinear] = PackedLinear) -> int:
     """Replace, in place, every plain ``nn.Linear`` inside ``module`` whose sides are both at least
     ``min_features`` (default: the int8 runtime's :data:`~nimblebert.runtime.int8.MIN_FEATURES`) wide by a
-    ``kind`` (:class:`PackedLinear`, or :class:`BF16Linear` for bf16-onednn). Returns how many were replaced."""
+    ``kind`` (:class:`PackedLinear`; :class:`BF16Linear` or :class:`BF16FloatLinear` for bf16-onednn). Returns how
+    many were replaced."""
     runtime = "bf16-onednn" if kind.compute_dtype == torch.bfloat16 else "fp32-onednn"
     if not torch.backends.mkldnn.is_available():
         raise UserError(f"the {runtime} runtime needs a torch build with oneDNN (mkldnn); run with --runtime fp32")
