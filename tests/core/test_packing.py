@@ -10,7 +10,7 @@ from conftest import tiny_model
 import nimblebert.core.tokens as tokens
 from nimblebert.core.encoder import CoreEncoder, LoopState
 from nimblebert.core.plan import FULL, Plan
-from nimblebert.core.tokens import PACK_MIN_PADDING, pack_index, unpack
+from nimblebert.core.tokens import PACK_MIN_PADDING, pack_index, row_layout, unpack
 
 
 def _ragged(batch: int = 4, length: int = 12, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,3 +129,26 @@ def test_padded_keys_give_the_unpadded_attention_in_bfloat16(monkeypatch: pytest
         torch.testing.assert_close(logits[16], logits[1], atol=2e-3, rtol=0)
     state = LoopState(torch.zeros(4, 12, 8), mask, 2)
     assert state.keys is not None and state.keys.size(-1) == 16
+
+
+def test_row_layout_gathers_the_real_tokens_into_bucket_rows_and_scatters_them_back() -> None:
+    _, mask = _ragged(length=12)  # 12 + 9 + 5 + 2 = 28 real tokens
+    layout = row_layout(mask, lambda n: 32, key_multiple=16)
+    real = mask.bool().reshape(-1).nonzero().squeeze(1)
+    assert layout.real == 28 and layout.gather.shape == (32,) and layout.keys == 16
+    assert layout.gather[:28].tolist() == real.tolist()
+    assert (layout.gather[28:] == real[0]).all()  # filler rows copy a real token: no garbage reaches a product
+    rows = torch.arange(1, 33, dtype=torch.float32)[:, None]  # what a product would return, row by row
+    out = layout.to_batch(rows)
+    assert out.shape == (4, 12, 1) and (out[~mask.bool()] == 0).all()
+    assert out[mask.bool()].squeeze(1).tolist() == list(range(1, 29))  # the filler rows are dropped
+    keys = layout.to_keys(rows)
+    assert keys.shape == (4, 16, 1)
+    assert keys[:, :12][mask.bool()].squeeze(1).tolist() == list(range(1, 29))
+    assert (keys[:, 12:] == 0).all() and (keys[:, :12][~mask.bool()] == 0).all()
+    torch.testing.assert_close(layout.key_mask, tokens.key_mask4d(mask, 16))
+    # every position real and the key length already a multiple: views, no copies, no mask
+    dense = row_layout(torch.ones(2, 16, dtype=torch.long), lambda n: 40, key_multiple=16)
+    rows = torch.randn(40, 3)
+    assert dense.key_mask is None and dense.to_batch(rows).data_ptr() == rows.data_ptr()
+    assert dense.to_keys(rows).shape == (2, 16, 3) and dense.to_keys(rows).data_ptr() == rows.data_ptr()

@@ -225,3 +225,29 @@ def test_rows_run_in_buckets_so_few_shapes_reach_onednn() -> None:
             out = p(x)
         assert out.shape == (*shape[:-1], 96)
         torch.testing.assert_close(out, linear(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", ["ragged", "dense", "one"])
+def test_layer_on_bucket_rows_equals_the_plain_layer(shape: str) -> None:
+    # The oneDNN runtimes run a layer's products on the real tokens gathered into bucket rows (core/tokens.RowLayout),
+    # with keys padded for attention: the output at real tokens is the plain layer's, at full and narrow width.
+    from nimblebert.core.tokens import attention_mask4d, row_layout
+    from nimblebert.runtime.onednn import row_bucket
+
+    fast = onednn_of(nimble())
+    enc = fast.encoder
+    b = batch()
+    mask = {"ragged": b["attention_mask"], "dense": torch.ones_like(b["attention_mask"]),
+            "one": torch.ones_like(b["attention_mask"][:1, :5])}[shape]
+    torch.manual_seed(0)
+    x = torch.randn(*mask.shape, enc.model.config.hidden_size)
+    real = mask.bool()
+    with torch.inference_mode():
+        for heads in (None, 2):
+            ref, _ = enc.layer(enc.parts[1], x, attention_mask4d(mask), heads=heads)
+            for multiple in (None, 16):
+                layout = row_layout(mask, row_bucket, multiple)
+                assert layout.gather.numel() == row_bucket(int(real.sum()))
+                out, _ = enc.layer(enc.parts[1], x, attention_mask4d(mask), heads=heads, layout=layout)
+                torch.testing.assert_close(out[real], ref[real], atol=1e-5, rtol=1e-4)
+    assert enc.parts[1].query.row_bucket is row_bucket  # the encoder reads it to build the layout

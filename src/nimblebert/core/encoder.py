@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.module import register_module_module_registration_hook
 
+from . import tokens
 from .families import Family, LayerParts, classify, embed, family_of, layer_parts
 from .ops import OpSpec, run_ops
 from .plan import FULL, Plan
-from .tokens import attention_mask4d, gather_tokens, keep_index, key_mask4d, pack_index, unpack
+from .tokens import RowLayout, attention_mask4d, gather_tokens, keep_index, key_mask4d, pack_index, row_layout, unpack
 
 
 @dataclass
@@ -97,41 +98,42 @@ class LoopState:
         self.row_state: dict[str, torch.Tensor] = {}  # (b, ...) per live row, kept in step with ``rows``
         self.token_state: dict[str, torch.Tensor] = {}  # (b, t, ...) per live token, kept in step with ``mask``
         self.removed = False  # whether any row has left (then outputs go through the row buffer)
-        self._mask4d: torch.Tensor | None = None
-        self._pack: torch.Tensor | None = None
-        self._keys: torch.Tensor | None = None
-        self._keys_valid = False  # made on first use: only bfloat16 layers read them
-        self._mask4d_valid = False
+        # Set by the encoder for products that run at a few fixed row counts (the oneDNN runtimes' buckets): then
+        # the layers read :attr:`layout` instead of :attr:`pack`, with keys padded to ``key_multiple`` (or not).
+        self.bucket: Callable[[int], int] | None = None
+        self.key_multiple: int | None = None
+        self._masks: dict[str, object] = {}  # what the masks derive, made on first use, dropped when they change
+
+    def _derived(self, name: str, make: Callable[[], object]):
+        if name not in self._masks:
+            self._masks[name] = make()
+        return self._masks[name]
 
     @property
     def attn_mask(self) -> torch.Tensor | None:
         """Boolean attention mask (b, 1, 1, t) of the live rows (see :func:`attention_mask4d`), cached until
         rows or tokens change. The explicit-scores path turns it into the additive mask itself."""
-        self._refresh_masks()
-        return self._mask4d
+        return self._derived("mask4d", lambda: attention_mask4d(self.mask))
 
     @property
     def pack(self) -> torch.Tensor | None:
         """Flat positions (N,) of the live real tokens when the layers should run on them alone (see
         :func:`pack_index`), cached like :attr:`attn_mask`."""
-        self._refresh_masks()
-        return self._pack
+        return self._derived("pack", lambda: pack_index(self.mask) if self.attn_mask is not None else None)
 
     @property
     def keys(self) -> torch.Tensor | None:
         """The attention mask over keys padded to a multiple of :data:`~nimblebert.core.tokens.KEY_MULTIPLE`
         (:func:`key_mask4d`; what bfloat16 layers' inference attention runs on), cached like :attr:`attn_mask`."""
-        self._refresh_masks()
-        if not self._keys_valid:
-            self._keys, self._keys_valid = key_mask4d(self.mask), True
-        return self._keys
+        return self._derived("keys", lambda: key_mask4d(self.mask))
 
-    def _refresh_masks(self) -> None:
-        if not self._mask4d_valid:
-            self._mask4d = attention_mask4d(self.mask)
-            self._pack = pack_index(self.mask) if self._mask4d is not None else None
-            self._keys_valid = False
-            self._mask4d_valid = True
+    @property
+    def layout(self) -> RowLayout | None:
+        """The live tokens' :class:`~nimblebert.core.tokens.RowLayout` when the encoder set :attr:`bucket` (else
+        None), cached like :attr:`attn_mask`."""
+        if self.bucket is None:
+            return None
+        return self._derived("layout", lambda: row_layout(self.mask, self.bucket, self.key_multiple))
 
     def finish(self, done: torch.Tensor, logits: torch.Tensor) -> None:
         """Rows with ``done`` (b,) True leave the batch with ``logits`` (b, C) as their answer."""
@@ -147,7 +149,7 @@ class LoopState:
             for table in (self.row_state, self.token_state):
                 for key, value in table.items():
                     table[key] = value[:0]
-            self._mask4d_valid = False
+            self._masks.clear()
             return
         self.logits[self.rows[done]] = logits[done].to(self.logits.dtype)
         self.layers_run[self.rows[done]] = self.step
@@ -158,7 +160,7 @@ class LoopState:
         for table in (self.row_state, self.token_state):
             for key, value in table.items():
                 table[key] = value[live]
-        self._mask4d_valid = False
+        self._masks.clear()
 
     def keep_tokens(self, keep: torch.Tensor) -> torch.Tensor:
         """Keep the tokens where ``keep`` (b, t) is True ([CLS] always kept); the rest leave.
@@ -173,7 +175,7 @@ class LoopState:
             self.token_state[key] = torch.gather(value, 1, gather)
         self.mask = new_mask
         self.lengths = new_mask.sum(dim=1)
-        self._mask4d_valid = False
+        self._masks.clear()
         return index
 
     @property
@@ -267,6 +269,7 @@ class CoreEncoder(nn.Module):
         need_scores: bool = False,
         pack: torch.Tensor | None = None,
         keys: torch.Tensor | None = None,
+        layout: RowLayout | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One post-LayerNorm Transformer layer (Vaswani et al. 2017; BERT's layer) on ``x`` (b, t, d).
 
@@ -278,6 +281,9 @@ class CoreEncoder(nn.Module):
         longer than ``t``, K and V are padded to it and attention runs on that mask instead of ``mask4d`` (same
         result: the added keys are masked; faster on the CPU, see :data:`~nimblebert.core.tokens.KEY_MULTIPLE`).
         :meth:`forward` gives it to bfloat16 layers only.
+        ``layout`` (:class:`~nimblebert.core.tokens.RowLayout`): instead of ``pack`` and ``keys``, for products that
+        run at fixed row counts and a fused Q·K·V (the oneDNN runtimes): the real tokens gathered once into the
+        product rows, scattered back for attention (keys padded as the layout says) and at the output.
         Returns the layer output and, when ``need_scores``, the pre-softmax scores QKᵀ/√d_h + mask
         (b, h, t, t) that TinyBERT distils.
         """
@@ -286,17 +292,26 @@ class CoreEncoder(nn.Module):
         f = self.ffn_size if ffn is None else ffn
         n = h * self.head_dim
         training = self.model.training
-        if pack is not None:
-            x = x.reshape(b * t, d).index_select(0, pack)  # (N, d) the real tokens only
-
-        # The int8 and fp32-onednn runtimes pack Q, K, V as one product: one call (and, in int8, one input
-        # quantization) instead of three; fp32-onednn's also at each narrower width (its ``width``).
+        # The int8 and oneDNN runtimes pack Q, K, V as one product: one call (and, in int8, one input
+        # quantization) instead of three; the oneDNN runtimes' also at each narrower width (their ``width``).
         fused = getattr(p.query, "fused_qkv", None)
         if fused is not None and h != self.stored_heads:
             fused = fused.width(n) if hasattr(fused, "width") else None
+        if fused is None:
+            layout = None  # the row layout scatters Q, K and V as one product's output
+        if layout is not None:
+            x = x.reshape(b * t, d).index_select(0, layout.gather)  # (R, d) the real tokens, then filler rows
+        elif pack is not None:
+            x = x.reshape(b * t, d).index_select(0, pack)  # (N, d) the real tokens only
+
         if fused is not None:  # 3 tensor ops instead of 7 (one scatter of the packed tokens instead of 3)
-            qkv = fused(x) if pack is None else unpack(fused(x), pack, b, t)  # (b, t, 3n)
-            q, k, v = qkv.view(b, t, 3, h, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (b, h, t, dh)
+            if layout is not None:
+                qkv = layout.to_keys(fused(x))  # (b, t', 3n), t' ≥ t
+            else:
+                qkv = fused(x) if pack is None else unpack(fused(x), pack, b, t)  # (b, t, 3n)
+            q, k, v = qkv.view(b, qkv.size(1), 3, h, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (b, h, t', dh)
+            if q.size(2) != t:  # queries at the real positions only; the added keys are masked
+                q = q[:, :, :t]
         else:
             if h == self.stored_heads:
                 q, k, v = p.query(x), p.key(x), p.value(x)  # (b, t, n) or (N, n) each
@@ -316,14 +331,18 @@ class CoreEncoder(nn.Module):
             probs = F.dropout(torch.softmax(scores, dim=-1), p.attn_dropout_p, training)
             ctx = torch.matmul(probs, v)  # (b, h, t, dh)
         else:
-            if keys is not None and keys.size(-1) != t:
+            if layout is not None:
+                mask4d = layout.key_mask
+            elif keys is not None and keys.size(-1) != t:
                 k, v = F.pad(k, (0, 0, 0, keys.size(-1) - t)), F.pad(v, (0, 0, 0, keys.size(-1) - t))
                 mask4d = keys
             ctx = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask4d, dropout_p=p.attn_dropout_p if training else 0.0
             )
         ctx = ctx.transpose(1, 2).reshape(b, t, n)  # (b, t, n)
-        if pack is not None:
+        if layout is not None:
+            ctx = ctx.reshape(b * t, n).index_select(0, layout.gather)  # (R, n)
+        elif pack is not None:
             ctx = ctx.reshape(b * t, n).index_select(0, pack)  # (N, n)
 
         if h == self.stored_heads:
@@ -343,6 +362,8 @@ class CoreEncoder(nn.Module):
         if training:
             y = F.dropout(y, p.dropout_p, True)
         out = p.ffn_norm(y + a)
+        if layout is not None:
+            return layout.to_batch(out), scores
         return (unpack(out, pack, b, t) if pack is not None else out), scores
 
     def forward(
@@ -376,8 +397,11 @@ class CoreEncoder(nn.Module):
         # made the whole model 1.13-1.25x faster in bfloat16 and 0.95-0.99x in float32, where copying K and V
         # (twice the bytes) costs about what the kernel saves.
         products = getattr(parts[0].query, "compute_dtype", parts[0].query.weight.dtype) if parts else None
-        pad_keys = (not self.model.training and not output_scores and hidden.device.type == "cpu"
-                    and products == torch.bfloat16)
+        inference = not self.model.training and not output_scores
+        pad_keys = inference and hidden.device.type == "cpu" and products == torch.bfloat16
+        if inference and parts:  # products compiled per row count (oneDNN): run them at their buckets' counts
+            state.bucket = getattr(parts[0].query, "row_bucket", None)
+            state.key_multiple = tokens.KEY_MULTIPLE if pad_keys else None
         for hook in hooks:  # hooks that keep per-row or per-token state register it before rows or tokens move
             start = getattr(hook, "start", None)
             if start is not None:
@@ -391,8 +415,12 @@ class CoreEncoder(nn.Module):
             heads = plan.heads_at(i, self.num_heads)
             ffn = plan.ffn_at(i, self.ffn_size)
             steps.append(Step(i, state.rows, state.lengths, heads, ffn))
-            state.hidden, scores = self.layer(parts[i], state.hidden, state.attn_mask, heads, ffn, output_scores,
-                                              state.pack, state.keys if pad_keys else None)
+            layout = state.layout
+            if layout is not None:
+                state.hidden, scores = self.layer(parts[i], state.hidden, state.attn_mask, heads, ffn, layout=layout)
+            else:
+                state.hidden, scores = self.layer(parts[i], state.hidden, state.attn_mask, heads, ffn, output_scores,
+                                                  state.pack, state.keys if pad_keys else None)
             state.step += 1
             state.layer = i
             if hiddens is not None:

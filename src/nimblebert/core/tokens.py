@@ -7,6 +7,9 @@ embedding layer in absolute-position models: it is already inside the hidden sta
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
 
@@ -67,6 +70,64 @@ def unpack(rows: torch.Tensor, index: torch.Tensor, batch: int, length: int) -> 
     ``index`` from a (batch·length, n) tensor; differentiable)."""
     out = rows.new_zeros(batch * length, rows.size(-1)).index_copy(0, index, rows)
     return out.view(batch, length, rows.size(-1))
+
+
+@dataclass
+class RowLayout:
+    """Where a layer's per-token rows live when its products run at a few fixed row counts (the oneDNN runtimes,
+    which compile a primitive per row count: see :func:`~nimblebert.runtime.onednn.row_bucket`).
+
+    The layer gathers the N real tokens of a (b, t) batch into R ≥ N product rows once (:attr:`gather`: the real
+    tokens' flat positions, then the first one repeated: the extra rows are copies of a real token, computed and
+    never read), runs every product, residual sum and LayerNorm on those R rows, and scatters back only where the
+    (b, t) layout is needed: Q, K, V for attention (into ``keys`` ≥ t positions per row, zeros at padding and at
+    the added keys) and the layer output. Without it each product padded its own input to R rows, and the
+    bfloat16 attention padded K and V: six copies per layer instead of two. Made once per mask change
+    (:attr:`~nimblebert.core.encoder.LoopState.layout`), not per layer.
+    """
+
+    gather: torch.Tensor  # (R,) flat positions in (b * t) that the product rows read
+    real: int  # N: the first N product rows are the real tokens, in (b, t) order
+    batch: int
+    length: int  # t
+    keys: int  # t' ≥ t: the key length attention runs at
+    key_pos: torch.Tensor | None  # (N,) the real tokens' flat positions in (b * t'); None: a plain view will do
+    out_pos: torch.Tensor | None  # (N,) their flat positions in (b * t); None when every position is real
+    key_mask: torch.Tensor | None  # (b, 1, 1, t') boolean, True = may attend; None when every key is real
+
+    def to_keys(self, values: torch.Tensor) -> torch.Tensor:
+        """(R, n) product rows -> (b, t', n) in the attention layout, zeros at padding and added keys."""
+        n = values.size(-1)
+        if self.key_pos is None:
+            return values[: self.real].view(self.batch, self.keys, n)
+        out = values.new_zeros(self.batch * self.keys, n).index_copy_(0, self.key_pos, values[: self.real])
+        return out.view(self.batch, self.keys, n)
+
+    def to_batch(self, values: torch.Tensor) -> torch.Tensor:
+        """(R, n) product rows -> (b, t, n), zeros at padding (a value nothing reads: padding is masked)."""
+        if self.out_pos is None:
+            return values[: self.real].view(self.batch, self.length, values.size(-1))
+        return unpack(values[: self.real], self.out_pos, self.batch, self.length)
+
+
+def row_layout(mask: torch.Tensor, bucket: Callable[[int], int], key_multiple: int | None = None) -> RowLayout:
+    """The :class:`RowLayout` of a (b, t) mask (1 = real token) for products that run at ``bucket(N)`` rows, with
+    keys padded to a multiple of ``key_multiple`` (see :data:`KEY_MULTIPLE`; None: keys stay at t)."""
+    b, t = mask.shape
+    real = mask.bool().reshape(-1)
+    dense = bool(real.all())
+    pos = torch.arange(b * t, device=mask.device) if dense else real.nonzero().squeeze(1)
+    n = pos.numel()
+    rows = bucket(n)
+    gather = pos if rows == n else torch.cat([pos, pos[:1].expand(rows - n)])
+    keys = t if key_multiple is None else -(-t // key_multiple) * key_multiple
+    if keys == t:
+        key_pos = None if dense else pos
+        key_mask = attention_mask4d(mask)
+    else:
+        key_pos = (pos // t) * keys + pos % t
+        key_mask = key_mask4d(mask, key_multiple)
+    return RowLayout(gather, n, b, t, keys, key_pos, None if dense else pos, key_mask)
 
 
 def keep_index(keep: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -92,6 +92,9 @@ class PackedLinear(nn.Linear):
     """
 
     compute_dtype = torch.float32  # what the products multiply in (BF16Linear: bfloat16)
+    # The row counts its products are compiled for: the core runs a layer's products at these counts itself
+    # (gathering the real tokens once, :class:`~nimblebert.core.tokens.RowLayout`), so they need no padding here.
+    row_bucket = staticmethod(row_bucket)
     fused_act: str | None = None  # a GELU the product applies itself (:meth:`fuse_gelu`); the core then skips it
 
     def __init__(self, linear: nn.Linear) -> None:
