@@ -140,12 +140,13 @@ def test_row_layout_gathers_the_real_tokens_into_bucket_rows_and_scatters_them_b
     assert (layout.gather[28:] == real[0]).all()  # filler rows copy a real token: no garbage reaches a product
     rows = torch.arange(1, 33, dtype=torch.float32)[:, None]  # what a product would return, row by row
     out = layout.to_batch(rows)
-    assert out.shape == (4, 12, 1) and (out[~mask.bool()] == 0).all()
+    assert out.shape == (4, 12, 1)
     assert out[mask.bool()].squeeze(1).tolist() == list(range(1, 29))  # the filler rows are dropped
+    assert (out[~mask.bool()] == 1).all()  # padding reads the first real token: finite, and masked where read
     keys = layout.to_keys(rows)
     assert keys.shape == (4, 16, 1)
     assert keys[:, :12][mask.bool()].squeeze(1).tolist() == list(range(1, 29))
-    assert (keys[:, 12:] == 0).all() and (keys[:, :12][~mask.bool()] == 0).all()
+    assert (keys[:, 12:] == 1).all() and (keys[:, :12][~mask.bool()] == 1).all()
     torch.testing.assert_close(layout.key_mask, tokens.key_mask4d(mask, 16))
     # every position real and the key length already a multiple: views, no copies, no mask
     dense = row_layout(torch.ones(2, 16, dtype=torch.long), lambda n: 40, key_multiple=16)

@@ -79,11 +79,14 @@ class RowLayout:
 
     The layer gathers the N real tokens of a (b, t) batch into R ≥ N product rows once (:attr:`gather`: the real
     tokens' flat positions, then the first one repeated: the extra rows are copies of a real token, computed and
-    never read), runs every product, residual sum and LayerNorm on those R rows, and scatters back only where the
-    (b, t) layout is needed: Q, K, V for attention (into ``keys`` ≥ t positions per row, zeros at padding and at
-    the added keys) and the layer output. Without it each product padded its own input to R rows, and the
-    bfloat16 attention padded K and V: six copies per layer instead of two. Made once per mask change
-    (:attr:`~nimblebert.core.encoder.LoopState.layout`), not per layer.
+    never read), runs every product, residual sum and LayerNorm on those R rows, and gathers back only where the
+    (b, t) layout is needed: Q, K, V for attention (at ``keys`` ≥ t positions per row) and the layer output.
+    Padding and added key positions receive a copy of the first real token: finite values that nothing reads
+    (attention masks them, as it masks the values the plain path computes at padding). Gathering back (one
+    ``index_select``) is 2-4x faster than zero-filling and scattering (``index_copy``): measured at 1 thread on an
+    Intel Xeon, 700 of 1024 positions, bfloat16 x 1152: 144 against 434 us. Without the layout each product padded
+    its own input to R rows, and the bfloat16 attention padded K and V: six copies per layer instead of three.
+    Made once per mask change (:attr:`~nimblebert.core.encoder.LoopState.layout`), not per layer.
     """
 
     gather: torch.Tensor  # (R,) flat positions in (b * t) that the product rows read
@@ -91,23 +94,23 @@ class RowLayout:
     batch: int
     length: int  # t
     keys: int  # t' ≥ t: the key length attention runs at
-    key_pos: torch.Tensor | None  # (N,) the real tokens' flat positions in (b * t'); None: a plain view will do
-    out_pos: torch.Tensor | None  # (N,) their flat positions in (b * t); None when every position is real
+    key_src: torch.Tensor | None  # (b * t',) the product row each attention position reads; None: a view will do
+    out_src: torch.Tensor | None  # (b * t,) the product row each output position reads; None: a view will do
     key_mask: torch.Tensor | None  # (b, 1, 1, t') boolean, True = may attend; None when every key is real
 
     def to_keys(self, values: torch.Tensor) -> torch.Tensor:
-        """(R, n) product rows -> (b, t', n) in the attention layout, zeros at padding and added keys."""
+        """(R, n) product rows -> (b, t', n) in the attention layout."""
         n = values.size(-1)
-        if self.key_pos is None:
+        if self.key_src is None:
             return values[: self.real].view(self.batch, self.keys, n)
-        out = values.new_zeros(self.batch * self.keys, n).index_copy_(0, self.key_pos, values[: self.real])
-        return out.view(self.batch, self.keys, n)
+        return values.index_select(0, self.key_src).view(self.batch, self.keys, n)
 
     def to_batch(self, values: torch.Tensor) -> torch.Tensor:
-        """(R, n) product rows -> (b, t, n), zeros at padding (a value nothing reads: padding is masked)."""
-        if self.out_pos is None:
-            return values[: self.real].view(self.batch, self.length, values.size(-1))
-        return unpack(values[: self.real], self.out_pos, self.batch, self.length)
+        """(R, n) product rows -> (b, t, n)."""
+        n = values.size(-1)
+        if self.out_src is None:
+            return values[: self.real].view(self.batch, self.length, n)
+        return values.index_select(0, self.out_src).view(self.batch, self.length, n)
 
 
 def row_layout(mask: torch.Tensor, bucket: Callable[[int], int], key_multiple: int | None = None) -> RowLayout:
@@ -121,13 +124,16 @@ def row_layout(mask: torch.Tensor, bucket: Callable[[int], int], key_multiple: i
     rows = bucket(n)
     gather = pos if rows == n else torch.cat([pos, pos[:1].expand(rows - n)])
     keys = t if key_multiple is None else -(-t // key_multiple) * key_multiple
-    if keys == t:
-        key_pos = None if dense else pos
-        key_mask = attention_mask4d(mask)
-    else:
-        key_pos = (pos // t) * keys + pos % t
-        key_mask = key_mask4d(mask, key_multiple)
-    return RowLayout(gather, n, b, t, keys, key_pos, None if dense else pos, key_mask)
+
+    def sources(width: int) -> torch.Tensor:  # for each of b * width positions, the product row it reads
+        src = torch.zeros(b * width, dtype=torch.long, device=mask.device)
+        src[(pos // t) * width + pos % t] = torch.arange(n, device=mask.device)
+        return src
+
+    out_src = None if dense else sources(t)
+    key_src = out_src if keys == t else sources(keys)
+    key_mask = attention_mask4d(mask) if keys == t else key_mask4d(mask, key_multiple)
+    return RowLayout(gather, n, b, t, keys, key_src, out_src, key_mask)
 
 
 def keep_index(keep: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
