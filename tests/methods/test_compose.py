@@ -267,3 +267,26 @@ def test_info_shows_the_stack_and_every_knob(tmp_path: Path, capsys: pytest.Capt
     text = capsys.readouterr().out
     assert "dynabert (structure)" in text and "--speed [0.0, 1.0]" in text
     assert main(["info", str(tmp_path / "missing")]) == 2
+
+
+def test_a_method_trained_on_an_exported_width_keeps_running_only_the_kept_heads(tmp_path: Path) -> None:
+    # The export records which heads the weights hold (the dropped ones are zeros); a method stacked on the exported
+    # folder must save that record again, or the folder it writes runs every head, the zeroed ones included.
+    from nimblebert.export import export_model
+    from nimblebert.model import from_base
+
+    tok = make_tokenizer()
+    stacked(tok, ["finetune", "dynabert"]).save(tmp_path / "dyna")
+    export_model(tmp_path / "dyna", tmp_path / "w50", "hf", knobs={"width": 0.5})
+    on_top = from_base(str(tmp_path / "w50"), ["neg", "pos"], "fastbert")
+    assert on_top.encoder.num_heads == 2
+    on_top.save(tmp_path / "w50-fast")
+    back = nimblebert.load(tmp_path / "w50-fast")
+    assert back.methods == ["finetune", "dynabert", "fastbert"]
+    assert back.encoder.num_heads == 2 and back.stack[1].config["heads_per_layer"] == [2] * 4
+    batch = sentences(tok)
+    with torch.no_grad():
+        out = back.infer(batch, speed=0.0)
+        assert all(s.heads == 2 for s in out.steps)
+        torch.testing.assert_close(out.logits, nimblebert.load(tmp_path / "w50").infer(batch).logits, atol=1e-5,
+                                   rtol=0)

@@ -27,7 +27,7 @@ from ...errors import UserError
 from ...model import NimbleModel
 from ..registry import Knob, Method, register_method
 from .config import DynaBertConfig
-from .materialize import materialize
+from .materialize import RECORD_KEYS, materialize
 from .objective import (
     SubNetworkObjective,
     config_of,
@@ -44,9 +44,12 @@ __all__ = [
 
 
 def attach(model: NimbleModel) -> None:
-    """Validate the options against the model; DynaBERT adds no modules."""
+    """Validate the options against the model; DynaBERT adds no modules. An export's record (which heads the
+    weights really hold) stays with the options: dropping it made a FastBERT trained on an exported w0.5 folder
+    run all 12 heads, the 6 zeroed ones included."""
     cfg = config_of(model)
-    model.method_config = dataclasses.asdict(cfg)
+    record = {k: v for k, v in model.method_config.items() if k in RECORD_KEYS}
+    model.method_config = {**dataclasses.asdict(cfg), **record}
     if model.num_labels < 2:
         raise UserError("DynaBERT needs a classification task with at least 2 labels (it distils the teacher's "
                         "distribution over the labels)")

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from ...model import NimbleModel
 
 SOURCE_KEY = "materialized_from"
+# What an export records in the DynaBERT component's options (beside its training options): the core reads
+# ``heads_per_layer`` to run only the kept heads, so every later save of the stack must carry them
+# (methods trained on top of an exported folder included).
+RECORD_KEYS = (SOURCE_KEY, "width", "depth", "source_layers", "heads_per_layer", "ffn_per_layer")
 
 
 def materialize(model: NimbleModel, width: float = 1.0, depth: float = 1.0) -> NimbleModel:
@@ -46,8 +50,8 @@ def materialize(model: NimbleModel, width: float = 1.0, depth: float = 1.0) -> N
     with model.focus(index):
         layers = depth_layers(enc.num_layers, depth, depth_rule_of(model))
     hf = materialize_hf(model.hf, layers, heads, ffn).eval()
-    record = {SOURCE_KEY: "dynabert", "width": width, "depth": depth, "source_layers": list(layers),
-              "heads_per_layer": [heads] * len(layers), "ffn_per_layer": [ffn] * len(layers)}
+    record = dict(zip(RECORD_KEYS, ("dynabert", width, depth, list(layers), [heads] * len(layers),
+                                    [ffn] * len(layers)), strict=True))
     source = model.stack[index]
     stack = list(model.stack)
     stack[index] = Component("dynabert", {**source.config, **record}, source.source,
