@@ -46,7 +46,8 @@ def test_unpack_puts_rows_back_with_zeros_at_padding() -> None:
 def _run(monkeypatch: pytest.MonkeyPatch, packed: bool, plan: Plan = FULL, hooks: tuple = ()
          ) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, torch.Tensor]]:
     monkeypatch.setattr(tokens, "PACK_MIN_PADDING", PACK_MIN_PADDING if packed else 2.0)
-    model = tiny_model(layers=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    # training mode (dropout 0): the path gradients flow through; inference on the CPU runs the row layout instead
+    model = tiny_model(layers=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).train()
     ids, mask = _ragged()
     out = CoreEncoder(model)(ids, mask, plan=plan, hooks=hooks, output_hidden_states=not hooks)
     out.logits.float().pow(2).sum().backward()
@@ -69,6 +70,14 @@ def test_packed_equals_padded_forward_and_backward(monkeypatch: pytest.MonkeyPat
     assert grads.keys() == ref_grads.keys()
     for name, g in grads.items():
         torch.testing.assert_close(g, ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+    # at inference the CPU runs the row layout (real tokens gathered once, keys padded): the same logits and states
+    model = tiny_model(layers=3).eval()
+    ids, _ = _ragged()
+    with torch.inference_mode():
+        out = CoreEncoder(model)(ids, mask, plan=plan, output_hidden_states=True)
+    torch.testing.assert_close(out.logits, ref_logits, atol=1e-5, rtol=0)
+    for ours, theirs in zip(out.hidden_states, ref_hiddens, strict=True):
+        torch.testing.assert_close(ours[real], theirs[real], atol=1e-5, rtol=0)
 
 
 def test_packing_follows_dropped_tokens(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -203,6 +203,10 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _same(rows: int) -> int:
+    return rows
+
+
 def narrow_linear(linear: nn.Module, x: torch.Tensor, rows: int | None = None, cols: int | None = None) -> torch.Tensor:
     """``linear`` restricted to its first ``rows`` outputs (with their biases) or its first ``cols`` inputs.
 
@@ -297,10 +301,8 @@ class CoreEncoder(nn.Module):
         fused = getattr(p.query, "fused_qkv", None)
         if fused is not None and h != self.stored_heads:
             fused = fused.width(n) if hasattr(fused, "width") else None
-        if fused is None:
-            layout = None  # the row layout scatters Q, K and V as one product's output
         if layout is not None:
-            x = x.reshape(b * t, d).index_select(0, layout.gather)  # (R, d) the real tokens, then filler rows
+            x = layout.rows(x.reshape(b * t, d))  # (R, d) the real tokens, then filler rows
         elif pack is not None:
             x = x.reshape(b * t, d).index_select(0, pack)  # (N, d) the real tokens only
 
@@ -317,11 +319,13 @@ class CoreEncoder(nn.Module):
                 q, k, v = p.query(x), p.key(x), p.value(x)  # (b, t, n) or (N, n) each
             else:
                 q, k, v = (narrow_linear(m, x, rows=n) for m in (p.query, p.key, p.value))
-            if pack is not None:  # attention needs the (b, t) layout: zeros at padding (masked as keys)
+            if layout is not None:  # attention's layout, keys padded as the layout says
+                q, k, v = (layout.to_keys(z) for z in (q, k, v))
+            elif pack is not None:  # attention needs the (b, t) layout: zeros at padding (masked as keys)
                 q, k, v = (unpack(z, pack, b, t) for z in (q, k, v))
-            q = q.view(b, t, h, self.head_dim).transpose(1, 2)  # (b, h, t, dh)
-            k = k.view(b, t, h, self.head_dim).transpose(1, 2)
-            v = v.view(b, t, h, self.head_dim).transpose(1, 2)
+            q, k, v = (z.view(b, z.size(1), h, self.head_dim).transpose(1, 2) for z in (q, k, v))  # (b, h, t', dh)
+            if q.size(2) != t:
+                q = q[:, :, :t]
 
         scores = None
         if need_scores:
@@ -341,7 +345,7 @@ class CoreEncoder(nn.Module):
             )
         ctx = ctx.transpose(1, 2).reshape(b, t, n)  # (b, t, n)
         if layout is not None:
-            ctx = ctx.reshape(b * t, n).index_select(0, layout.gather)  # (R, n)
+            ctx = layout.rows(ctx.reshape(b * t, n))  # (R, n)
         elif pack is not None:
             ctx = ctx.reshape(b * t, n).index_select(0, pack)  # (N, n)
 
@@ -391,17 +395,21 @@ class CoreEncoder(nn.Module):
         scores_out: list[torch.Tensor] | None = [] if output_scores else None
         steps: list[Step] = []
         parts = self.parts
-        # Keys padded for the CPU attention kernel at inference (training and explicit scores keep the plain path),
-        # where the layers' products run in bfloat16 (the bf16-onednn runtime's ``compute_dtype``, else the
-        # weights' dtype): measured on the mr teacher at batch 32 (1 thread, Intel Xeon with AMX), padded keys
-        # made the whole model 1.13-1.25x faster in bfloat16 and 0.95-0.99x in float32, where copying K and V
-        # (twice the bytes) costs about what the kernel saves.
+        # At inference on the CPU (training and explicit scores keep the plain path) the layers run on a row layout
+        # (core/tokens.RowLayout: the real tokens gathered once, keys padded for the CPU attention kernel):
+        # - products compiled per row count (the oneDNN runtimes: ``row_bucket``) always, at their buckets' counts;
+        #   the others (fp32, int8) on batches of more than one row. Measured on mr (1 thread, Intel Xeon with AMX,
+        #   one process, modes interleaved; noise about 5 %): at batch 32 fp32 / int8 1.02-1.12x faster with the
+        #   layout, at batch 1 (nothing to gather) 0.96-1.05x: left out there.
+        # - keys padded where the products are bfloat16 (batch 32 1.13-1.25x on the teacher, batch 1 too), and at
+        #   batch > 1 in float32 (1.00-1.09x; at batch 1 0.95-0.98x): in the layout the padding rides on the gathers.
         products = getattr(parts[0].query, "compute_dtype", parts[0].query.weight.dtype) if parts else None
         inference = not self.model.training and not output_scores
         pad_keys = inference and hidden.device.type == "cpu" and products == torch.bfloat16
-        if inference and parts:  # products compiled per row count (oneDNN): run them at their buckets' counts
-            state.bucket = getattr(parts[0].query, "row_bucket", None)
-            state.key_multiple = tokens.KEY_MULTIPLE if pad_keys else None
+        if inference and parts and hidden.device.type == "cpu":
+            batched = hidden.size(0) > 1
+            state.bucket = getattr(parts[0].query, "row_bucket", None) or (_same if batched else None)
+            state.key_multiple = tokens.KEY_MULTIPLE if pad_keys or batched else None
         for hook in hooks:  # hooks that keep per-row or per-token state register it before rows or tokens move
             start = getattr(hook, "start", None)
             if start is not None:

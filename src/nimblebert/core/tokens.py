@@ -89,7 +89,7 @@ class RowLayout:
     Made once per mask change (:attr:`~nimblebert.core.encoder.LoopState.layout`), not per layer.
     """
 
-    gather: torch.Tensor  # (R,) flat positions in (b * t) that the product rows read
+    gather: torch.Tensor | None  # (R,) flat positions in (b * t) that the product rows read; None: all, in order
     real: int  # N: the first N product rows are the real tokens, in (b, t) order
     batch: int
     length: int  # t
@@ -97,6 +97,10 @@ class RowLayout:
     key_src: torch.Tensor | None  # (b * t',) the product row each attention position reads; None: a view will do
     out_src: torch.Tensor | None  # (b * t,) the product row each output position reads; None: a view will do
     key_mask: torch.Tensor | None  # (b, 1, 1, t') boolean, True = may attend; None when every key is real
+
+    def rows(self, values: torch.Tensor) -> torch.Tensor:
+        """(b * t, n) values at every position -> (R, n) product rows."""
+        return values if self.gather is None else values.index_select(0, self.gather)
 
     def to_keys(self, values: torch.Tensor) -> torch.Tensor:
         """(R, n) product rows -> (b, t', n) in the attention layout."""
@@ -122,7 +126,7 @@ def row_layout(mask: torch.Tensor, bucket: Callable[[int], int], key_multiple: i
     pos = torch.arange(b * t, device=mask.device) if dense else real.nonzero().squeeze(1)
     n = pos.numel()
     rows = bucket(n)
-    gather = pos if rows == n else torch.cat([pos, pos[:1].expand(rows - n)])
+    gather = None if dense and rows == n else pos if rows == n else torch.cat([pos, pos[:1].expand(rows - n)])
     keys = t if key_multiple is None else -(-t // key_multiple) * key_multiple
 
     def sources(width: int) -> torch.Tensor:  # for each of b * width positions, the product row it reads
