@@ -187,6 +187,9 @@ def _import_builtin(name: str) -> None:
 
 
 def get_method(name: str) -> Method:
+    method = _METHODS.get(name)
+    if method is not None:  # the usual case, several times per inference call: no import machinery
+        return method
     _import_builtin(name)
     if name not in _METHODS:
         raise UserError(f"unknown method {name!r}; known: {', '.join(list_methods())}")

@@ -199,6 +199,8 @@ class SegmentRunner:
             return SegmentOutput(logits, layers, [(i, rows, mask) for i in range(n)])
         steps = [(0, rows, mask)]
         hidden, logits, entropy = self.segments[0].run(None, feed)
+        if patience <= 0 and bool((entropy <= speed).all()):  # every row leaves after layer 1 (usual at batch 1)
+            return SegmentOutput(logits, np.ones(ids.shape[0], dtype=layers.dtype), steps)
         out = np.empty_like(logits)
         previous = np.full(ids.shape[0], -1)  # PABEE: last branch prediction and repeat count, per live row
         count = np.zeros(ids.shape[0], dtype=np.int64)
