@@ -9,7 +9,7 @@ Chains (each trains on the folder the one before wrote; finished folders are reu
     teacher → DynaBERT (width) → export w0.5 / w0.25 (a narrower network alone, physically sliced)
     DynaBERT → export w0.5 / w0.25 → FastBERT       (narrow + exits)
     DynaBERT → FastBERT                             (exits distilled at every width; width and speed both live)
-    TinyBERT 3 layers → DynaBERT → export w0.5 → FastBERT
+    TinyBERT 3 layers → DynaBERT → export w0.75 / w0.5 / w0.25 (→ FastBERT)
 
 On `mr-long` (``--data mr-long``, 256 tokens, batch 1 and 16): FastBERT alone, TR-BERT (α 0.5) alone, and
 TR-BERT → FastBERT (exits distilled after the token cuts), with speed × keep threshold swept.
@@ -110,6 +110,10 @@ def chains(runs: str, teacher: str) -> list[dict[str, Any]]:
          "make": export(r + "dyna-fast", 0.5, "nimble"), "parts": ["dynabert", "fastbert"]},
         {"name": "tinybert3 → dynabert", "out": r + "s3-dyna", "parts": ["tinybert", "dynabert"],
          "make": ["train", "dynabert", "--model", r + "s3", "--data", "mr", "--out", "{out}", *DYNA]},
+        {"name": "tinybert3 → dynabert w0.75", "out": r + "s3-dyna-w75", "make": export(r + "s3-dyna", 0.75),
+         "parts": ["tinybert", "dynabert"]},
+        {"name": "tinybert3 → dynabert w0.75 → fastbert", "out": r + "s3-dyna-w75-fast",
+         "make": fast(r + "s3-dyna-w75"), "parts": ["tinybert", "dynabert", "fastbert"]},
         {"name": "tinybert3 → dynabert w0.5", "out": r + "s3-dyna-w50", "make": export(r + "s3-dyna", 0.5),
          "parts": ["tinybert", "dynabert"]},
         {"name": "tinybert3 → dynabert w0.5 → fastbert", "out": r + "s3-dyna-w50-fast",
