@@ -98,13 +98,15 @@ class LoopState:
         self.row_state: dict[str, torch.Tensor] = {}  # (b, ...) per live row, kept in step with ``rows``
         self.token_state: dict[str, torch.Tensor] = {}  # (b, t, ...) per live token, kept in step with ``mask``
         self.removed = False  # whether any row has left (then outputs go through the row buffer)
-        # Set by the encoder for products that run at a few fixed row counts (the oneDNN runtimes' buckets): then
-        # the layers read :attr:`layout` instead of :attr:`pack`, with keys padded to ``key_multiple`` (or not).
+        # Set by the encoder at CPU inference (see CoreEncoder.forward): the product rows' count for N real tokens
+        # (the oneDNN runtimes' buckets, else N) and the key padding; then the layers read :attr:`layout` instead of
+        # :attr:`pack` and :attr:`keys`.
         self.bucket: Callable[[int], int] | None = None
         self.key_multiple: int | None = None
         self._masks: dict[str, object] = {}  # what the masks derive, made on first use, dropped when they change
 
     def _derived(self, name: str, make: Callable[[], object]):
+        """``make()``, made once until the rows or tokens change (what the masks derive)."""
         if name not in self._masks:
             self._masks[name] = make()
         return self._masks[name]
@@ -285,9 +287,9 @@ class CoreEncoder(nn.Module):
         longer than ``t``, K and V are padded to it and attention runs on that mask instead of ``mask4d`` (same
         result: the added keys are masked; faster on the CPU, see :data:`~nimblebert.core.tokens.KEY_MULTIPLE`).
         :meth:`forward` gives it to bfloat16 layers only.
-        ``layout`` (:class:`~nimblebert.core.tokens.RowLayout`): instead of ``pack`` and ``keys``, for products that
-        run at fixed row counts and a fused Q·K·V (the oneDNN runtimes): the real tokens gathered once into the
-        product rows, scattered back for attention (keys padded as the layout says) and at the output.
+        ``layout`` (:class:`~nimblebert.core.tokens.RowLayout`; inference only, not with ``need_scores``): instead
+        of ``pack`` and ``keys``: the real tokens gathered once into the product rows (as many as the layout says:
+        the oneDNN runtimes' buckets), gathered back for attention (keys padded as the layout says) and at the output.
         Returns the layer output and, when ``need_scores``, the pre-softmax scores QKᵀ/√d_h + mask
         (b, h, t, t) that TinyBERT distils.
         """
@@ -296,6 +298,8 @@ class CoreEncoder(nn.Module):
         f = self.ffn_size if ffn is None else ffn
         n = h * self.head_dim
         training = self.model.training
+        if layout is not None and need_scores:
+            raise ValueError("the row layout pads keys; explicit scores run without it")
         # The int8 and oneDNN runtimes pack Q, K, V as one product: one call (and, in int8, one input
         # quantization) instead of three; the oneDNN runtimes' also at each narrower width (their ``width``).
         fused = getattr(p.query, "fused_qkv", None)

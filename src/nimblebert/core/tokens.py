@@ -56,7 +56,7 @@ def pack_index(mask: torch.Tensor) -> torch.Tensor | None:
     Padding costs as much as a real token in every matrix product of a layer; rows of different lengths
     (bucketing leaves some) and rows that kept different numbers of tokens (TR-BERT) pad a batch. With the
     index, the core runs the projections and the FFN on the (N, d) real tokens alone, and pads only around
-    the attention itself.
+    the attention itself. Used in training and off the CPU; inference on the CPU runs on a :class:`RowLayout`.
     """
     real = mask.bool().reshape(-1)
     padded = real.numel() - int(real.sum())
@@ -74,8 +74,9 @@ def unpack(rows: torch.Tensor, index: torch.Tensor, batch: int, length: int) -> 
 
 @dataclass
 class RowLayout:
-    """Where a layer's per-token rows live when its products run at a few fixed row counts (the oneDNN runtimes,
-    which compile a primitive per row count: see :func:`~nimblebert.runtime.onednn.row_bucket`).
+    """Where a layer's per-token rows live at inference on the CPU (batches of more than one row; every batch under
+    the oneDNN runtimes, whose products run at a few fixed row counts because oneDNN compiles a primitive per row
+    count: see :func:`~nimblebert.runtime.onednn.row_bucket`; the others run at R = N).
 
     The layer gathers the N real tokens of a (b, t) batch into R ≥ N product rows once (:attr:`gather`: the real
     tokens' flat positions, then the first one repeated: the extra rows are copies of a real token, computed and
