@@ -5,7 +5,7 @@
 # and one regenerates every measured figure in docs/results.md from scratch (about 9 hours on 2 cores; the efficiency
 # report about 70 min of it on an Intel Xeon with AMX (110 on the AMD EPYC before): its two seeds' trainings 37 + 36
 # min (the folders' train_seconds), 42 min as two 1-thread streams (report.py --train --accuracy-only --seeds N),
-# their accuracy sweep on five runtimes 10 min as two streams, and its timed run 15 min, measured on 2026-12-06 at
+# their accuracy sweep on five runtimes 10 min as two streams, and its timed run 16 min, measured on 2026-12-06 at
 # 1 thread; the sections added after it,
 # about 5 hours more, mostly NAS-BERT's supernet and searches (~2 h), the small-data TinyBERT recipes (~1 h on 400
 # rows; on all of mr 2.5 h at 1 thread, 4 seeds x (290 + 569 + 178 s for the recipes + 1230 s for the TextBrewer
