@@ -126,7 +126,11 @@ def main() -> None:
     def path(p: str) -> str:
         return str(common.ROOT / p) if p and not Path(p).is_absolute() else p
 
+    from nimblebert.runtime.onednn import bf16_supported
+
+    # Parts 1 and 3 in float32 and int8; part 2 (exit after layer 1 vs full) also in bf16-onednn where oneDNN has it
     fast = {rt: load(path(opts.fast), runtime=rt).eval() for rt in ("fp32", "int8")}
+    exit_runtimes = ("fp32", "int8", *(("bf16-onednn",) if bf16_supported() else ()))
     task = load_task(opts.data, label_names=fast["fp32"].label_names)
     split = "test" if task.test is not None else "validation"
     encoded = encode(getattr(task, split), fast["fp32"].tokenizer, opts.max_length, task.has_pair)
@@ -137,9 +141,10 @@ def main() -> None:
 
     # 2. exit after layer 1 vs the full model, interleaved
     fns: dict[str, Any] = {}
-    models = [("fast", fast, {})]
+    models = [("fast", {**fast, **{rt: load(path(opts.fast), runtime=rt).eval() for rt in exit_runtimes
+                                   if rt not in fast}}, {})]
     if opts.dyna_fast:
-        models.append(("dyna-fast w0.5", {rt: load(path(opts.dyna_fast), runtime=rt).eval() for rt in fast},
+        models.append(("dyna-fast w0.5", {rt: load(path(opts.dyna_fast), runtime=rt).eval() for rt in exit_runtimes},
                        {"width": 0.5}))
     for tag, ms, extra in models:
         for rt, m in ms.items():

@@ -410,7 +410,9 @@ class CoreEncoder(nn.Module):
         products = getattr(parts[0].query, "compute_dtype", parts[0].query.weight.dtype) if parts else None
         inference = not self.model.training and not output_scores
         pad_keys = inference and hidden.device.type == "cpu" and products == torch.bfloat16
-        if inference and parts and hidden.device.type == "cpu":
+        # Not when the hidden states are asked for: at padding the layout leaves a copy of a real token, where the
+        # packed path gives zeros, and DynaBERT's unmasked hidden-state loss reads the teacher's there.
+        if inference and not output_hidden_states and parts and hidden.device.type == "cpu":
             batched = hidden.size(0) > 1
             state.bucket = getattr(parts[0].query, "row_bucket", None) or (_same if batched else None)
             state.key_multiple = tokens.KEY_MULTIPLE if pad_keys or batched else None
