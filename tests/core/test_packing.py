@@ -117,33 +117,39 @@ def test_key_mask_pads_keys_to_the_multiple_and_masks_what_was_added() -> None:
     assert tokens.key_mask4d(full[:, :13], 16)[..., 13:].sum() == 0
 
 
-@pytest.mark.parametrize("packed", [True, False], ids=["packed", "padded"])
-def test_padded_keys_give_the_unpadded_attention_in_bfloat16(monkeypatch: pytest.MonkeyPatch, packed: bool) -> None:
-    # The encoder pads K and V for bfloat16 attention at inference (tokens.KEY_MULTIPLE): the added keys are
-    # masked, so a layer's output is that of attention on the real keys. (Attending to the added zero keys
-    # instead moves it by ~1e-2 on this model: the tolerance would catch it.)
+def test_padded_keys_give_the_unpadded_attention_in_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
+    # bfloat16 inference pads K and V to tokens.KEY_MULTIPLE in the row layout, at every batch size (batch 1 too):
+    # the added keys are masked, so a layer's output is that of attention on the real keys. (Attending to the added
+    # keys instead moves it by ~1e-2 on this model: the tolerance would catch it.)
+    import nimblebert.core.encoder as encoder_module
+
     torch.manual_seed(0)
     model = tiny_model(layers=2).eval().to(torch.bfloat16)
     encoder = CoreEncoder(model)
-    _, mask = _ragged(length=12)
+    ids, mask = _ragged(length=12)
     x = torch.randn(4, 12, model.config.hidden_size, dtype=torch.bfloat16)
-    pack = pack_index(mask) if packed else None
-    assert (pack is not None) == packed
     with torch.inference_mode():
-        ref, _ = encoder.layer(encoder.parts[0], x, tokens.attention_mask4d(mask), pack=pack)
-        out, _ = encoder.layer(encoder.parts[0], x, tokens.attention_mask4d(mask), pack=pack,
-                               keys=tokens.key_mask4d(mask, 16))
+        ref, _ = encoder.layer(encoder.parts[0], x, tokens.attention_mask4d(mask))
+        out, _ = encoder.layer(encoder.parts[0], x, tokens.attention_mask4d(mask),
+                               layout=row_layout(mask, lambda n: n, key_multiple=16))
         torch.testing.assert_close(out[mask.bool()], ref[mask.bool()], atol=2e-3, rtol=0)
-        # the loop hands the layers the padded mask, and the model's outputs follow
-        monkeypatch.setattr(tokens, "PACK_MIN_PADDING", PACK_MIN_PADDING if packed else 2.0)
-        ids = torch.randint(5, 99, mask.shape)
-        logits = {}
-        for multiple in (1, 16):
-            monkeypatch.setattr(tokens, "KEY_MULTIPLE", multiple)
-            logits[multiple] = encoder(ids, mask).logits
-        torch.testing.assert_close(logits[16], logits[1], atol=2e-3, rtol=0)
-    state = LoopState(torch.zeros(4, 12, 8), mask, 2)
-    assert state.keys is not None and state.keys.size(-1) == 16
+        # the loop lays the keys out at the multiple, at batch 32-like and batch 1 alike, and the outputs follow
+        keys: list[int] = []  # the key length of every layout the loop makes
+
+        def spy(*args: object, **kwargs: object) -> tokens.RowLayout:
+            layout = row_layout(*args, **kwargs)
+            keys.append(layout.keys)
+            return layout
+
+        monkeypatch.setattr(encoder_module, "row_layout", spy)
+        for batch_ids, batch_mask in ((ids, mask), (ids[2:3, :5], mask[2:3, :5])):
+            logits = {}
+            for multiple in (1, 16):
+                monkeypatch.setattr(tokens, "KEY_MULTIPLE", multiple)
+                keys.clear()
+                logits[multiple] = encoder(batch_ids, batch_mask).logits
+                assert keys and set(keys) == {-(-batch_ids.size(1) // multiple) * multiple}
+            torch.testing.assert_close(logits[16], logits[1], atol=2e-3, rtol=0)
 
 
 def test_row_layout_gathers_the_real_tokens_into_bucket_rows_and_scatters_them_back() -> None:

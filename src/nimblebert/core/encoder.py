@@ -27,7 +27,7 @@ from . import tokens
 from .families import Family, LayerParts, classify, embed, family_of, layer_parts
 from .ops import OpSpec, run_ops
 from .plan import FULL, Plan
-from .tokens import RowLayout, attention_mask4d, gather_tokens, keep_index, key_mask4d, pack_index, row_layout, unpack
+from .tokens import RowLayout, attention_mask4d, gather_tokens, keep_index, pack_index, row_layout, unpack
 
 
 @dataclass
@@ -100,7 +100,7 @@ class LoopState:
         self.removed = False  # whether any row has left (then outputs go through the row buffer)
         # Set by the encoder at CPU inference (see CoreEncoder.forward): the product rows' count for N real tokens
         # (the oneDNN runtimes' buckets, else N) and the key padding; then the layers read :attr:`layout` instead of
-        # :attr:`pack` and :attr:`keys`.
+        # :attr:`pack`.
         self.bucket: Callable[[int], int] | None = None
         self.key_multiple: int | None = None
         self._masks: dict[str, object] = {}  # what the masks derive, made on first use, dropped when they change
@@ -122,12 +122,6 @@ class LoopState:
         """Flat positions (N,) of the live real tokens when the layers should run on them alone (see
         :func:`pack_index`), cached like :attr:`attn_mask`."""
         return self._derived("pack", lambda: pack_index(self.mask) if self.attn_mask is not None else None)
-
-    @property
-    def keys(self) -> torch.Tensor | None:
-        """The attention mask over keys padded to a multiple of :data:`~nimblebert.core.tokens.KEY_MULTIPLE`
-        (:func:`key_mask4d`; what bfloat16 layers' inference attention runs on), cached like :attr:`attn_mask`."""
-        return self._derived("keys", lambda: key_mask4d(self.mask))
 
     @property
     def layout(self) -> RowLayout | None:
@@ -274,7 +268,6 @@ class CoreEncoder(nn.Module):
         ffn: int | None = None,
         need_scores: bool = False,
         pack: torch.Tensor | None = None,
-        keys: torch.Tensor | None = None,
         layout: RowLayout | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One post-LayerNorm Transformer layer (Vaswani et al. 2017; BERT's layer) on ``x`` (b, t, d).
@@ -283,13 +276,10 @@ class CoreEncoder(nn.Module):
         ``pack`` (N,), the flat positions of the real tokens (:func:`~nimblebert.core.tokens.pack_index`):
         every per-token product runs on those N tokens alone and only the attention sees the padded
         (b, t) layout; the output is then zero at padding (a value nothing reads: padding is masked).
-        ``keys`` (b, 1, 1, t'), t' ≥ t: the mask over keys padded to ``t'`` (:func:`key_mask4d`); when given and
-        longer than ``t``, K and V are padded to it and attention runs on that mask instead of ``mask4d`` (same
-        result: the added keys are masked; faster on the CPU, see :data:`~nimblebert.core.tokens.KEY_MULTIPLE`).
-        :meth:`forward` gives it to bfloat16 layers only.
         ``layout`` (:class:`~nimblebert.core.tokens.RowLayout`; inference only, not with ``need_scores``): instead
-        of ``pack`` and ``keys``: the real tokens gathered once into the product rows (as many as the layout says:
-        the oneDNN runtimes' buckets), gathered back for attention (keys padded as the layout says) and at the output.
+        of ``pack``: the real tokens gathered once into the product rows (as many as the layout says: the oneDNN
+        runtimes' buckets), gathered back for attention (keys padded as the layout says: same result, the added
+        keys are masked; faster on the CPU, see :data:`~nimblebert.core.tokens.KEY_MULTIPLE`) and at the output.
         Returns the layer output and, when ``need_scores``, the pre-softmax scores QKᵀ/√d_h + mask
         (b, h, t, t) that TinyBERT distils.
         """
@@ -341,9 +331,6 @@ class CoreEncoder(nn.Module):
         else:
             if layout is not None:
                 mask4d = layout.key_mask
-            elif keys is not None and keys.size(-1) != t:
-                k, v = F.pad(k, (0, 0, 0, keys.size(-1) - t)), F.pad(v, (0, 0, 0, keys.size(-1) - t))
-                mask4d = keys
             ctx = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask4d, dropout_p=p.attn_dropout_p if training else 0.0
             )
@@ -411,10 +398,11 @@ class CoreEncoder(nn.Module):
         inference = not self.model.training and not output_scores
         pad_keys = inference and hidden.device.type == "cpu" and products == torch.bfloat16
         # Not when the hidden states are asked for: at padding the layout leaves a copy of a real token, where the
-        # packed path gives zeros, and DynaBERT's unmasked hidden-state loss reads the teacher's there.
+        # packed path gives zeros, and DynaBERT's unmasked hidden-state loss reads the teacher's there (such calls,
+        # distillation teachers, run the plain path with unpadded keys).
         if inference and not output_hidden_states and parts and hidden.device.type == "cpu":
             batched = hidden.size(0) > 1
-            state.bucket = getattr(parts[0].query, "row_bucket", None) or (_same if batched else None)
+            state.bucket = getattr(parts[0].query, "row_bucket", None) or (_same if batched or pad_keys else None)
             state.key_multiple = tokens.KEY_MULTIPLE if pad_keys or batched else None
         for hook in hooks:  # hooks that keep per-row or per-token state register it before rows or tokens move
             start = getattr(hook, "start", None)
@@ -434,7 +422,7 @@ class CoreEncoder(nn.Module):
                 state.hidden, scores = self.layer(parts[i], state.hidden, state.attn_mask, heads, ffn, layout=layout)
             else:
                 state.hidden, scores = self.layer(parts[i], state.hidden, state.attn_mask, heads, ffn, output_scores,
-                                                  state.pack, state.keys if pad_keys else None)
+                                                  state.pack)
             state.step += 1
             state.layer = i
             if hiddens is not None:

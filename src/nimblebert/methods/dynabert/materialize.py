@@ -50,8 +50,9 @@ def materialize(model: NimbleModel, width: float = 1.0, depth: float = 1.0) -> N
     with model.focus(index):
         layers = depth_layers(enc.num_layers, depth, depth_rule_of(model))
     hf = materialize_hf(model.hf, layers, heads, ffn).eval()
-    record = dict(zip(RECORD_KEYS, ("dynabert", width, depth, list(layers), [heads] * len(layers),
-                                    [ffn] * len(layers)), strict=True))
+    record = {SOURCE_KEY: "dynabert", "width": width, "depth": depth, "source_layers": list(layers),
+              "heads_per_layer": [heads] * len(layers), "ffn_per_layer": [ffn] * len(layers)}
+    assert tuple(record) == RECORD_KEYS  # attach() copies exactly these keys onto every later save
     source = model.stack[index]
     stack = list(model.stack)
     stack[index] = Component("dynabert", {**source.config, **record}, source.source,
