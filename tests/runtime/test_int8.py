@@ -21,7 +21,7 @@ from nimblebert.core.plan import Plan
 from nimblebert.errors import UserError
 from nimblebert.methods import get_method
 from nimblebert.model import NimbleModel
-from nimblebert.runtime import apply_runtime
+from nimblebert.runtime import apply_runtime, int8
 from nimblebert.runtime.int8 import Int8Linear, quantize_
 from nimblebert.runtime.onednn import PackedLinear, pack_
 
@@ -68,6 +68,73 @@ def test_int8_linear_is_close_to_float_at_every_slice() -> None:
     assert set(q.state_dict()) == set(linear.state_dict())
     torch.testing.assert_close(q.weight, linear.weight)
     assert isinstance(q, nn.Linear)
+
+
+@pytest.fixture
+def int8_engine(monkeypatch: pytest.MonkeyPatch):
+    """``set(on)``: int8 products of many rows on oneDNN (on) or fbgemm only (off), whatever this CPU has."""
+    def set_onednn(on: bool) -> None:
+        monkeypatch.setenv("NIMBLEBERT_INT8_ONEDNN", "1" if on else "0")
+        int8.onednn_int8.cache_clear()
+
+    yield set_onednn
+    int8.onednn_int8.cache_clear()
+
+
+def test_int8_products_of_many_rows_run_on_onednn_at_bucket_rows(int8_engine, monkeypatch: pytest.MonkeyPatch
+                                                                  ) -> None:
+    # Below ONEDNN_MIN_ROWS rows fbgemm (oneDNN's fixed cost per call loses there), from it on oneDNN at the oneDNN
+    # runtimes' row buckets (a primitive per row count); the same arithmetic, so the same result up to rounding.
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 80)
+    int8_engine(False)
+    plain = Int8Linear(linear)
+    plain._pack(40, None)  # its narrow width packed now, fbgemm only
+    int8_engine(True)
+    q = Int8Linear(linear)
+    assert plain._full.onednn is None and q._full.onednn is not None
+    seen: list[int] = []
+    run = int8.Int8Product._onednn
+    monkeypatch.setattr(int8.Int8Product, "_onednn", lambda self, x: seen.append(x.size(0)) or run(self, x))
+    with torch.inference_mode():
+        for rows in (int8.ONEDNN_MIN_ROWS - 1, 37, 64):
+            x = torch.randn(rows, 96)
+            out = q(x)
+            assert out.shape == (rows, 80)
+            scale = float(plain(x).abs().max())
+            torch.testing.assert_close(out, plain(x), atol=0.01 * scale, rtol=0)
+            narrow = q.narrow(x, rows=40)
+            torch.testing.assert_close(narrow, plain.narrow(x, rows=40), atol=0.01 * scale, rtol=0)
+    assert seen == [40, 40, 64, 64]  # 31 rows stayed on fbgemm; 37 ran at the bucket (40), full and narrow
+
+
+def test_int8_batches_reach_onednn_through_the_row_layout(int8_engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nimblebert.core.encoder as encoder_module
+    from nimblebert.core.tokens import row_layout
+
+    made: list[int] = []
+
+    def spy(mask: torch.Tensor, bucket, key_multiple=None):  # noqa: ANN001, ANN202
+        layout = row_layout(mask, bucket, key_multiple)
+        made.append(layout.gather.numel() if layout.gather is not None else mask.numel())
+        return layout
+
+    monkeypatch.setattr(encoder_module, "row_layout", spy)
+    fp32 = nimble()
+    int8_engine(True)
+    q = int8_of(fp32)
+    b = batch(rows=6, length=12)  # ragged: 6 rows, between 3 and 12 real tokens each
+    real = int(b["attention_mask"].sum())
+    with torch.inference_mode():
+        ref = fp32.infer(b).logits
+        assert made == [real]  # float32: the real tokens, no filler rows
+        made.clear()
+        out = q.infer(b).logits
+        assert made == [int8.int8_rows(real)] and real >= int8.ONEDNN_MIN_ROWS and made[0] % 8 == 0
+        assert float((out - ref).abs().max()) < 0.05 * float(ref.abs().max()) + 0.02
+        made.clear()
+        q.infer({k: v[:1] for k, v in b.items()})
+    assert made == []  # batch 1: nothing to gather, no layout (it cost 5 % there)
 
 
 @pytest.mark.parametrize("replace, kind", [(quantize_, Int8Linear), (pack_, PackedLinear)], ids=["int8", "onednn"])

@@ -402,7 +402,11 @@ class CoreEncoder(nn.Module):
         # distillation teachers, run the plain path with unpadded keys).
         if inference and not output_hidden_states and parts and hidden.device.type == "cpu":
             batched = hidden.size(0) > 1
-            state.bucket = getattr(parts[0].query, "row_bucket", None) or (_same if batched or pad_keys else None)
+            # ``row_bucket``: products that want bucket row counts on every call (the oneDNN float runtimes);
+            # ``batch_row_bucket``: only on batches (int8, whose oneDNN products start at a few dozen rows)
+            state.bucket = getattr(parts[0].query, "row_bucket", None)
+            if state.bucket is None and (batched or pad_keys):
+                state.bucket = getattr(parts[0].query, "batch_row_bucket", None) or _same
             state.key_multiple = tokens.KEY_MULTIPLE if pad_keys or batched else None
         for hook in hooks:  # hooks that keep per-row or per-token state register it before rows or tokens move
             start = getattr(hook, "start", None)

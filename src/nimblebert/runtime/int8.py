@@ -1,4 +1,4 @@
-"""int8 matrix products under the core: dynamic quantization on the CPU (fbgemm, VNNI where the CPU has it).
+"""int8 matrix products under the core: dynamic quantization on the CPU (fbgemm with VNNI; oneDNN with AMX).
 
 Every ``nn.Linear`` of the Transformer layers (Q/K/V, attention output, FFN; see
 :func:`nimblebert.runtime.apply_runtime` for what stays float32 and why) is replaced in place by an
@@ -23,6 +23,10 @@ torch 2.13 marks quantized tensors as deprecated (the
 ``torch.quantize_per_channel`` warning, silenced here): the project pins torch 2.13, and the one place that
 makes them is :func:`_quantize_weight`.
 
+Two kernels, chosen per call (:class:`Int8Product`): on CPUs with AMX-INT8 (Intel Xeon 4th generation and later),
+oneDNN's int8 product (torch's ``onednn`` quantized engine, the same arithmetic) is much faster than fbgemm's once
+a product has a few dozen rows (see :data:`ONEDNN_MIN_ROWS`); a sentence's 20 rows stay on fbgemm.
+
 Dynamic width (DynaBERT): the core slices a Linear's output rows (heads of Q/K/V, FFN neurons of the first
 FFN matrix) or input columns (attention output, second FFN matrix). :meth:`Int8Linear.narrow` packs the int8
 rows/columns of each width once, on first use, and keeps them: every width stays live under int8, at the
@@ -34,6 +38,8 @@ the int8 weights are derived from them at load time, never stored. An int8 model
 
 from __future__ import annotations
 
+import functools
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -42,11 +48,26 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from .onednn import on_bucket_rows, row_bucket  # importing it sets oneDNN's primitive cache size
 
 # A Linear is worth quantizing when both of its sides are at least this wide: below it (classifiers with a
 # handful of outputs, TR-BERT's 32-wide policies) the per-call input quantization costs more than the int8
 # product saves, and the logits that decide exits keep their float32 precision.
 MIN_FEATURES = 64
+
+# oneDNN's int8 product against fbgemm's (torch's "onednn" and "x86" quantized engines; per-output-channel int8
+# weights, dynamic per-tensor int8 input, full range), measured at 1 thread on an Intel Xeon with AMX-INT8
+# (2026-12-06, one process, interleaved), MiniLM's shapes (K x N; us per call):
+#   16 rows: 384x1536 33 vs 41, 1536x384 39 vs 45, but 384x384 28 vs 22 (oneDNN's fixed cost per call);
+#   32 rows: 384x1536 47 vs 74, 384x384 32 vs 31;  64 rows: 384x1536 60 vs 138, 1536x384 84 vs 133;
+#   256 rows: 384x1152 177 vs 414;  768 rows: 384x1536 646 vs 2439, 1536x384 861 vs 1730, 384x384 264 vs 481.
+# Outputs equal up to one rounding step of the input quantization. From ONEDNN_MIN_ROWS rows on, where the CPU has
+# AMX-INT8, products run on oneDNN, their rows padded to the oneDNN runtimes' buckets (oneDNN compiles a primitive
+# per row count: 1.2 ms for the first call at a new count of 200-800 rows, 0.5 ms after); below it, and on CPUs
+# without AMX (not measured there), on fbgemm. NIMBLEBERT_INT8_ONEDNN=0 / 1 forces either way.
+ONEDNN_MIN_ROWS = 32
+# fbgemm's engine under its torch name ("x86" dispatches dynamic int8 Linears to fbgemm)
+FBGEMM = "x86"
 
 # 7-bit activations (fbgemm's ``reduce_range``) avoid int16 overflow in AVX2's multiply-add; with VNNI's int32
 # dot products there is no overflow, so the full 8 bits are kept (more precise, same speed here).
@@ -76,6 +97,56 @@ def _slice(q: torch.Tensor, rows: int | None, cols: int | None) -> torch.Tensor:
         return torch._make_per_channel_quantized_tensor(ints.contiguous(), scales, zeros, 0)
 
 
+@functools.cache
+def onednn_int8() -> bool:
+    """Whether int8 products of :data:`ONEDNN_MIN_ROWS` rows or more run on oneDNN: on CPUs with AMX-INT8, where
+    torch has its ``onednn`` quantized engine (``NIMBLEBERT_INT8_ONEDNN=0`` / ``1`` decides instead)."""
+    forced = os.environ.get("NIMBLEBERT_INT8_ONEDNN")
+    if "onednn" not in torch.backends.quantized.supported_engines:
+        return False
+    if forced in ("0", "1"):
+        return forced == "1"
+    from ..bench.latency import cpu_info
+
+    return "amx_int8" in cpu_info()["isa"]
+
+
+def int8_rows(rows: int) -> int:
+    """The row count an int8 product of ``rows`` rows runs at (the core's row layout reads it on batches: at batch 1,
+    with nothing to gather, the layout cost 5 % on mr and a long sentence's products pad their own rows)."""
+    return rows if rows < ONEDNN_MIN_ROWS else row_bucket(rows)
+
+
+def _prepack(q: torch.Tensor, bias: torch.Tensor | None, engine: str) -> object:
+    """``q`` (quantized weight) and ``bias`` packed for ``engine``'s int8 product (the packed weight keeps its
+    kernel: the engine in force when it is called does not matter)."""
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        return torch.ops.quantized.linear_prepack(q, bias)
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+class Int8Product:
+    """``x ↦ x Wᵀ + b`` in int8 for one quantized weight: fbgemm's packed copy, and oneDNN's where it is faster
+    (:func:`onednn_int8`: products of :data:`ONEDNN_MIN_ROWS` rows or more, at bucket row counts)."""
+
+    __slots__ = ("fbgemm", "onednn")
+
+    def __init__(self, q: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.fbgemm = _prepack(q, bias, FBGEMM)
+        self.onednn = _prepack(q, bias, "onednn") if onednn_int8() else None
+
+    def _onednn(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic(x, self.onednn, REDUCE_RANGE)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.onednn is None or x.numel() < ONEDNN_MIN_ROWS * x.size(-1):
+            return torch.ops.quantized.linear_dynamic(x, self.fbgemm, REDUCE_RANGE)
+        return on_bucket_rows(self._onednn, x)
+
+
 class Int8Linear(nn.Linear):
     """An ``nn.Linear`` whose product runs in int8 (dynamic quantization; see the module docstring).
 
@@ -89,10 +160,12 @@ class Int8Linear(nn.Linear):
         self.weight = nn.Parameter(linear.weight.detach(), requires_grad=False)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
         self.qweight = _quantize_weight(self.weight)
-        self._packed: dict[tuple[int | None, int | None], object] = {}
+        self._packed: dict[tuple[int | None, int | None], Int8Product] = {}
         self._full = self._pack(None, None)
+        if self._full.onednn is not None:  # the core's row layout then gives batches' products oneDNN's row counts
+            self.batch_row_bucket = int8_rows
 
-    def _pack(self, rows: int | None, cols: int | None) -> object:
+    def _pack(self, rows: int | None, cols: int | None) -> Int8Product:
         key = (rows, cols)
         packed = self._packed.get(key)
         if packed is None:
@@ -100,16 +173,16 @@ class Int8Linear(nn.Linear):
             bias = self.bias.detach().float() if self.bias is not None else None
             if bias is not None and rows is not None:
                 bias = bias[:rows].contiguous()
-            packed = self._packed[key] = torch.ops.quantized.linear_prepack(q, bias)
+            packed = self._packed[key] = Int8Product(q, bias)
         return packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.linear_dynamic(x, self._full, REDUCE_RANGE)
+        return self._full(x)
 
     def narrow(self, x: torch.Tensor, rows: int | None = None, cols: int | None = None) -> torch.Tensor:
         """``x`` times the first ``rows`` output channels of the weight (with their biases), or the first
         ``cols`` input features (with the whole bias): the core's sliced widths, in int8."""
-        return torch.ops.quantized.linear_dynamic(x, self._pack(rows, cols), REDUCE_RANGE)
+        return self._pack(rows, cols)(x)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + ", int8"
@@ -142,7 +215,7 @@ def quantize_(module: nn.Module, min_features: int | None = None) -> int:
     """Replace, in place, every plain ``nn.Linear`` inside ``module`` whose input and output are both at least
     ``min_features`` (default :data:`MIN_FEATURES`) wide by an :class:`Int8Linear`. Returns how many were
     replaced."""
-    if torch.backends.quantized.engine not in ("x86", "fbgemm"):
+    if FBGEMM not in torch.backends.quantized.supported_engines:
         raise UserError(f"the int8 runtime needs torch's x86 quantized engine (this build has "
                         f"{torch.backends.quantized.supported_engines}); run with --runtime fp32")
     return replace_linears_(module, Int8Linear, "int8", min_features)
@@ -160,10 +233,10 @@ class FusedInt8:
         weight = torch.cat([m.weight.detach().float() for m in linears])
         biases = [m.bias for m in linears]
         bias = torch.cat([b.detach().float() for b in biases]) if all(b is not None for b in biases) else None
-        self.packed = torch.ops.quantized.linear_prepack(_quantize_weight(weight), bias)
+        self.product = Int8Product(_quantize_weight(weight), bias)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.linear_dynamic(x, self.packed, REDUCE_RANGE)
+        return self.product(x)
 
 
 def fuse_qkv_(parts: list, kind: type[nn.Linear] = Int8Linear, make: Callable[[list[nn.Linear]], Any] = FusedInt8

@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from .int8 import replace_linears_
 
 # oneDNN makes (JIT-compiles) a primitive for every new input shape: measured at 1 thread on an Intel Xeon (AMX),
 # 1.1-1.5 ms per new row count for a 384x384 product (float32 or bfloat16), against 0.1 ms to run it. Packed tokens
@@ -59,16 +58,21 @@ def _product(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype
     bias = None if bias is None else bias.detach().to(dtype).contiguous()
     op, algorithm = ("none", "") if gelu is None else ("gelu", gelu)
 
-    def run(x: torch.Tensor) -> torch.Tensor:
-        x = x.to(dtype)
-        rows = x.numel() // x.size(-1)
-        padded = row_bucket(rows)
-        if padded == rows:
-            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, op, [], algorithm)
-        flat = F.pad(x.reshape(rows, x.size(-1)), (0, 0, 0, padded - rows))  # zero rows: their outputs are dropped
-        out = torch.ops.mkldnn._linear_pointwise(flat, packed, bias, op, [], algorithm)[:rows]
-        return out.view(*x.shape[:-1], out.size(-1))
-    return run
+    def product(x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, op, [], algorithm)
+
+    return lambda x: on_bucket_rows(product, x.to(dtype))
+
+
+def on_bucket_rows(product: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``product(x)`` run at :func:`row_bucket` rows: ``x`` (..., n) padded with zero rows when its row count is not
+    a bucket, their outputs dropped (the core's row layout already hands the products bucket counts)."""
+    rows = x.numel() // x.size(-1)
+    padded = row_bucket(rows)
+    if padded == rows:
+        return product(x)
+    out = product(F.pad(x.reshape(rows, x.size(-1)), (0, 0, 0, padded - rows)))[:rows]
+    return out.view(*x.shape[:-1], out.size(-1))
 
 
 def gelu_kind(act: Callable[[torch.Tensor], torch.Tensor]) -> str | None:
@@ -235,6 +239,8 @@ def pack_(module: nn.Module, min_features: int | None = None, kind: type[PackedL
     ``min_features`` (default: the int8 runtime's :data:`~nimblebert.runtime.int8.MIN_FEATURES`) wide by a
     ``kind`` (:class:`PackedLinear`; :class:`BF16Linear` or :class:`BF16FloatLinear` for bf16-onednn). Returns how
     many were replaced."""
+    from .int8 import replace_linears_  # not at the top: int8 imports this module (row buckets)
+
     runtime = "bf16-onednn" if kind.compute_dtype == torch.bfloat16 else "fp32-onednn"
     if not torch.backends.mkldnn.is_available():
         raise UserError(f"the {runtime} runtime needs a torch build with oneDNN (mkldnn); run with --runtime fp32")
