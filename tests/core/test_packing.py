@@ -174,3 +174,27 @@ def test_row_layout_gathers_the_real_tokens_into_bucket_rows_and_scatters_them_b
     rows = torch.randn(40, 3)
     assert dense.key_mask is None and dense.to_batch(rows).data_ptr() == rows.data_ptr()
     assert dense.to_keys(rows).shape == (2, 16, 3) and dense.to_keys(rows).data_ptr() == rows.data_ptr()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16-products"])
+def test_inference_sums_residuals_in_place_without_touching_the_layer_input(dtype: torch.dtype) -> None:
+    # Without autograd the residual sums go in place into the products' outputs (core/encoder._residual): the
+    # layer's input (the previous layer's output, which hooks and the caller may hold) must come out unchanged, and
+    # the result must be the out-of-place one (with autograd on), also when the product is bfloat16 and the
+    # residual float32 (the sum is then float32).
+    torch.manual_seed(0)
+    encoder = CoreEncoder(tiny_model(layers=2).eval())
+    part = encoder.parts[0]
+    if dtype == torch.bfloat16:  # a bf16-onednn-like product: bfloat16 output, float32 everywhere else
+        for name in ("attn_out", "ffn_out"):
+            linear = getattr(part, name)
+            object.__setattr__(part, name, lambda z, lin=linear: lin(z).to(torch.bfloat16))
+    _, mask = _ragged(length=12)
+    x = torch.randn(4, 12, encoder.model.config.hidden_size)
+    before = x.clone()
+    ref, _ = encoder.layer(part, x, tokens.attention_mask4d(mask))  # autograd on: sums out of place
+    with torch.inference_mode():
+        out, _ = encoder.layer(part, x, tokens.attention_mask4d(mask))
+    assert torch.equal(x, before)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref.detach(), atol=1e-6, rtol=0)

@@ -199,6 +199,22 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _residual(y: torch.Tensor, x: torch.Tensor, training: bool) -> torch.Tensor:
+    """``y + x``, the residual sum, in the promoted dtype (``y``: a product's fresh output, bfloat16 under bf16-onednn
+    where ``x`` is float32: the sum is float32).
+
+    Without autograd, added in place into ``y`` (or its float32 copy): at batch 32 on mr (~700 rows x 384) a
+    sum into a new tensor works on three 1 MB buffers, past the 2 MB L2 cache of the Intel Xeon we measure on,
+    in place on two; a bfloat16 + float32 sum also converts per element. Measured at 1 thread (Intel Xeon, AMX),
+    one process, interleaved, same logits: the teacher at batch 32 1.06x faster in bf16-onednn, 1.01-1.02x in
+    fp32 / int8, small models (tinybert3 -> dynabert w0.25 / w0.5 -> fastbert, bf16-onednn) 1.03-1.04x; batch 1
+    1.00-1.04x. (700 x 384 float32 alone: 120 us out of place, 37 in place; bfloat16 + float32 175 against 82.)
+    """
+    if training or torch.is_grad_enabled():
+        return y + x
+    return y.to(torch.promote_types(y.dtype, x.dtype)).add_(x)
+
+
 def _same(rows: int) -> int:
     return rows
 
@@ -346,7 +362,7 @@ class CoreEncoder(nn.Module):
             a = narrow_linear(p.attn_out, ctx, cols=n)
         if training:  # at inference not even a no-op call: at batch 1 every Python-level op shows
             a = F.dropout(a, p.dropout_p, True)
-        a = p.attn_norm(a + x)  # (b, t, d) or (N, d)
+        a = p.attn_norm(_residual(a, x, training))  # (b, t, d) or (N, d)
 
         # the oneDNN runtimes may apply the activation inside the first product (their ``fused_act``)
         act = _identity if getattr(p.ffn_in, "fused_act", None) else p.ffn_act
@@ -356,7 +372,7 @@ class CoreEncoder(nn.Module):
             y = narrow_linear(p.ffn_out, act(narrow_linear(p.ffn_in, a, rows=f)), cols=f)
         if training:
             y = F.dropout(y, p.dropout_p, True)
-        out = p.ffn_norm(y + a)
+        out = p.ffn_norm(_residual(y, a, training))
         if layout is not None:
             return layout.to_batch(out), scores
         return (unpack(out, pack, b, t) if pack is not None else out), scores
