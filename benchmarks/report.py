@@ -219,8 +219,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     length = teacher_length(args.teacher, args.max_length)
     seeds = [int(s) for s in args.seeds.split(",")]
     grid = [g for s in seeds for g in grid_of(args.runs, args.teacher, args.data, length, s)]
+    excluded: list[str] = []  # the grid's models this run leaves out (--only): the section names them
     if args.only:
         wanted = {n.strip() for n in args.only.split(",")}
+        excluded = list(dict.fromkeys(g["name"] for g in grid if g["name"] not in wanted))
         grid = [g for g in grid if g["name"] in wanted]
     missing = []
     for g in grid:
@@ -377,9 +379,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "teacher_validation": teacher_val, "validation_examples": len(val_enc),
             "test_examples": len(base.encoded), "code_hash": cache.code,
             "grid": [{k: g[k] for k in ("name", "seed", "parts", "out", "command")} for g in grid],
-            "missing": [g["command"] for g in missing], "onnx_check": onnx_report if isinstance(onnx_report, dict)
-            else None, "candidates": candidates, "baselines": base_rows, "rows": rows, "latency": lat,
-            "environment": env}
+            "missing": [g["command"] for g in missing], "excluded": excluded,
+            "onnx_check": onnx_report if isinstance(onnx_report, dict) else None, "candidates": candidates,
+            "baselines": base_rows, "rows": rows, "latency": lat, "environment": env}
 
 
 def _runtime_of(name: str) -> str:
@@ -530,9 +532,15 @@ def render(result: dict[str, Any], chart: str) -> tuple[str, str]:
     amx = "AMX on this CPU" if "amx_bf16" in env_text(env) else "no AMX on this CPU"
     bf16_note = ("\n  bf16-onednn = `nimblebert.load(folder, runtime=\"bf16-onednn\")`: the Transformer layers' "
                  f"products in bfloat16 on oneDNN ({amx}), every knob live." if "bf16-onednn" in runtimes else "")
-    # with no student trained yet the section holds the teacher's baselines only: say so instead of an empty grid
-    scope = (f"every composition × {{{', '.join(runtimes)}}}, {len(seeds)} seed(s)" if runtimes
-             else "the teacher's baselines (no student trained yet)")
+    # with no student trained yet the section holds the teacher's baselines only: say so instead of an empty grid;
+    # a run restricted with --only names its models, and the grid's others below
+    excluded = result.get("excluded", [])
+    names = ", ".join(dict.fromkeys(g["name"] for g in result["grid"]))
+    scope = (f"{'every composition' if not excluded else names} × {{{', '.join(runtimes)}}}, {len(seeds)} seed(s)"
+             if runtimes else "the teacher's baselines (no student trained yet)")
+    if excluded:
+        missing += ("\n- Left out of this run (`--only`), the rest of the grid: " + ", ".join(excluded)
+                    + " (`benchmarks/compose_mr.py` has their commands)")
     swept = swept or "none: no student"
     block = result.get("b1_block", 1)  # runs before the option timed sentence by sentence
     turns = ("the contenders taking turns sentence by sentence" if block == 1 else
