@@ -23,6 +23,7 @@ from nimblebert.methods.dynabert import (
     hidden_targets,
     plan_of,
 )
+from nimblebert.methods.dynabert.materialize import RECORD_KEYS
 from nimblebert.methods.losses import hidden_mse
 from nimblebert.model import NimbleModel
 
@@ -245,6 +246,7 @@ def test_export_is_a_smaller_plain_model_with_the_same_predictions(tmp_path, wid
     (component,) = section["stack"]
     assert component["method"] == "dynabert" and component["fixed"] == {"width": width, "depth": depth}
     assert component["config"]["heads_per_layer"] == [heads] * layers
+    assert set(RECORD_KEYS) <= set(component["config"])  # what attach() carries onto every later save
     for seed in range(3):
         batch = make_batch(rows=7, length=9 + seed, seed=seed)
         with torch.no_grad():

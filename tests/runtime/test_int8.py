@@ -6,6 +6,7 @@ The tiny models here are 64 wide (FFN 128), so that their Linears reach the runt
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -44,8 +45,6 @@ def nimble(method: str = "finetune", layers: int = 3, seed: int = 0, **cfg) -> N
 
 
 def int8_of(model: NimbleModel) -> NimbleModel:
-    import copy
-
     return apply_runtime(copy.deepcopy(model), "int8")
 
 
@@ -70,6 +69,10 @@ def test_int8_linear_is_close_to_float_at_every_slice() -> None:
     assert isinstance(q, nn.Linear)
 
 
+needs_onednn_int8 = pytest.mark.skipif("onednn" not in torch.backends.quantized.supported_engines,
+                                       reason="this torch build has no onednn quantized engine")
+
+
 @pytest.fixture
 def int8_engine(monkeypatch: pytest.MonkeyPatch):
     """``set(on)``: int8 products of many rows on oneDNN (on) or fbgemm only (off), whatever this CPU has."""
@@ -81,6 +84,7 @@ def int8_engine(monkeypatch: pytest.MonkeyPatch):
     int8.onednn_int8.cache_clear()
 
 
+@needs_onednn_int8
 def test_int8_products_of_many_rows_run_on_onednn_at_bucket_rows(int8_engine, monkeypatch: pytest.MonkeyPatch
                                                                   ) -> None:
     # Below ONEDNN_MIN_ROWS rows fbgemm (oneDNN's fixed cost per call loses there), from it on oneDNN at the oneDNN
@@ -105,9 +109,21 @@ def test_int8_products_of_many_rows_run_on_onednn_at_bucket_rows(int8_engine, mo
             torch.testing.assert_close(out, plain(x), atol=0.01 * scale, rtol=0)
             narrow = q.narrow(x, rows=40)
             torch.testing.assert_close(narrow, plain.narrow(x, rows=40), atol=0.01 * scale, rtol=0)
-    assert seen == [40, 40, 64, 64]  # 31 rows stayed on fbgemm; 37 ran at the bucket (40), full and narrow
+        assert seen == [40, 40, 64, 64]  # 31 rows stayed on fbgemm; 37 ran at the bucket (40), full and narrow
+        seen.clear()
+        x = torch.randn(1, 37, 96)  # batch 1, a long sentence: (1, t, d) padded to the bucket and back
+        out = q(x)
+        assert seen == [40] and out.shape == (1, 37, 80)
+        torch.testing.assert_close(out, plain(x), atol=0.01 * float(plain(x).abs().max()), rtol=0)
+        # a copy packs again for both kernels (torch's own copy of a packed weight repacks it for the engine in
+        # force, fbgemm: the oneDNN path would silently be lost)
+        copied = copy.deepcopy(q)
+        seen.clear()
+        torch.testing.assert_close(copied(x), out, atol=0, rtol=0)
+        assert seen == [40]
 
 
+@needs_onednn_int8
 def test_int8_batches_reach_onednn_through_the_row_layout(int8_engine, monkeypatch: pytest.MonkeyPatch) -> None:
     import nimblebert.core.encoder as encoder_module
     from nimblebert.core.tokens import row_layout
@@ -120,6 +136,9 @@ def test_int8_batches_reach_onednn_through_the_row_layout(int8_engine, monkeypat
         return layout
 
     monkeypatch.setattr(encoder_module, "row_layout", spy)
+    products: list[int] = []
+    run = int8.Int8Product._onednn
+    monkeypatch.setattr(int8.Int8Product, "_onednn", lambda self, x: products.append(x.size(0)) or run(self, x))
     fp32 = nimble()
     int8_engine(True)
     q = int8_of(fp32)
@@ -131,6 +150,7 @@ def test_int8_batches_reach_onednn_through_the_row_layout(int8_engine, monkeypat
         made.clear()
         out = q.infer(b).logits
         assert made == [int8.int8_rows(real)] and real >= int8.ONEDNN_MIN_ROWS and made[0] % 8 == 0
+        assert products and set(products) == {made[0]}  # every layer product ran on oneDNN at the layout's rows
         assert float((out - ref).abs().max()) < 0.05 * float(ref.abs().max()) + 0.02
         made.clear()
         q.infer({k: v[:1] for k, v in b.items()})

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -117,15 +118,21 @@ def int8_rows(rows: int) -> int:
     return rows if rows < ONEDNN_MIN_ROWS else row_bucket(rows)
 
 
+# torch's quantized engine is one setting for the whole process: packing switches it for a moment, and packs for a
+# new DynaBERT width are made on first use, during inference, possibly in several threads at once
+_ENGINE_LOCK = threading.Lock()
+
+
 def _prepack(q: torch.Tensor, bias: torch.Tensor | None, engine: str) -> object:
     """``q`` (quantized weight) and ``bias`` packed for ``engine``'s int8 product (the packed weight keeps its
     kernel: the engine in force when it is called does not matter)."""
-    previous = torch.backends.quantized.engine
-    torch.backends.quantized.engine = engine
-    try:
-        return torch.ops.quantized.linear_prepack(q, bias)
-    finally:
-        torch.backends.quantized.engine = previous
+    with _ENGINE_LOCK:
+        previous = torch.backends.quantized.engine
+        torch.backends.quantized.engine = engine
+        try:
+            return torch.ops.quantized.linear_prepack(q, bias)
+        finally:
+            torch.backends.quantized.engine = previous
 
 
 class Int8Product:
@@ -137,6 +144,11 @@ class Int8Product:
     def __init__(self, q: torch.Tensor, bias: torch.Tensor | None) -> None:
         self.fbgemm = _prepack(q, bias, FBGEMM)
         self.onednn = _prepack(q, bias, "onednn") if onednn_int8() else None
+
+    def __reduce__(self) -> tuple:
+        # torch copies (deepcopy, pickle) a packed weight by repacking it under the engine in force, which would
+        # leave fbgemm's pack where oneDNN's was: copy the weight and bias, and pack both again
+        return (Int8Product, tuple(torch.ops.quantized.linear_unpack(self.fbgemm)))
 
     def _onednn(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.quantized.linear_dynamic(x, self.onednn, REDUCE_RANGE)
