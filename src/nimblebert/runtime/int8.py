@@ -150,6 +150,9 @@ class Int8Product:
         # leave fbgemm's pack where oneDNN's was: copy the weight and bias, and pack both again
         return (Int8Product, tuple(torch.ops.quantized.linear_unpack(self.fbgemm)))
 
+    def __deepcopy__(self, memo: dict) -> Int8Product:
+        return Int8Product(*torch.ops.quantized.linear_unpack(self.fbgemm))  # already fresh tensors: no deep copy
+
     def _onednn(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.quantized.linear_dynamic(x, self.onednn, REDUCE_RANGE)
 
