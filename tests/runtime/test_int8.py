@@ -89,6 +89,7 @@ def test_int8_products_of_many_rows_run_on_onednn_at_bucket_rows(int8_engine, mo
                                                                   ) -> None:
     # Below ONEDNN_MIN_ROWS rows fbgemm (oneDNN's fixed cost per call loses there), from it on oneDNN at the oneDNN
     # runtimes' row buckets (a primitive per row count); the same arithmetic, so the same result up to rounding.
+    monkeypatch.setattr(int8, "ONEDNN_MIN_ROWS", 32)  # the tiny shapes of a test (the real threshold is larger)
     torch.manual_seed(0)
     linear = nn.Linear(96, 80)
     int8_engine(False)
@@ -136,6 +137,7 @@ def test_int8_batches_reach_onednn_through_the_row_layout(int8_engine, monkeypat
         return layout
 
     monkeypatch.setattr(encoder_module, "row_layout", spy)
+    monkeypatch.setattr(int8, "ONEDNN_MIN_ROWS", 32)  # a tiny model's batch (the real threshold is larger)
     products: list[int] = []
     run = int8.Int8Product._onednn
     monkeypatch.setattr(int8.Int8Product, "_onednn", lambda self, x: products.append(x.size(0)) or run(self, x))

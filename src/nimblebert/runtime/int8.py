@@ -25,7 +25,7 @@ makes them is :func:`_quantize_weight`.
 
 Two kernels, chosen per call (:class:`Int8Product`): on CPUs with AMX-INT8 (Intel Xeon 4th generation and later),
 oneDNN's int8 product (torch's ``onednn`` quantized engine, the same arithmetic) is much faster than fbgemm's once
-a product has a few dozen rows (see :data:`ONEDNN_MIN_ROWS`); a sentence's 20 rows stay on fbgemm.
+a product has more than a hundred rows (see :data:`ONEDNN_MIN_ROWS`); a sentence's rows stay on fbgemm.
 
 Dynamic width (DynaBERT): the core slices a Linear's output rows (heads of Q/K/V, FFN neurons of the first
 FFN matrix) or input columns (attention output, second FFN matrix). :meth:`Int8Linear.narrow` packs the int8
@@ -58,15 +58,22 @@ MIN_FEATURES = 64
 
 # oneDNN's int8 product against fbgemm's (torch's "onednn" and "x86" quantized engines; per-output-channel int8
 # weights, dynamic per-tensor int8 input, full range), measured at 1 thread on an Intel Xeon with AMX-INT8
-# (2026-12-06, one process, interleaved), MiniLM's shapes (K x N; us per call):
+# (2026-12-06, one process, interleaved), MiniLM's shapes (K x N; us per call), one product repeated (its weight
+# stays in cache):
 #   16 rows: 384x1536 33 vs 41, 1536x384 39 vs 45, but 384x384 28 vs 22 (oneDNN's fixed cost per call);
-#   32 rows: 384x1536 47 vs 74, 384x384 32 vs 31;  64 rows: 384x1536 60 vs 138, 1536x384 84 vs 133;
-#   256 rows: 384x1152 177 vs 414;  768 rows: 384x1536 646 vs 2439, 1536x384 861 vs 1730, 384x384 264 vs 481.
+#   64 rows: 384x1536 60 vs 138, 1536x384 84 vs 133;  256 rows: 384x1152 177 vs 414;
+#   768 rows: 384x1536 646 vs 2439, 1536x384 861 vs 1730, 384x384 264 vs 481.
+# In a model, where every product reads its weight from beyond L2, the crossing comes later: the mr teacher, batches
+# of sorted sentences, ms per sentence fbgemm / oneDNN: ~55 rows 2.24 / 2.48, ~110 rows 1.79 / 1.79, ~220 rows
+# 1.61 / 1.32, ~440 rows 1.58 / 1.12, batch 32 (~700 rows) 1.67 / 1.22; single sentences of 32-64 tokens 3.67 / 4.16.
+# One model, thresholds 32 / 64 / 128 / never: batch 32 ms per sentence, teacher 1.12 / 1.13 / 1.08 / 1.61, dynabert
+# -> fastbert at speed 0.8 0.49 / 0.49 / 0.48 / 0.58; batch 1 p50 the same except 32 (dynabert -> fastbert 1.16
+# against 0.95-0.97).
 # Outputs equal up to one rounding step of the input quantization. From ONEDNN_MIN_ROWS rows on, where the CPU has
 # AMX-INT8, products run on oneDNN, their rows padded to the oneDNN runtimes' buckets (oneDNN compiles a primitive
 # per row count: 1.2 ms for the first call at a new count of 200-800 rows, 0.5 ms after); below it, and on CPUs
 # without AMX (not measured there), on fbgemm. NIMBLEBERT_INT8_ONEDNN=0 / 1 forces either way.
-ONEDNN_MIN_ROWS = 32
+ONEDNN_MIN_ROWS = 128
 # fbgemm's engine under its torch name ("x86" dispatches dynamic int8 Linears to fbgemm)
 FBGEMM = "x86"
 
