@@ -199,7 +199,7 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _residual(y: torch.Tensor, x: torch.Tensor, training: bool) -> torch.Tensor:
+def _residual(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``y + x``, the residual sum, in the promoted dtype (``y``: a product's fresh output, bfloat16 under bf16-onednn
     where ``x`` is float32: the sum is float32).
 
@@ -210,7 +210,7 @@ def _residual(y: torch.Tensor, x: torch.Tensor, training: bool) -> torch.Tensor:
     fp32 / int8, small models (tinybert3 -> dynabert w0.25 / w0.5 -> fastbert, bf16-onednn) 1.03-1.04x; batch 1
     1.00-1.04x. (700 x 384 float32 alone: 120 us out of place, 37 in place; bfloat16 + float32 175 against 82.)
     """
-    if training or torch.is_grad_enabled():
+    if torch.is_grad_enabled():  # training, or a gradient through a model in eval mode
         return y + x
     return y.to(torch.promote_types(y.dtype, x.dtype)).add_(x)
 
@@ -362,7 +362,7 @@ class CoreEncoder(nn.Module):
             a = narrow_linear(p.attn_out, ctx, cols=n)
         if training:  # at inference not even a no-op call: at batch 1 every Python-level op shows
             a = F.dropout(a, p.dropout_p, True)
-        a = p.attn_norm(_residual(a, x, training))  # (b, t, d) or (N, d)
+        a = p.attn_norm(_residual(a, x))  # (b, t, d) or (N, d)
 
         # the oneDNN runtimes may apply the activation inside the first product (their ``fused_act``)
         act = _identity if getattr(p.ffn_in, "fused_act", None) else p.ffn_act
@@ -372,7 +372,7 @@ class CoreEncoder(nn.Module):
             y = narrow_linear(p.ffn_out, act(narrow_linear(p.ffn_in, a, rows=f)), cols=f)
         if training:
             y = F.dropout(y, p.dropout_p, True)
-        out = p.ffn_norm(_residual(y, a, training))
+        out = p.ffn_norm(_residual(y, a))
         if layout is not None:
             return layout.to_batch(out), scores
         return (unpack(out, pack, b, t) if pack is not None else out), scores
@@ -419,7 +419,7 @@ class CoreEncoder(nn.Module):
         if inference and not output_hidden_states and parts and hidden.device.type == "cpu":
             batched = hidden.size(0) > 1
             # ``row_bucket``: products that want bucket row counts on every call (the oneDNN float runtimes);
-            # ``batch_row_bucket``: only on batches (int8, whose oneDNN products start at a few dozen rows)
+            # ``batch_row_bucket``: only on batches (int8, whose oneDNN products start at ONEDNN_MIN_ROWS rows)
             state.bucket = getattr(parts[0].query, "row_bucket", None)
             if state.bucket is None and (batched or pad_keys):
                 state.bucket = getattr(parts[0].query, "batch_row_bucket", None) or _same

@@ -74,9 +74,9 @@ def unpack(rows: torch.Tensor, index: torch.Tensor, batch: int, length: int) -> 
 
 @dataclass
 class RowLayout:
-    """Where a layer's per-token rows live at inference on the CPU (batches of more than one row; every batch under
-    the oneDNN runtimes, whose products run at a few fixed row counts because oneDNN compiles a primitive per row
-    count: see :func:`~nimblebert.runtime.onednn.row_bucket`; the others run at R = N).
+    """Where a layer's per-token rows live at inference on the CPU (batches of more than one row, and batch 1 too
+    where the products are bfloat16 or run at oneDNN's row counts: oneDNN compiles a primitive per row count, see
+    :func:`~nimblebert.runtime.onednn.row_bucket`; int8 buckets only from its oneDNN threshold; the others R = N).
 
     The layer gathers the N real tokens of a (b, t) batch into R ≥ N product rows once (:attr:`gather`: the real
     tokens' flat positions, then the first one repeated: the extra rows are copies of a real token, computed and
