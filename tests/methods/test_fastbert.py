@@ -256,6 +256,21 @@ def test_knob_out_of_range_is_a_user_error(knobs: dict) -> None:
         model.infer(make_batch(), **knobs)
 
 
+def test_knobs_are_checked_again_once_the_stack_changes() -> None:
+    """``infer`` remembers checked knobs per stack (a server's every batch asks the same): a bad value still fails on
+    every call, and a component replaced in place (here: one with ``speed`` fixed at export) is checked anew."""
+    model = make_model()
+    for _ in range(2):
+        with pytest.raises(UserError):
+            model.infer(make_batch(), speed=1.5)
+    with torch.no_grad():
+        model.infer(make_batch(), speed=0.5)
+    top = model.stack[-1]
+    model.stack[-1] = dataclasses.replace(top, fixed={"speed": 0.5})
+    with pytest.raises(UserError, match="fixed"), torch.no_grad():
+        model.infer(make_batch(), speed=0.5)
+
+
 # ---- FLOPs ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("cfg", BRANCH_KINDS, ids=lambda c: "-".join(c.values()))

@@ -74,7 +74,7 @@ def test_run_counts_the_flops_the_core_counts(fast, fp32_segments) -> None:
     object.__setattr__(seg, "segments", fp32_segments)
     seg.runtime = "ort-int8"
     b = batch(rows=8, length=12)
-    for speed in (0.0, 0.6):
+    for speed in (0.0, 0.6, 1.0):  # 1.0: every row leaves at layer 1, none reaches the head
         knobs = fast.check_knobs({"speed": speed})
         with torch.inference_mode():
             ref, out = run(fast, b, knobs), run(seg, b, knobs)
