@@ -104,7 +104,7 @@ def export_segments(model: Any, folder: Path, int8: bool = True, per_channel: bo
     slower at batch 32, at the same accuracy (benchmarks/ort_segments_mr.py)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from ..export.onnx import _quiet, check_batches
+    from ..export.onnx import _quiet, check_batches, static_shapes
 
     branches = list(model.extras["branches"]) if "branches" in model.extras else []
     model.eval()
@@ -132,6 +132,8 @@ def export_segments(model: Any, folder: Path, int8: bool = True, per_channel: bo
                 hidden = enc.layer(enc.parts[i], hidden, mask[:, None, None, :].bool())[0]
         _export(_Full(model).eval(), folder / "full.onnx", (ids, mask, types), first_inputs, ["logits"], opset)
         files.append("full.onnx")
+    for name in files:  # constant reshape targets, before quantizing (exact: see static_shapes)
+        static_shapes(folder / name)
     if int8:
         for name in list(files):
             with _quiet():
@@ -145,8 +147,11 @@ def export_segments(model: Any, folder: Path, int8: bool = True, per_channel: bo
 
 def session(path: str | Path, threads: int | None = None, level: str = "all") -> Any:
     """An onnxruntime session on ``threads`` (default: torch's) intra-op threads, no spinning (as ``OrtModel``),
-    at graph optimisation ``level`` ("all" measured fastest at batch 1 on our CPU: benchmarks/ort_segments_mr.py)."""
+    at graph optimisation ``level`` ("all" measured fastest at batch 1 on our CPU: benchmarks/ort_segments_mr.py),
+    without the fusions that measured slower (:data:`~nimblebert.export.onnx.SLOW_FUSIONS`)."""
     import onnxruntime as ort
+
+    from ..export.onnx import SLOW_FUSIONS
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or torch.get_num_threads()
@@ -156,7 +161,8 @@ def session(path: str | Path, threads: int | None = None, level: str = "all") ->
     opts.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
                                      "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
                                      "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(SLOW_FUSIONS))
 
 
 def _direct(sess: Any) -> Any:
