@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_tokenizer, tiny_model
 from test_int8 import batch, nimble
 
 import nimblebert
@@ -17,8 +18,9 @@ from nimblebert.cli.main import main
 from nimblebert.core.flops import sample_flops
 from nimblebert.errors import UserError
 from nimblebert.inference import run
+from nimblebert.model import Component, NimbleModel
 from nimblebert.runtime import apply_runtime
-from nimblebert.runtime.segments import MANIFEST, SegmentRunner, export_segments
+from nimblebert.runtime.segments import MANIFEST, LiveStructure, SegmentRunner, export_segments
 
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -110,10 +112,45 @@ def test_ort_int8_runtime_keeps_speed_live(fast) -> None:
         apply_runtime(q, "int8")
 
 
-def test_ort_int8_refuses_a_live_width() -> None:
-    dyna = nimble("dynabert", layers=2)
-    with pytest.raises(UserError, match="width"):
-        apply_runtime(dyna, "ort-int8")
+@pytest.fixture(scope="module")
+def dyna_fast() -> nimblebert.NimbleModel:
+    """DynaBERT then FastBERT: width live, exits live; branches that make rows leave at different layers."""
+    torch.manual_seed(0)
+    model = NimbleModel(tiny_model(layers=3, hidden=64, ffn=128), make_tokenizer(), label_names=["neg", "pos"],
+                        stack=[Component("finetune", {}), Component("dynabert", {}), Component("fastbert", {})])
+    model.attach_all()
+    with torch.no_grad():
+        for branch in model.extras["branches"]:
+            branch.out.weight.normal_(0.0, 2.0)
+    return model.eval()
+
+
+def test_a_live_width_gets_graphs_per_setting_with_the_core_logits_exits_and_flops(dyna_fast) -> None:
+    seg = copy.copy(dyna_fast)
+    seg.runtime = "ort-int8"
+    live = LiveStructure(dyna_fast, int8=False)  # float32 graphs: the core's numbers exactly
+    object.__setattr__(seg, "segments", live)
+    b = batch(rows=8, length=12)
+    mixed = 0
+    for width in (1.0, 0.5, 0.25):
+        for speed in (0.0, 0.5, 0.9):
+            knobs = dyna_fast.check_knobs({"width": width, "speed": speed})
+            with torch.inference_mode():
+                ref, out = run(dyna_fast, b, knobs), run(seg, b, knobs)
+            torch.testing.assert_close(out.logits, ref.logits, atol=1e-4, rtol=0)
+            assert out.layers_run.tolist() == ref.layers_run.tolist()
+            torch.testing.assert_close(sample_flops(seg.encoder, out), sample_flops(dyna_fast.encoder, ref))
+            mixed += len(set(out.layers_run.tolist())) > 1
+    assert mixed >= 2
+    assert sorted(live.runners) == [(0.25, 1.0), (0.5, 1.0), (1.0, 1.0)]  # one set of graphs per width, made once
+    assert live.at(dyna_fast.check_knobs({"width": 0.5})).heads == 2  # 4 heads at width 0.5: physically narrow
+    with pytest.raises(UserError, match="depth"):  # exits were distilled at full depth: refused, as on the core
+        seg.infer(b, depth=0.5, speed=0.5)
+
+
+def test_ort_int8_refuses_token_cuts() -> None:
+    with pytest.raises(UserError, match="ort-int8"):
+        apply_runtime(nimble("trbert", layers=2), "ort-int8")
 
 
 def test_cli_export_then_evaluate_and_predict_on_ort_int8(tmp_path: Path, toy_data_dir: Path, fast,

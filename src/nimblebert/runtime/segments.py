@@ -139,8 +139,8 @@ def export_segments(model: Any, folder: Path, int8: bool = True, per_channel: bo
             with _quiet():
                 quantize_dynamic(str(folder / name), str(folder / name.replace(".onnx", "_int8.onnx")),
                                  weight_type=QuantType.QInt8, per_channel=per_channel)
-    manifest = {"layers": enc.num_layers, "branches": len(branches), "int8": int8, "per_channel": per_channel,
-                "opset": opset}
+    manifest = {"layers": enc.num_layers, "heads": enc.num_heads, "ffn": enc.ffn_size, "branches": len(branches),
+                "int8": int8, "per_channel": per_channel, "opset": opset}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -192,6 +192,10 @@ class SegmentRunner:
         suffix = "_int8.onnx" if int8 else ".onnx"
         manifest = json.loads((folder / MANIFEST).read_text())
         self.layers, self.branches = int(manifest["layers"]), int(manifest["branches"])
+        # the width each layer runs at, for the FLOPs (a manifest written before they were recorded: None, then the
+        # loaded model's own)
+        self.heads: int | None = manifest.get("heads")
+        self.ffn: int | None = manifest.get("ffn")
         self.segments = [session(folder / f"seg{i}{suffix}", threads, level)
                          for i in range(self.layers if self.branches else 0)]
         self.full = session(folder / f"full{suffix}", threads, level)
@@ -257,17 +261,26 @@ class SegmentRunner:
 SEGMENTS_DIR = "ort-int8"  # where ``nimblebert export --format ort-int8`` stores the segments inside a model folder
 
 
+def structure_knobs(model: Any) -> tuple[str, ...]:
+    """The live knobs that a materializer fixes into smaller weights (DynaBERT's ``width`` and ``depth``): on this
+    runtime each setting of them gets graphs of its own (:class:`LiveStructure`)."""
+    return tuple(k.name for c in model.stack if not c.fixed and c.spec.materialize is not None for k in c.spec.knobs)
+
+
 def check_fit(model: Any) -> None:
-    """Refuse, with the fix, a model the segments cannot run faithfully: one whose live knobs other than FastBERT's
-    ``speed`` and ``patience`` change the structure or the tokens (a live width, TR-BERT's cuts, a NAS-BERT op
-    chain)."""
+    """Refuse, with the fix, a model the segments cannot run faithfully: one with live knobs other than FastBERT's
+    ``speed`` and ``patience`` and the structure knobs a materializer fixes (TR-BERT's token cuts, a NAS-BERT op
+    chain), or whose structure at its default knobs is not a plain stack of BERT layers."""
+    from ..export.static import to_static
     from ..inference import contributions
 
-    live = {k.name for k in model.knobs()} - {"speed", "patience"}
+    structure = structure_knobs(model)
+    live = {k.name for k in model.knobs()} - {"speed", "patience"} - set(structure)
     if live:
-        raise UserError(f"--runtime ort-int8 runs FastBERT's exits only; this {model.describe()} model has live "
-                        f"{', '.join(sorted(live))}: export a setting first (nimblebert export FOLDER --format hf "
-                        "--width ...) or use --runtime int8")
+        raise UserError(f"--runtime ort-int8 runs FastBERT's exits and DynaBERT's structure; this {model.describe()} "
+                        f"model has live {', '.join(sorted(live))}: use --runtime int8")
+    if structure:  # the structure at its defaults, as the graphs will hold it
+        model = to_static(model, keep_modules=True)
     ids = torch.ones(1, 2, dtype=torch.long)
     knobs = model.check_knobs({"speed": 0.0} if "speed" in {k.name for k in model.knobs()} else {})
     parts = contributions(model, {"input_ids": ids, "attention_mask": ids}, knobs)
@@ -276,23 +289,58 @@ def check_fit(model: Any) -> None:
                         "stack of BERT layers at inference); use --runtime int8")
 
 
+def _exported(model: Any, int8: bool = True) -> SegmentRunner:
+    """``model``'s segments, exported now into a temporary folder (a few seconds per layer) that lives as long as
+    the runner."""
+    import tempfile
+
+    tmp = tempfile.TemporaryDirectory(prefix="nimblebert-ort-")
+    export_segments(model, Path(tmp.name))
+    runner = SegmentRunner(tmp.name, int8=int8)
+    runner.tmp = tmp  # type: ignore[attr-defined]  # removed with the runner
+    return runner
+
+
+class LiveStructure:
+    """The segments of a model whose structure is a knob (DynaBERT's width, depth): one set of graphs per setting, the
+    sub-network materialized as the export does it (``nimblebert export --width``) and exported on first use, so
+    the structure knobs stay live on this runtime beside FastBERT's ``speed``. The default setting's graphs are
+    made at once; each other costs a few seconds per layer the first time it is asked for."""
+
+    def __init__(self, model: Any, int8: bool = True) -> None:
+        self.model, self.int8 = model, int8
+        self.names = structure_knobs(model)
+        self.runners: dict[tuple[Any, ...], SegmentRunner] = {}
+        self.at(model.check_knobs({}))
+
+    def at(self, knobs: dict[str, Any]) -> SegmentRunner:
+        """The segments of the structure that ``knobs`` (checked) select."""
+        key = tuple(knobs[n] for n in self.names)
+        runner = self.runners.get(key)
+        if runner is None:
+            from ..export.static import to_static
+
+            static = to_static(self.model, dict(zip(self.names, key, strict=True)), keep_modules=True)
+            check_fit(static)
+            runner = self.runners[key] = _exported(static, self.int8)
+        return runner
+
+
 def attach(model: Any) -> None:
     """Give ``model`` (float32, checked) its onnxruntime segments as ``model.segments``: those stored in its folder
     by ``nimblebert export --format ort-int8`` when there are, else exported now into a temporary folder (a few
-    seconds per layer), which lives as long as the model."""
-    import tempfile
-
+    seconds per layer), which lives as long as the model; a live structure's per setting (:class:`LiveStructure`)."""
     check_fit(model)
     if next(model.parameters()).device.type != "cpu":
         raise UserError("--runtime ort-int8 runs on the CPU; load the model on the CPU or use --runtime fp32")
     stored = Path(model.source or "") / SEGMENTS_DIR
-    if model.source and (stored / MANIFEST).exists():
+    runner: SegmentRunner | LiveStructure
+    if structure_knobs(model):
+        runner = LiveStructure(model)
+    elif model.source and (stored / MANIFEST).exists():
         runner = SegmentRunner(stored)
     else:
-        tmp = tempfile.TemporaryDirectory(prefix="nimblebert-ort-")
-        export_segments(model, Path(tmp.name))
-        runner = SegmentRunner(tmp.name)
-        runner.tmp = tmp  # type: ignore[attr-defined]  # removed with the runner
+        runner = _exported(model)
     object.__setattr__(model, "segments", runner)
 
 
@@ -306,9 +354,12 @@ def run(model: Any, batch: dict[str, Any], knobs: dict[str, Any]) -> Any:
             if k in INPUTS and v is not None}
     if "attention_mask" not in feed:
         feed["attention_mask"] = np.ones_like(feed["input_ids"])
-    runner, enc = model.segments, model.encoder
+    runner = model.segments
+    if isinstance(runner, LiveStructure):
+        runner = runner.at(knobs)
     res = runner(feed, speed, patience)
-    heads, ffn, n = enc.num_heads, enc.ffn_size, enc.num_layers
+    enc = model.encoder
+    heads, ffn, n = runner.heads or enc.num_heads, runner.ffn or enc.ffn_size, runner.layers
     steps = [Step(i, torch.from_numpy(rows), torch.from_numpy(mask.sum(1)), heads, ffn) for i, rows, mask in res.steps]
     out = EncoderOutput(logits=torch.from_numpy(res.logits), layers_run=torch.from_numpy(res.layers_run), steps=steps)
     if len(res.steps) == n:  # some rows ran every layer, then the head (counted by sample_flops)
