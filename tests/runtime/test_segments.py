@@ -144,6 +144,8 @@ def test_a_live_width_gets_graphs_per_setting_with_the_core_logits_exits_and_flo
     assert mixed >= 2
     assert sorted(live.runners) == [(0.25, 1.0), (0.5, 1.0), (1.0, 1.0)]  # one set of graphs per width, made once
     assert live.at(dyna_fast.check_knobs({"width": 0.5})).heads == 2  # 4 heads at width 0.5: physically narrow
+    live.keep_only([{"width": 0.5, "speed": 0.9}])  # a server keeping the widths it serves
+    assert list(live.runners) == [(0.5, 1.0)]
     with pytest.raises(UserError, match="depth"):  # exits were distilled at full depth: refused, as on the core
         seg.infer(b, depth=0.5, speed=0.5)
 

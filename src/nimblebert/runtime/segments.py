@@ -325,6 +325,12 @@ class LiveStructure:
             runner = self.runners[key] = _exported(static, self.int8)
         return runner
 
+    def keep_only(self, settings: Sequence[dict[str, Any]]) -> None:
+        """Drop the graphs of every structure not among ``settings`` (knob values; missing ones at their defaults):
+        a process that tried many widths and will serve a few frees the others (made again if asked for)."""
+        wanted = {tuple(self.model.check_knobs(dict(s))[n] for n in self.names) for s in settings}
+        self.runners = {k: r for k, r in self.runners.items() if k in wanted}
+
 
 def attach(model: Any) -> None:
     """Give ``model`` (float32, checked) its onnxruntime segments as ``model.segments``: those stored in its folder
