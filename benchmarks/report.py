@@ -257,124 +257,148 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         agree = float((pred == base.predictions.predicted.numpy()).mean())
         return vs, agree
 
-    # ---- selection on validation, per model, runtime and budget; test once per chosen setting --------------
-    models: dict[tuple[str, str], Any] = {}
-    candidates: list[dict[str, Any]] = []
-    chosen: dict[str, dict[str, Any]] = {}
-    for g in grid:
-        for runtime in RUNTIMES:
+    # ---- per phase (one seed at a time: every model of one seed on every runtime takes ~10 GB, both seeds do not
+    # fit in 24): selection on validation, per model, runtime and budget; test once per chosen setting; then
+    # those settings timed interleaved with the baselines, and compared with the baselines of their own phase
+    # ---- the baselines: what a user would run instead (timed beside every phase's models) --------------
+    base_rows: list[dict[str, Any]] = []
+    baseline_fns: dict[str, Any] = {}
+    onnx_report = None
+    if not args.accuracy_only:
+        onnx_dir = Path(tempfile.mkdtemp(prefix="report_onnx_"))
+        sessions, onnx_report = onnx_baselines(teacher, onnx_dir)
+        plain = transformers_baselines(args.teacher)
+        # The unchanged teacher on nimblebert's other CPU runtimes: their predictions are measured, never copied.
+        teachers = {}
+        for rt in ("fp32-onednn", "bf16-onednn", "int8"):
             try:
-                model = models[(g["out"], runtime)] = load(g["out"], runtime=runtime)
-            except UserError as e:  # a live width or token cut on ort-int8, bf16 on a CPU without it (says why)
-                print(f"{g['name']} (seed {g['seed']}): no {runtime} row: {e}", file=sys.stderr)
-                continue
-            own = []
-            for knobs in compose_mr.settings_of(model):
-                key = cache.key(args.data, "validation", g["out"], runtime, knobs)
-                m = cache.get(key)
-                if m is None:
-                    m = evaluate(model, val_loader, knobs, keep=False)
-                    cache.put(key, m)
-                own.append({"name": g["name"], "seed": g["seed"], "runtime": runtime, "knobs": knobs,
-                            "val_accuracy": m["accuracy"], "val_flops": m["flops_per_sample"],
-                            "val_mean_layers": m["mean_layers"]})
-            candidates += own
-            for budget in BUDGETS:
-                ok = [c for c in own if c["val_accuracy"] >= teacher_val["accuracy"] - budget - 1e-9]
-                if not ok:
-                    continue
-                best = min(ok, key=lambda c: (c["val_flops"], -c["val_accuracy"]))
-                label = label_of(g, best["knobs"], runtime, seeds)
-                entry = chosen.setdefault(label, {**best, "label": label, "kind": "model", "budgets": [],
-                                                  "parts": g["parts"], "folder": g["out"], "command": g["command"]})
-                entry["budgets"].append(budget)
-            print(f"{g['name']} (seed {g['seed']}, {runtime}): {len(own)} settings on validation", file=sys.stderr,
-                  flush=True)
-            timed = [c["knobs"] for c in chosen.values() if c["folder"] == g["out"] and c["runtime"] == runtime]
-            if not timed:  # nothing of it is timed: let it go
-                del models[(g["out"], runtime)]
-            elif isinstance(getattr(model, "segments", None), LiveStructure):  # only the timed widths' graphs
-                model.segments.keep_only(timed)
-            del model
-            release_memory()
+                teachers[f"nimblebert teacher · {rt}"] = (rt, load(args.teacher, runtime=rt))
+            except UserError as e:  # bf16-onednn on a CPU without bfloat16 instructions
+                print(f"teacher: no {rt} row: {e}", file=sys.stderr)
+        baselines: dict[str, tuple[str, Any, Any]] = {  # label -> (group, timed function, predicted labels)
+            **{name: ("transformers", hf_contender(m), None) for name, m in plain.items()},
+            **{name: ("onnxruntime", fn, None) for name, fn in sessions.items()},
+            "nimblebert teacher · fp32": ("nimblebert fp32", nimble_contender(teacher, {}),
+                                          base.predictions.predicted.tolist()),
+            **{name: (f"nimblebert {rt}", nimble_contender(m, {}), None) for name, (rt, m) in teachers.items()},
+        }
+        for name, (group, fn, predicted) in baselines.items():
+            if predicted is None:
+                key = cache.key(args.data, base.split, args.teacher, name, {})
+                hit = cache.get(key)
+                if hit is None:
+                    if name in teachers:
+                        hit = evaluate(teachers[name][1], base.loader, {}, keep=True)
+                    else:  # onnxruntime int8 changes predictions: measured, never copied from the teacher
+                        hit = {"predicted": logits_predicted(fn, base.loader)}
+                    # the ONNX files are re-exported on every run: same weights, but cached only for this code
+                    cache.put(key, hit)
+                predicted = hit["predicted"]
+            vs, agree = paired(predicted)
+            runtime = teachers[name][0] if name in teachers else _runtime_of(name)
+            base_rows.append({"label": name, "kind": "baseline", "group": group, "runtime": runtime,
+                              "accuracy": float(np.mean(np.asarray(predicted) == base.predictions.labels.numpy())),
+                              "vs_teacher": vs, "agreement_with_teacher": agree,
+                              "mean_layers": base.metrics["mean_layers"], "flops_per_sample": base_flops,
+                              "flops_speedup": 1.0})
+            baseline_fns[name] = fn
 
+    candidates: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
-    contenders: dict[str, Any] = {}
-    for label, c in chosen.items():
-        model = models[(c["folder"], c["runtime"])]
-        key = cache.key(args.data, base.split, c["folder"], c["runtime"], c["knobs"])
-        m = cache.get(key)
-        if m is None:
-            m = evaluate(model, base.loader, c["knobs"], keep=True)
-            cache.put(key, m)
-        vs, agree = paired(m["predicted"])
-        rows.append({**c, **{k: v for k, v in m.items() if k != "predicted"}, "vs_teacher": vs,
-                     "agreement_with_teacher": agree, "flops_speedup": base_flops / m["flops_per_sample"]})
-        contenders[label] = nimble_contender(model, c["knobs"])
+    phases: list[dict[str, Any]] = []
+    timing_minutes = 0.0
+
+    def time_phase(phase: list[int], phase_rows: list[dict[str, Any]], contenders: dict[str, Any]) -> float:
+        """Time this phase's settings interleaved with the baselines; fill its rows' times (and, in the first phase,
+        the baselines'), each against the baselines timed beside it; returns the minutes it took."""
+        contenders.update(baseline_fns)
+        print(f"timing {len(contenders)} contenders interleaved (seeds {phase}) ...", file=sys.stderr, flush=True)
+        t_time = time.time()
+        torch.manual_seed(0)
+        lat = measure_latency(contenders, teacher, base.encoded, batch_sizes=(1, BIG),
+                              examples={1: args.b1_examples, BIG: args.batch_examples}, rounds=args.rounds,
+                              blocks={1: args.b1_block})
+        add_speedups(lat)
+        b1_mean_base = min(1e3 / v["samples_per_s"] for k, v in lat["batch1"].items() if k.startswith("transformers-"))
+        ort1, ortb = lat["batch1"][ORT_INT8], lat[f"batch{BIG}"][ORT_INT8]
+        for r in phase_rows + (base_rows if not phases else []):
+            b1, bb = lat["batch1"][r["label"]], lat[f"batch{BIG}"][r["label"]]
+            mean = 1e3 / b1["samples_per_s"]
+            r.update({"b1_p50_ms": b1["p50_ms"], "b1_mean_ms": round(mean, 3), "b1_p90_ms": b1["p90_ms"],
+                      "b1_speedup": b1["speedup"], "b1_mean_speedup": round(b1_mean_base / mean, 3),
+                      f"b{BIG}_ms_per_sample": bb["ms_per_sample"], f"b{BIG}_speedup": bb["speedup"],
+                      "b1_over_flops": b1["speedup"] / r["flops_speedup"],
+                      f"b{BIG}_over_flops": bb["speedup"] / r["flops_speedup"],
+                      "vs_ort_int8": {"b1": round(ort1["p50_ms"] / b1["p50_ms"], 3),
+                                      f"b{BIG}": round(ortb["ms_per_sample"] / bb["ms_per_sample"], 3)}})
+        phases.append({"seeds": phase, "latency": lat})
+        return (time.time() - t_time) / 60
+
+    for phase in ([s] for s in seeds):
+        models: dict[tuple[str, str], Any] = {}
+        chosen: dict[str, dict[str, Any]] = {}
+        for g in [g for g in grid if g["seed"] in phase]:
+            for runtime in RUNTIMES:
+                try:
+                    model = models[(g["out"], runtime)] = load(g["out"], runtime=runtime)
+                except UserError as e:  # a live width or token cut on ort-int8, bf16 on a CPU without it (says why)
+                    print(f"{g['name']} (seed {g['seed']}): no {runtime} row: {e}", file=sys.stderr)
+                    continue
+                own = []
+                for knobs in compose_mr.settings_of(model):
+                    key = cache.key(args.data, "validation", g["out"], runtime, knobs)
+                    m = cache.get(key)
+                    if m is None:
+                        m = evaluate(model, val_loader, knobs, keep=False)
+                        cache.put(key, m)
+                    own.append({"name": g["name"], "seed": g["seed"], "runtime": runtime, "knobs": knobs,
+                                "val_accuracy": m["accuracy"], "val_flops": m["flops_per_sample"],
+                                "val_mean_layers": m["mean_layers"]})
+                candidates += own
+                for budget in BUDGETS:
+                    ok = [c for c in own if c["val_accuracy"] >= teacher_val["accuracy"] - budget - 1e-9]
+                    if not ok:
+                        continue
+                    best = min(ok, key=lambda c: (c["val_flops"], -c["val_accuracy"]))
+                    label = label_of(g, best["knobs"], runtime, seeds)
+                    entry = chosen.setdefault(label, {**best, "label": label, "kind": "model", "budgets": [],
+                                                      "parts": g["parts"], "folder": g["out"], "command": g["command"]})
+                    entry["budgets"].append(budget)
+                print(f"{g['name']} (seed {g['seed']}, {runtime}): {len(own)} settings on validation", file=sys.stderr,
+                      flush=True)
+                timed = [c["knobs"] for c in chosen.values() if c["folder"] == g["out"] and c["runtime"] == runtime]
+                if not timed:  # nothing of it is timed: let it go
+                    del models[(g["out"], runtime)]
+                elif isinstance(getattr(model, "segments", None), LiveStructure):  # only the timed widths' graphs
+                    model.segments.keep_only(timed)
+                del model
+                release_memory()
+
+        phase_rows: list[dict[str, Any]] = []
+        contenders: dict[str, Any] = {}
+        for label, c in chosen.items():
+            model = models[(c["folder"], c["runtime"])]
+            key = cache.key(args.data, base.split, c["folder"], c["runtime"], c["knobs"])
+            m = cache.get(key)
+            if m is None:
+                m = evaluate(model, base.loader, c["knobs"], keep=True)
+                cache.put(key, m)
+            vs, agree = paired(m["predicted"])
+            phase_rows.append({**c, **{k: v for k, v in m.items() if k != "predicted"}, "vs_teacher": vs,
+                               "agreement_with_teacher": agree, "flops_speedup": base_flops / m["flops_per_sample"]})
+            contenders[label] = nimble_contender(model, c["knobs"])
+
+        rows += phase_rows
+        if not args.accuracy_only:
+            timing_minutes += time_phase(phase, phase_rows, contenders)
+        models.clear()  # this phase's models go before the next phase loads its own
+        contenders.clear()
+        model = None
+        release_memory()
 
     if args.accuracy_only:
         return {}
-
-    # ---- the baselines: what a user would run instead --------------------------------------------------
-    onnx_dir = Path(tempfile.mkdtemp(prefix="report_onnx_"))
-    sessions, onnx_report = onnx_baselines(teacher, onnx_dir)
-    plain = transformers_baselines(args.teacher)
-    # The unchanged teacher on nimblebert's other CPU runtimes: their predictions are measured, never copied.
-    teachers = {}
-    for rt in ("fp32-onednn", "bf16-onednn", "int8"):
-        try:
-            teachers[f"nimblebert teacher · {rt}"] = (rt, load(args.teacher, runtime=rt))
-        except UserError as e:  # bf16-onednn on a CPU without bfloat16 instructions
-            print(f"teacher: no {rt} row: {e}", file=sys.stderr)
-    baselines: dict[str, tuple[str, Any, Any]] = {  # label -> (group, timed function, predicted labels)
-        **{name: ("transformers", hf_contender(m), None) for name, m in plain.items()},
-        **{name: ("onnxruntime", fn, None) for name, fn in sessions.items()},
-        "nimblebert teacher · fp32": ("nimblebert fp32", nimble_contender(teacher, {}),
-                                      base.predictions.predicted.tolist()),
-        **{name: (f"nimblebert {rt}", nimble_contender(m, {}), None) for name, (rt, m) in teachers.items()},
-    }
-    base_rows = []
-    for name, (group, fn, predicted) in baselines.items():
-        if predicted is None:
-            key = cache.key(args.data, base.split, args.teacher, name, {})
-            hit = cache.get(key)
-            if hit is None:
-                if name in teachers:
-                    hit = evaluate(teachers[name][1], base.loader, {}, keep=True)
-                else:  # onnxruntime int8 changes predictions: measured, never copied from the teacher
-                    hit = {"predicted": logits_predicted(fn, base.loader)}
-                # the ONNX files are re-exported on every run: same weights, but cached only for this code
-                cache.put(key, hit)
-            predicted = hit["predicted"]
-        vs, agree = paired(predicted)
-        runtime = teachers[name][0] if name in teachers else _runtime_of(name)
-        base_rows.append({"label": name, "kind": "baseline", "group": group, "runtime": runtime,
-                          "accuracy": float(np.mean(np.asarray(predicted) == base.predictions.labels.numpy())),
-                          "vs_teacher": vs, "agreement_with_teacher": agree,
-                          "mean_layers": base.metrics["mean_layers"], "flops_per_sample": base_flops,
-                          "flops_speedup": 1.0})
-        contenders[name] = fn
-
-    print(f"timing {len(contenders)} contenders interleaved ...", file=sys.stderr, flush=True)
-    t_time = time.time()
-    torch.manual_seed(0)
-    lat = measure_latency(contenders, teacher, base.encoded, batch_sizes=(1, BIG),
-                          examples={1: args.b1_examples, BIG: args.batch_examples}, rounds=args.rounds,
-                          blocks={1: args.b1_block})
-    add_speedups(lat)
-    timing_minutes = (time.time() - t_time) / 60
-    b1_mean_base = min(1e3 / v["samples_per_s"] for k, v in lat["batch1"].items() if k.startswith("transformers-"))
-    ort1, ortb = lat["batch1"][ORT_INT8], lat[f"batch{BIG}"][ORT_INT8]
-    for r in rows + base_rows:
-        b1, bb = lat["batch1"][r["label"]], lat[f"batch{BIG}"][r["label"]]
-        mean = 1e3 / b1["samples_per_s"]
-        r.update({"b1_p50_ms": b1["p50_ms"], "b1_mean_ms": round(mean, 3), "b1_p90_ms": b1["p90_ms"],
-                  "b1_speedup": b1["speedup"], "b1_mean_speedup": round(b1_mean_base / mean, 3),
-                  f"b{BIG}_ms_per_sample": bb["ms_per_sample"], f"b{BIG}_speedup": bb["speedup"],
-                  "b1_over_flops": b1["speedup"] / r["flops_speedup"],
-                  f"b{BIG}_over_flops": bb["speedup"] / r["flops_speedup"],
-                  "vs_ort_int8": {"b1": round(ort1["p50_ms"] / b1["p50_ms"], 3),
-                                  f"b{BIG}": round(ortb["ms_per_sample"] / bb["ms_per_sample"], 3)}})
+    lat = phases[0]["latency"]  # the baseline rows' times: the first phase's
 
     env = common.environment()
     env["minutes"] = round((time.time() - t_start) / 60, 1)
@@ -392,7 +416,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "grid": [{k: g[k] for k in ("name", "seed", "parts", "out", "command")} for g in grid],
             "missing": [g["command"] for g in missing], "excluded": excluded,
             "onnx_check": onnx_report if isinstance(onnx_report, dict) else None, "candidates": candidates,
-            "baselines": base_rows, "rows": rows, "latency": lat, "environment": env}
+            "baselines": base_rows, "rows": rows, "latency": lat, "timing_phases": phases, "environment": env}
 
 
 def release_memory() -> None:
@@ -556,6 +580,16 @@ def render(result: dict[str, Any], chart: str) -> tuple[str, str]:
                 "onnxruntime-int8-tuned does for the teacher's int8 graph."
                 if "ort-int8" in runtimes else "")
     amx = "AMX on this CPU" if "amx_bf16" in env_text(env) else "no AMX on this CPU"
+    phases = result.get("timing_phases") or []
+    phased = ""
+    if len(phases) > 1:  # one timing per seed, each with the baselines beside it
+        per = "; ".join(f"seed {', '.join(map(str, p['seeds']))}: " + ", ".join(
+            f"{k} {v['p50_ms']:.2f}" for k, v in p["latency"]["batch1"].items()
+            if k.startswith("transformers-") or k == ORT_INT8) for p in phases)
+        phased = (f" in {len(phases)} phases, one per seed (every model of one seed on every runtime fills ~15 GB: "
+                  "both seeds do not fit in memory at once), each seed's settings interleaved with the baselines and "
+                  "compared with the baselines of their own phase; the baseline rows show the first phase's times "
+                  f"(batch-1 p50 ms per phase: {per})")
     bf16_note = ("\n  bf16-onednn = `nimblebert.load(folder, runtime=\"bf16-onednn\")`: the Transformer layers' "
                  f"products in bfloat16 on oneDNN ({amx}), every knob live." if "bf16-onednn" in runtimes else "")
     # with no student trained yet the section holds the teacher's baselines only: say so instead of an empty grid;
@@ -572,7 +606,7 @@ def render(result: dict[str, Any], chart: str) -> tuple[str, str]:
     turns = ("the contenders taking turns sentence by sentence" if block == 1 else
              f"the contenders taking turns {block} sentences at a time (a turn's first call pays for the caches "
              "the previous contender filled; a server running one model does not)")
-    md = f"""## Efficiency report on `{data}`: {scope}, one timed run
+    md = f"""## Efficiency report on `{data}`: {scope}, one run{", timed per seed" if len(phases) > 1 else ""}
 
 `{command}` — teacher `{result['teacher']}`: {tt['accuracy']:.4f} on the {result['test_examples']} test
 examples, {tv['accuracy']:.4f} on the {result['validation_examples']} validation examples (max {result['length']}
@@ -583,7 +617,7 @@ tokens, {tt['flops_per_sample'] / 1e6:.0f} MFLOPs per test example). CPU: {env_t
   run once on test. Δ: paired difference from the fp32 teacher on the same test examples, bootstrap 95% interval
   ({result['bootstrap']} resamples). int8 = `nimblebert.load(folder, runtime="int8")`, exits and widths live.\
 {bf16_note}{ort_note}
-- ×: speed-up over the faster plain transformers teacher (eager / sdpa), every row timed interleaved in this run
+- ×: speed-up over the faster plain transformers teacher (eager / sdpa), every row timed interleaved in this run{phased}
   ({result['rounds']} rounds): batch 1 over {result['b1_examples']} examples, {turns} — **headline: p50
   (median)**, mean = throughput, p90 — and batch {big} over {result['big_examples']} (bucketed by length, median batch
   time per sentence). Plain transformers at batch 1: {plain} ms (p50). × ORT int8: the same times against onnxruntime's
