@@ -586,10 +586,11 @@ def render(result: dict[str, Any], chart: str) -> tuple[str, str]:
         per = "; ".join(f"seed {', '.join(map(str, p['seeds']))}: " + ", ".join(
             f"{k} {v['p50_ms']:.2f}" for k, v in p["latency"]["batch1"].items()
             if k.startswith("transformers-") or k == ORT_INT8) for p in phases)
-        phased = (f" in {len(phases)} phases, one per seed (every model of one seed on every runtime fills ~15 GB: "
-                  "both seeds do not fit in memory at once), each seed's settings interleaved with the baselines and "
-                  "compared with the baselines of their own phase; the baseline rows show the first phase's times "
-                  f"(batch-1 p50 ms per phase: {per})")
+        phased = (f"\n- Timed in {len(phases)} phases, one per seed (every model of one seed on every runtime fills "
+                  "~15 GB: both seeds do not fit in memory at once), each seed's settings interleaved with the "
+                  "baselines and compared with the baselines of their own phase; the baseline rows show the first "
+                  "phase's times "
+                  f"(batch-1 p50 ms per phase: {per}).")
     bf16_note = ("\n  bf16-onednn = `nimblebert.load(folder, runtime=\"bf16-onednn\")`: the Transformer layers' "
                  f"products in bfloat16 on oneDNN ({amx}), every knob live." if "bf16-onednn" in runtimes else "")
     # with no student trained yet the section holds the teacher's baselines only: say so instead of an empty grid;
@@ -617,13 +618,13 @@ tokens, {tt['flops_per_sample'] / 1e6:.0f} MFLOPs per test example). CPU: {env_t
   run once on test. Δ: paired difference from the fp32 teacher on the same test examples, bootstrap 95% interval
   ({result['bootstrap']} resamples). int8 = `nimblebert.load(folder, runtime="int8")`, exits and widths live.\
 {bf16_note}{ort_note}
-- ×: speed-up over the faster plain transformers teacher (eager / sdpa), every row timed interleaved in this run{phased}
+- ×: speed-up over the faster plain transformers teacher (eager / sdpa), every row timed interleaved in this run
   ({result['rounds']} rounds): batch 1 over {result['b1_examples']} examples, {turns} — **headline: p50
   (median)**, mean = throughput, p90 — and batch {big} over {result['big_examples']} (bucketed by length, median batch
   time per sentence). Plain transformers at batch 1: {plain} ms (p50). × ORT int8: the same times against onnxruntime's
   dynamic int8 of the teacher (`nimblebert export {result['teacher']} --format onnx --int8`) in onnxruntime's default
   session, what one line of onnxruntime runs (onnxruntime-int8-tuned, when there: the same graph without onnxruntime's
-  SkipLayerNormalization fusion, as nimblebert's onnxruntime sessions run).
+  SkipLayerNormalization fusion, as nimblebert's onnxruntime sessions run).{phased}
 - Goal (issue 17): within 1 point ≥ {result['goals']['0.01']:g}× at batch 1 and batch {big}, within 3 points ≥
   {result['goals']['0.03']:g}×, and ≥ {result['goal_vs_ort_int8']:g}× ahead of onnxruntime int8.
 
