@@ -99,8 +99,8 @@ def add_runtime_flag(p: argparse.ArgumentParser, multiple: bool = False) -> None
                  "at batch 1 and after exits), every knob live; bf16-onednn: those products in bfloat16 (several "
                  "times faster on CPUs with AMX; refused where oneDNN has no bfloat16), every knob live; int8: "
                  "dynamic int8 matrix products on the CPU, every knob still live; ort-int8: onnxruntime "
-                 "int8, one graph per layer, FastBERT's --speed live, other structure knobs fixed (default: the "
-                 "folder's runtime, else fp32)")
+                 "int8, one graph per layer, FastBERT's --speed and DynaBERT's --width live (graphs per width), no "
+                 "token cuts (default: the folder's runtime, else fp32)")
     if not multiple:
         p.add_argument("--runtime", choices=RUNTIMES, default=None, help=help_text)
         return

@@ -5,10 +5,10 @@ on weights packed once (:mod:`.onednn`: faster at the small row counts of batch 
 ``bf16-onednn`` the same packed products in bfloat16 (:class:`.onednn.BF16Linear`: several times faster on CPUs
 with AMX, refused on CPUs without bfloat16 instructions); ``int8``
 quantizes the large Linears in place at load time (:mod:`.int8`); ``ort-int8`` runs the model as onnxruntime int8
-graphs, one per layer, with FastBERT's exits decided between them (:mod:`.segments`; exits only, other structure
-knobs fixed). A runtime never changes what is saved: a folder keeps its float32 weights, and its config's
-``nimblebert`` section may name the runtime to load it with (``nimblebert export DIR --format nimble --int8``,
-``--format ort-int8``).
+graphs, one per layer, with FastBERT's exits decided between them (:mod:`.segments`; exits and DynaBERT's
+structure live, one set of graphs per width; no token cuts). A runtime never changes what is saved: a folder keeps
+its float32 weights, and its config's ``nimblebert`` section may name the runtime to load it with (``nimblebert
+export DIR --format nimble --int8``, ``--format ort-int8``).
 """
 
 from __future__ import annotations
