@@ -144,15 +144,36 @@ def test_a_live_width_gets_graphs_per_setting_with_the_core_logits_exits_and_flo
     assert mixed >= 2
     assert sorted(live.runners) == [(0.25, 1.0), (0.5, 1.0), (1.0, 1.0)]  # one set of graphs per width, made once
     assert live.at(dyna_fast.check_knobs({"width": 0.5})).heads == 2  # 4 heads at width 0.5: physically narrow
+    near = live.at(dyna_fast.check_knobs({"width": 0.5 + 1e-9}))  # the same network: its graphs, not new ones
+    assert near is live.at(dyna_fast.check_knobs({"width": 0.5})) and len(live._built) == 3
     live.keep_only([{"width": 0.5, "speed": 0.9}])  # a server keeping the widths it serves
-    assert list(live.runners) == [(0.5, 1.0)]
+    assert list(live.runners) == [(0.5, 1.0)] and len(live._built) == 1
     with pytest.raises(UserError, match="depth"):  # exits were distilled at full depth: refused, as on the core
         seg.infer(b, depth=0.5, speed=0.5)
 
 
-def test_ort_int8_refuses_token_cuts() -> None:
+def test_ort_int8_refuses_token_cuts_and_a_supernet() -> None:
     with pytest.raises(UserError, match="ort-int8"):
         apply_runtime(nimble("trbert", layers=2), "ort-int8")
+    with pytest.raises(UserError, match="--runtime int8"):  # no network until an architecture is chosen
+        apply_runtime(nimble("nasbert", layers=2), "ort-int8")
+
+
+def test_an_exported_live_width_loads_its_stored_graphs(tmp_path: Path, dyna_fast,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """``export --format ort-int8`` without --width keeps the width live: the default width's graphs are stored and
+    loading uses them (no export at load); another width is made when first asked for."""
+    dyna_fast.save(tmp_path / "dyna-fast")
+    assert main(["export", str(tmp_path / "dyna-fast"), "--format", "ort-int8", "--out", str(tmp_path / "q")]) == 0
+    assert "width" in json.loads(capsys.readouterr().out)["live_knobs"]
+    loaded = nimblebert.load(tmp_path / "q")
+    assert isinstance(loaded.segments, LiveStructure)
+    stored = loaded.segments.at(loaded.check_knobs({}))
+    assert stored.folder == tmp_path / "q" / "ort-int8"
+    b = batch(rows=4, length=10)
+    with torch.inference_mode():
+        assert loaded.infer(b, width=0.5, speed=0.5).logits.shape == (4, 2)
+    assert loaded.segments.at(loaded.check_knobs({"width": 0.5})).folder != stored.folder
 
 
 def test_cli_export_then_evaluate_and_predict_on_ort_int8(tmp_path: Path, toy_data_dir: Path, fast,

@@ -95,8 +95,9 @@ HF = register_exporter(Exporter(
 def write_ort_int8(model: NimbleModel, folder: Path, options: ExportOptions) -> dict[str, Any]:
     """A nimblebert folder (float32 weights, as ``nimble``) that loads on the ``ort-int8`` runtime, with its
     onnxruntime segments stored in ``ort-int8/`` (:mod:`nimblebert.runtime.segments`), so that loading it exports
-    nothing. Checked: the float32 segments must give the model's logits (1e-4) and its exits at every speed tried;
-    the int8 segments' agreement with the float32 model is reported."""
+    nothing (a width left live: the default width's graphs are stored, another's are made when first asked for).
+    Checked: the float32 segments must give the model's logits (1e-4) and its exits at every speed tried; the int8
+    segments' agreement with the float32 model is reported."""
     import numpy as np
 
     from ..runtime.segments import SEGMENTS_DIR, SegmentRunner, check_fit, export_segments
@@ -142,7 +143,8 @@ def write_ort_int8(model: NimbleModel, folder: Path, options: ExportOptions) -> 
 ORT_INT8 = register_exporter(Exporter(
     name="ort-int8",
     help="a nimblebert folder that runs on onnxruntime int8, one graph per layer with FastBERT's exits between them "
-         "(speed live; other structure knobs fixed at the given values), checked against PyTorch",
+         "(speed live; a DynaBERT width fixed at the given --width, else live: the default width's graphs stored, "
+         "others made at load when asked for), checked against PyTorch",
     write=write_ort_int8,
     keep_modules=True,
     extra={"keeps_knobs": True},

@@ -280,7 +280,11 @@ def check_fit(model: Any) -> None:
         raise UserError(f"--runtime ort-int8 runs FastBERT's exits and DynaBERT's structure; this {model.describe()} "
                         f"model has live {', '.join(sorted(live))}: use --runtime int8")
     if structure:  # the structure at its defaults, as the graphs will hold it
-        model = to_static(model, keep_modules=True)
+        try:
+            model = to_static(model, keep_modules=True)
+        except UserError as e:  # e.g. a NAS-BERT supernet: no network until an architecture is chosen
+            raise UserError(f"--runtime ort-int8 cannot run this {model.describe()} model ({e}); use --runtime "
+                            "int8") from None
     ids = torch.ones(1, 2, dtype=torch.long)
     knobs = model.check_knobs({"speed": 0.0} if "speed" in {k.name for k in model.knobs()} else {})
     parts = contributions(model, {"input_ids": ids, "attention_mask": ids}, knobs)
@@ -289,62 +293,84 @@ def check_fit(model: Any) -> None:
                         "stack of BERT layers at inference); use --runtime int8")
 
 
-def _exported(model: Any, int8: bool = True) -> SegmentRunner:
+def _exported(model: Any, int8: bool = True, threads: int | None = None) -> SegmentRunner:
     """``model``'s segments, exported now into a temporary folder (a few seconds per layer) that lives as long as
     the runner."""
     import tempfile
 
     tmp = tempfile.TemporaryDirectory(prefix="nimblebert-ort-")
     export_segments(model, Path(tmp.name))
-    runner = SegmentRunner(tmp.name, int8=int8)
+    runner = SegmentRunner(tmp.name, int8=int8, threads=threads)
     runner.tmp = tmp  # type: ignore[attr-defined]  # removed with the runner
     return runner
 
 
 class LiveStructure:
-    """The segments of a model whose structure is a knob (DynaBERT's width, depth): one set of graphs per setting, the
-    sub-network materialized as the export does it (``nimblebert export --width``) and exported on first use, so
+    """The segments of a model whose structure is a knob (DynaBERT's width, depth): one set of graphs per structure,
+    the sub-network materialized as the export does it (``nimblebert export --width``) and exported on first use, so
     the structure knobs stay live on this runtime beside FastBERT's ``speed``. The default setting's graphs are
-    made at once; each other costs a few seconds per layer the first time it is asked for."""
+    made at once (or are those stored by ``nimblebert export --format ort-int8``: ``default``); each other structure
+    costs a few seconds per layer the first time it is asked for. Knob values that build the same network (widths
+    round to whole heads and neurons) share its graphs. Every graph runs on the threads torch had when this was
+    made."""
 
-    def __init__(self, model: Any, int8: bool = True) -> None:
+    def __init__(self, model: Any, int8: bool = True, default: SegmentRunner | None = None) -> None:
         self.model, self.int8 = model, int8
+        self.threads = torch.get_num_threads()
         self.names = structure_knobs(model)
-        self.runners: dict[tuple[Any, ...], SegmentRunner] = {}
-        self.at(model.check_knobs({}))
+        self.runners: dict[tuple[Any, ...], SegmentRunner] = {}  # knob values -> graphs
+        self._built: dict[tuple[int, int, int], SegmentRunner] = {}  # (layers, heads, FFN width) -> graphs
+        if default is not None:
+            self.runners[self._key(model.check_knobs({}))] = default
+        else:
+            self.at(model.check_knobs({}))
+
+    def _key(self, knobs: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(knobs[n] for n in self.names)
 
     def at(self, knobs: dict[str, Any]) -> SegmentRunner:
         """The segments of the structure that ``knobs`` (checked) select."""
-        key = tuple(knobs[n] for n in self.names)
+        key = self._key(knobs)
         runner = self.runners.get(key)
         if runner is None:
             from ..export.static import to_static
 
             static = to_static(self.model, dict(zip(self.names, key, strict=True)), keep_modules=True)
             check_fit(static)
-            runner = self.runners[key] = _exported(static, self.int8)
+            enc = static.encoder
+            shape = (enc.num_layers, enc.num_heads, enc.ffn_size)
+            runner = self._built.get(shape)
+            if runner is None:
+                runner = self._built[shape] = _exported(static, self.int8, self.threads)
+            if len(self.runners) >= 64:  # a client sweeping many values: keep the memo of values small
+                self.runners.clear()
+            self.runners[key] = runner
         return runner
 
     def keep_only(self, settings: Sequence[dict[str, Any]]) -> None:
         """Drop the graphs of every structure not among ``settings`` (knob values; missing ones at their defaults):
         a process that tried many widths and will serve a few frees the others (made again if asked for)."""
-        wanted = {tuple(self.model.check_knobs(dict(s))[n] for n in self.names) for s in settings}
+        wanted = {self._key(self.model.check_knobs(dict(s))) for s in settings}
         self.runners = {k: r for k, r in self.runners.items() if k in wanted}
+        kept = {id(r) for r in self.runners.values()}
+        self._built = {k: r for k, r in self._built.items() if id(r) in kept}
 
 
 def attach(model: Any) -> None:
     """Give ``model`` (float32, checked) its onnxruntime segments as ``model.segments``: those stored in its folder
     by ``nimblebert export --format ort-int8`` when there are, else exported now into a temporary folder (a few
-    seconds per layer), which lives as long as the model; a live structure's per setting (:class:`LiveStructure`)."""
+    seconds per layer), which lives as long as the model; a live structure's per setting (:class:`LiveStructure`,
+    its default setting's from the folder when stored there)."""
     check_fit(model)
     if next(model.parameters()).device.type != "cpu":
         raise UserError("--runtime ort-int8 runs on the CPU; load the model on the CPU or use --runtime fp32")
-    stored = Path(model.source or "") / SEGMENTS_DIR
+    folder = Path(model.source or "") / SEGMENTS_DIR
+    stored = SegmentRunner(folder) if model.source and (folder / MANIFEST).exists() else None
     runner: SegmentRunner | LiveStructure
     if structure_knobs(model):
-        runner = LiveStructure(model)
-    elif model.source and (stored / MANIFEST).exists():
-        runner = SegmentRunner(stored)
+        runner = LiveStructure(model, default=stored)
+    elif stored is not None:
+        runner = stored
     else:
         runner = _exported(model)
     object.__setattr__(model, "segments", runner)
