@@ -250,8 +250,7 @@ class NimbleModel(nn.Module):
                 memo.clear()
             # The components are kept with the entry: while they live, no new component can take their ids.
             hit = memo[key] = (stack, self.check_knobs(knobs))
-        checked = hit[1]
-        return dict(checked)
+        return dict(hit[1])
 
     @property
     def num_labels(self) -> int:

@@ -223,6 +223,26 @@ def static_shapes(path: str | Path) -> int:
     return rewritten
 
 
+def ort_session(path: str | Path, threads: int | None = None, level: str = "all",
+                disabled_optimizers: Sequence[str] = ()) -> Any:
+    """An onnxruntime CPU session on ``threads`` (default: torch's) intra-op threads, one inter-op thread, no
+    spinning between calls (spinning threads would steal the CPU from whatever is timed next in an interleaved
+    benchmark), errors-only logging, at graph optimisation ``level`` (onnxruntime's default: "all"), without the
+    graph optimizers named in ``disabled_optimizers``."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # errors only
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(disabled_optimizers) or None)
+
+
 class OrtModel:
     """An onnxruntime session called like a model: ``ort_model(batch) -> logits`` (a float32 tensor).
 
@@ -234,16 +254,8 @@ class OrtModel:
 
     def __init__(self, path: str | Path, threads: int | None = None,
                  disabled_optimizers: Sequence[str] = ()) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or torch.get_num_threads()
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3  # errors only
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
-                                            disabled_optimizers=list(disabled_optimizers) or None)
+        self.session = ort_session(path, threads, disabled_optimizers=disabled_optimizers)
         self.names = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

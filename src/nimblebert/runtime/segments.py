@@ -146,23 +146,12 @@ def export_segments(model: Any, folder: Path, int8: bool = True, per_channel: bo
 
 
 def session(path: str | Path, threads: int | None = None, level: str = "all") -> Any:
-    """An onnxruntime session on ``threads`` (default: torch's) intra-op threads, no spinning (as ``OrtModel``),
-    at graph optimisation ``level`` ("all" measured fastest at batch 1 on our CPU: benchmarks/ort_segments_mr.py),
-    without the fusions that measured slower (:data:`~nimblebert.export.onnx.SLOW_FUSIONS`)."""
-    import onnxruntime as ort
+    """An onnxruntime session as ``OrtModel``'s (:func:`~nimblebert.export.onnx.ort_session`), at graph optimisation
+    ``level`` ("all" measured fastest at batch 1 on our CPU: benchmarks/ort_segments_mr.py), without the fusions that
+    measured slower (:data:`~nimblebert.export.onnx.SLOW_FUSIONS`)."""
+    from ..export.onnx import SLOW_FUSIONS, ort_session
 
-    from ..export.onnx import SLOW_FUSIONS
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or torch.get_num_threads()
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                                     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                                     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=list(SLOW_FUSIONS))
+    return ort_session(path, threads, level, disabled_optimizers=SLOW_FUSIONS)
 
 
 def _direct(sess: Any) -> Any:
