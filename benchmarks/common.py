@@ -138,6 +138,15 @@ def finished(folder: str | Path) -> bool:
     return (Path(folder) / "config.json").exists()
 
 
+def train_flags(out: str | Path) -> list[str]:
+    """The flag a grid's ``nimblebert train`` command gets for ``out``: ``--resume`` where a killed run left its
+    checkpoint (a grid at 128 tokens trains for hours per seed: a killed report continues where it stopped, to the
+    same weights), else ``--overwrite`` (a folder left by an older, finished run is trained again)."""
+    from nimblebert.train.loop import CHECKPOINT_DIR
+
+    return ["--resume"] if (Path(out) / CHECKPOINT_DIR / "state.json").exists() else ["--overwrite"]
+
+
 def cpu() -> dict[str, str]:
     """The CPU's model name and the instruction sets int8, bfloat16 and fp32 speed depend on (from /proc/cpuinfo)."""
     from nimblebert.bench.latency import cpu_info

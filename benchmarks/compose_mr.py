@@ -278,7 +278,7 @@ def main() -> None:
         commands[g["name"]] = "nimblebert " + " ".join(a.replace("{out}", g["out"]) for a in g["make"])
         if args.reuse and finished(g["out"]):
             continue
-        extra = ["--overwrite"] if g["make"][0] == "train" else []
+        extra = common.train_flags(g["out"]) if g["make"][0] == "train" else []
         cli(*[a.replace("{out}", g["out"]) for a in g["make"]], *extra, capture=False)
 
     baseline = common.teacher_baseline(args.teacher, args.data, length)

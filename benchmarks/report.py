@@ -235,7 +235,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         if not args.train:
             missing.append(g)
             continue
-        extra = ["--overwrite"] if g["make"][0] == "train" else []
+        extra = common.train_flags(g["out"]) if g["make"][0] == "train" else []
         cli(*[a.replace("{out}", g["out"]) for a in g["make"]], *extra, capture=False)
     for g in missing:
         print(f"left out (not trained; --train makes it): {g['command']}", file=sys.stderr)

@@ -129,3 +129,18 @@ def test_two_runs_filling_the_cache_at_once_lose_nothing(report, tmp_path: Path)
     second.put("b", {"accuracy": 0.6})
     first.put("c", {"accuracy": 0.7})
     assert set(report.Cache(path, "code").data) == {"a", "b", "c"}
+
+
+def test_a_killed_grid_training_resumes_and_a_finished_one_trains_again(report, tmp_path: Path) -> None:
+    import common
+
+    from nimblebert.train.loop import CHECKPOINT_DIR
+
+    out = tmp_path / "dyna"
+    assert common.train_flags(out) == ["--overwrite"]  # nothing there yet
+    (out / CHECKPOINT_DIR).mkdir(parents=True)
+    (out / CHECKPOINT_DIR / "state.json").write_text("{}")
+    assert common.train_flags(out) == ["--resume"]  # a run killed mid-way continues
+    (out / CHECKPOINT_DIR / "state.json").unlink()
+    (out / "config.json").write_text("{}")
+    assert common.train_flags(out) == ["--overwrite"]  # a finished older run is replaced
