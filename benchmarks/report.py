@@ -41,6 +41,7 @@ import gc
 import hashlib
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -607,7 +608,8 @@ def render(result: dict[str, Any], chart: str) -> tuple[str, str]:
     turns = ("the contenders taking turns sentence by sentence" if block == 1 else
              f"the contenders taking turns {block} sentences at a time (a turn's first call pays for the caches "
              "the previous contender filled; a server running one model does not)")
-    md = f"""## Efficiency report on `{data}`: {scope}, one run{", timed per seed" if len(phases) > 1 else ""}
+    cpu = env.get("cpu_model") or env.get("cpu", {}).get("model", "?")  # CPUs differ: the title says which
+    md = f"""## Efficiency report on `{data}` ({cpu}): {scope}, one run{", timed per seed" if len(phases) > 1 else ""}
 
 `{command}` — teacher `{result['teacher']}`: {tt['accuracy']:.4f} on the {result['test_examples']} test
 examples, {tv['accuracy']:.4f} on the {result['validation_examples']} validation examples (max {result['length']}
@@ -651,10 +653,14 @@ Every chosen setting and the baselines:
     return md, headline
 
 
+def default_name(data: str) -> str:
+    return f"efficiency_{data.replace('-', '_')}"
+
+
 def publish(result: dict[str, Any], docs: str | None) -> str:
     from nimblebert.bench.pareto import plot_pareto
 
-    name = f"efficiency_{result['data'].replace('-', '_')}"
+    name = result.get("name") or default_name(result["data"])
     folder = Path(docs) if docs else common.DOCS
     folder.mkdir(parents=True, exist_ok=True)
     plot_pareto(chart_rows(result), folder / f"{name}.png",
@@ -689,6 +695,8 @@ def main() -> None:
                     help=f"only fill {CACHE.name} (validation sweep, test predictions) without timing or writing "
                          "docs: run it at low priority first, then the timed run only times")
     ap.add_argument("--docs", help="write the files here instead of docs/ (a trial: no results.md or README)")
+    ap.add_argument("--name", help="the section's name (default efficiency_<data>); e.g. efficiency_mr_epyc for the "
+                    "same report on another CPU, published beside the default one instead of replacing it")
     ap.add_argument("--render", action="store_true", help="redraw the section and chart from the JSON only")
     args = ap.parse_args()
     os.chdir(ROOT)
@@ -697,13 +705,16 @@ def main() -> None:
         knob, _, values = item.partition("=")
         compose_mr.SWEEPS[knob.replace("-", "_")] = tuple(float(v) for v in values.split(","))
     args.teacher = args.teacher or TEACHERS[args.data]
+    if args.name is not None and not re.fullmatch(r"efficiency_\w+", args.name):
+        ap.error(f"--name {args.name!r}: give efficiency_<letters, digits, _> (the README shows efficiency_*)")
     if args.render:
-        name = f"efficiency_{args.data.replace('-', '_')}"
+        name = args.name or default_name(args.data)
         result = json.loads((Path(args.docs or common.DOCS) / f"{name}.json").read_text())
     else:
         result = measure(args)
         if args.accuracy_only:
             return
+        result["name"] = args.name or default_name(args.data)
     print(publish(result, args.docs))
 
 

@@ -112,6 +112,26 @@ def test_render_from_json_alone_writes_section_and_chart(report, tmp_path: Path,
     assert json.loads((tmp_path / "efficiency_mr.json").read_text())["rows"] == data["rows"]  # JSON untouched
 
 
+def test_a_named_run_on_another_cpu_is_published_beside_the_default_one(report, tmp_path: Path, monkeypatch,
+                                                                       capsys) -> None:
+    import common
+
+    data = dict(result(), name="efficiency_mr_epyc")
+    (tmp_path / "efficiency_mr_epyc.json").write_text(json.dumps(data))
+    monkeypatch.setattr(sys, "argv", ["report.py", "--render", "--name", "efficiency_mr_epyc", "--docs", str(tmp_path)])
+    report.main()
+    assert (tmp_path / "efficiency_mr_epyc.md").exists() and (tmp_path / "efficiency_mr_epyc.png").exists()
+    assert not (tmp_path / "efficiency_mr.md").exists()
+    # placed right after the default report in docs/results.md, and shown in the README with it
+    names = ["finetune_mr", "efficiency_mr_epyc", "efficiency_mr", "efficiency_chnsenti"]
+    assert sorted(names, key=common._section_rank)[:2] == ["efficiency_mr", "efficiency_mr_epyc"]
+    assert "efficiency_mr_epyc" in common.readme_sections(names)
+    monkeypatch.setattr(sys, "argv", ["report.py", "--render", "--name", "../mr"])
+    with pytest.raises(SystemExit) as e:
+        report.main()
+    assert e.value.code == 2 and "--name '../mr'" in capsys.readouterr().err
+
+
 def test_readme_shows_the_efficiency_report_alone_once_published(report) -> None:
     import common
 
