@@ -72,7 +72,11 @@ MIN_FEATURES = 64
 # Outputs equal up to one rounding step of the input quantization. From ONEDNN_MIN_ROWS rows on, where the CPU has
 # AMX-INT8, products run on oneDNN, their rows padded to the oneDNN runtimes' buckets (oneDNN compiles a primitive
 # per row count: 1.2 ms for the first call at a new count of 200-800 rows, 0.5 ms after); below it, and on CPUs
-# without AMX (not measured there), on fbgemm. NIMBLEBERT_INT8_ONEDNN=0 / 1 forces either way.
+# without AMX, on fbgemm. Without AMX oneDNN gains nothing: on an AMD EPYC (Zen 4: AVX-512 VNNI, no AMX; 2026-12-06,
+# 1 thread, 12 weights in turn so that each is read from beyond L2 as in a model), fbgemm / oneDNN us per call at
+# 16 / 128 / 768 rows: 384x1152 58/65, 336/336, 1871/1810; 384x384 27/37, 145/154, 677/675; 384x1536 78/85,
+# 456/452, 2778/2383; 1536x384 69/83, 421/465, 2521/2552; the mr teacher at batch 32 (its 640 longest test
+# sentences) 3.79 / 3.46-3.76 ms per sentence. NIMBLEBERT_INT8_ONEDNN=0 / 1 forces either way.
 ONEDNN_MIN_ROWS = 128
 # fbgemm's engine under its torch name ("x86" dispatches dynamic int8 Linears to fbgemm)
 FBGEMM = "x86"
