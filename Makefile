@@ -55,6 +55,7 @@ bench: data
 	$(BIN)/python benchmarks/dynabert_mr.py --width-epochs 1 --depth-epochs 3 --final-epochs 5 --depth-rule last --lr 5e-5 \
 		--eval-every 50 --name dynabert_mr_final5 --out runs/dynabert-mr-final5
 	$(BIN)/python benchmarks/report.py --train --threads 1  # the efficiency report: README's table, docs/efficiency_mr.*
+	# (on another CPU, add --name efficiency_mr_<cpu> to publish beside it: docs/efficiency_mr_epyc.* is the AMD EPYC's)
 	$(BIN)/python benchmarks/int8_mr.py --teacher runs/teacher-mr --fastbert runs/fast --dynabert runs/dyna --threads 1
 	$(BIN)/python benchmarks/ort_segments_mr.py --threads 1  # the ort-int8 runtime against the int8 core
 	$(BIN)/python benchmarks/startup.py --model runs/teacher-mr
