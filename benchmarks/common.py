@@ -142,9 +142,9 @@ def train_flags(out: str | Path) -> list[str]:
     """The flag a grid's ``nimblebert train`` command gets for ``out``: ``--resume`` where a killed run left its
     checkpoint (a grid at 128 tokens trains for hours per seed: a killed report continues where it stopped, to the
     same weights), else ``--overwrite`` (a folder left by an older, finished run is trained again)."""
-    from nimblebert.train.loop import CHECKPOINT_DIR
+    from nimblebert.train.loop import has_checkpoint
 
-    return ["--resume"] if (Path(out) / CHECKPOINT_DIR / "state.json").exists() else ["--overwrite"]
+    return ["--resume"] if has_checkpoint(out) else ["--overwrite"]
 
 
 def cpu() -> dict[str, str]:

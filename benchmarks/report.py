@@ -441,8 +441,12 @@ def _runtime_of(name: str) -> str:
 
 # ---- rendering (from the JSON alone) --------------------------------------------------------------
 
+def cpu_name(env: dict[str, Any]) -> str:
+    return env.get("cpu_model") or env.get("cpu", {}).get("model", "?")
+
+
 def env_text(env: dict[str, Any]) -> str:
-    cpu = env.get("cpu_model") or env.get("cpu", {}).get("model", "?")
+    cpu = cpu_name(env)
     isa = env.get("isa") or ", ".join(env.get("cpu", {}).get("isa", []))
     pinned = f", pinned to CPU {','.join(map(str, env['affinity']))}" if env.get("affinity") else ""
     return (f"{cpu} ({isa}), {env.get('threads')} thread(s){pinned}, torch {env.get('torch')}, {env.get('date')}, "
@@ -608,7 +612,7 @@ def render(result: dict[str, Any], chart: str) -> tuple[str, str]:
     turns = ("the contenders taking turns sentence by sentence" if block == 1 else
              f"the contenders taking turns {block} sentences at a time (a turn's first call pays for the caches "
              "the previous contender filled; a server running one model does not)")
-    cpu = env.get("cpu_model") or env.get("cpu", {}).get("model", "?")  # CPUs differ: the title says which
+    cpu = cpu_name(env)  # CPUs differ: the title says which
     md = f"""## Efficiency report on `{data}` ({cpu}): {scope}, one run{", timed per seed" if len(phases) > 1 else ""}
 
 `{command}` — teacher `{result['teacher']}`: {tt['accuracy']:.4f} on the {result['test_examples']} test

@@ -54,6 +54,11 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
             return
 
 
+def has_checkpoint(out: str | Path) -> bool:
+    """Whether ``out`` holds a killed run's resume checkpoint (what ``--resume`` continues)."""
+    return (Path(out) / CHECKPOINT_DIR / "state.json").exists()
+
+
 def check_output_folder(opts: TrainOptions) -> Path:
     """Refuse to overwrite a finished model unless asked; refuse --resume with nothing to resume."""
     out = Path(opts.out)
@@ -61,7 +66,7 @@ def check_output_folder(opts: TrainOptions) -> Path:
         raise UserError(f"--out {out} is a file; give a folder path")
     finished = (out / FINISHED_MARKER).exists()
     if opts.resume:
-        if not (out / CHECKPOINT_DIR / "state.json").exists():
+        if not has_checkpoint(out):
             if finished:
                 raise UserError(f"{out} already holds a finished model; nothing to resume")
             raise UserError(f"nothing to resume in {out} (no {CHECKPOINT_DIR}/); run without --resume")
