@@ -258,8 +258,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         agree = float((pred == base.predictions.predicted.numpy()).mean())
         return vs, agree
 
-    # ---- per phase (one seed at a time: every model of one seed on every runtime takes ~10 GB, both seeds do not
-    # fit in 24): selection on validation, per model, runtime and budget; test once per chosen setting; then
+    # ---- per phase (one seed at a time: the models a seed's timing holds, every model on every runtime, take ~10 GB;
+    # both seeds' do not fit in 24): selection on validation, per model, runtime and budget; test once per chosen setting; then
     # those settings timed interleaved with the baselines, and compared with the baselines of their own phase
     # ---- the baselines: what a user would run instead (timed beside every phase's models) --------------
     base_rows: list[dict[str, Any]] = []
@@ -337,11 +337,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     for phase in ([s] for s in seeds):
         models: dict[tuple[str, str], Any] = {}
-        chosen: dict[str, dict[str, Any]] = {}
+        phase_rows: list[dict[str, Any]] = []
+        contenders: dict[str, Any] = {}
         for g in [g for g in grid if g["seed"] in phase]:
             for runtime in RUNTIMES:
                 try:
-                    model = models[(g["out"], runtime)] = load(g["out"], runtime=runtime)
+                    model = load(g["out"], runtime=runtime)
                 except UserError as e:  # a live width or token cut on ort-int8, bf16 on a CPU without it (says why)
                     print(f"{g['name']} (seed {g['seed']}): no {runtime} row: {e}", file=sys.stderr)
                     continue
@@ -356,45 +357,44 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                                 "val_accuracy": m["accuracy"], "val_flops": m["flops_per_sample"],
                                 "val_mean_layers": m["mean_layers"]})
                 candidates += own
+                mine: dict[str, dict[str, Any]] = {}  # this model's chosen settings on this runtime, by label
                 for budget in BUDGETS:
                     ok = [c for c in own if c["val_accuracy"] >= teacher_val["accuracy"] - budget - 1e-9]
                     if not ok:
                         continue
                     best = min(ok, key=lambda c: (c["val_flops"], -c["val_accuracy"]))
                     label = label_of(g, best["knobs"], runtime, seeds)
-                    entry = chosen.setdefault(label, {**best, "label": label, "kind": "model", "budgets": [],
-                                                      "parts": g["parts"], "folder": g["out"], "command": g["command"]})
+                    entry = mine.setdefault(label, {**best, "label": label, "kind": "model", "budgets": [],
+                                                    "parts": g["parts"], "folder": g["out"], "command": g["command"]})
                     entry["budgets"].append(budget)
                 print(f"{g['name']} (seed {g['seed']}, {runtime}): {len(own)} settings on validation", file=sys.stderr,
                       flush=True)
-                timed = [c["knobs"] for c in chosen.values() if c["folder"] == g["out"] and c["runtime"] == runtime]
-                if not timed:  # nothing of it is timed: let it go
-                    del models[(g["out"], runtime)]
-                elif isinstance(getattr(model, "segments", None), LiveStructure):  # only the timed widths' graphs
-                    model.segments.keep_only(timed)
+                # Test once per chosen setting, now, while the model is loaded: an accuracy-only pass then holds one
+                # model at a time (both seeds' passes fit side by side), a timed one only what it times.
+                for label, c in mine.items():
+                    key = cache.key(args.data, base.split, c["folder"], c["runtime"], c["knobs"])
+                    m = cache.get(key)
+                    if m is None:
+                        m = evaluate(model, base.loader, c["knobs"], keep=True)
+                        cache.put(key, m)
+                    vs, agree = paired(m["predicted"])
+                    phase_rows.append({**c, **{k: v for k, v in m.items() if k != "predicted"}, "vs_teacher": vs,
+                                       "agreement_with_teacher": agree,
+                                       "flops_speedup": base_flops / m["flops_per_sample"]})
+                    if not args.accuracy_only:
+                        contenders[label] = nimble_contender(model, c["knobs"])
+                if mine and not args.accuracy_only:
+                    models[(g["out"], runtime)] = model
+                    if isinstance(getattr(model, "segments", None), LiveStructure):  # only the timed widths' graphs
+                        model.segments.keep_only([c["knobs"] for c in mine.values()])
                 del model
                 release_memory()
-
-        phase_rows: list[dict[str, Any]] = []
-        contenders: dict[str, Any] = {}
-        for label, c in chosen.items():
-            model = models[(c["folder"], c["runtime"])]
-            key = cache.key(args.data, base.split, c["folder"], c["runtime"], c["knobs"])
-            m = cache.get(key)
-            if m is None:
-                m = evaluate(model, base.loader, c["knobs"], keep=True)
-                cache.put(key, m)
-            vs, agree = paired(m["predicted"])
-            phase_rows.append({**c, **{k: v for k, v in m.items() if k != "predicted"}, "vs_teacher": vs,
-                               "agreement_with_teacher": agree, "flops_speedup": base_flops / m["flops_per_sample"]})
-            contenders[label] = nimble_contender(model, c["knobs"])
 
         rows += phase_rows
         if not args.accuracy_only:
             timing_minutes += time_phase(phase, phase_rows, contenders)
         models.clear()  # this phase's models go before the next phase loads its own
         contenders.clear()
-        model = None
         release_memory()
 
     if args.accuracy_only:
