@@ -112,6 +112,19 @@ def test_render_from_json_alone_writes_section_and_chart(report, tmp_path: Path,
     assert json.loads((tmp_path / "efficiency_mr.json").read_text())["rows"] == data["rows"]  # JSON untouched
 
 
+def test_settings_chosen_on_a_validation_subset_say_so(report, tmp_path: Path, monkeypatch, capsys) -> None:
+    data = dict(result(), validation_examples=868, validation_total=1736)
+    (tmp_path / "efficiency_mr.json").write_text(json.dumps(data))
+    monkeypatch.setattr(sys, "argv", ["report.py", "--render", "--docs", str(tmp_path)])
+    report.main()
+    md = " ".join((tmp_path / "efficiency_mr.md").read_text().split())
+    assert "0.8075 on 868 of the 1736 validation examples (a fixed random subset" in md
+    monkeypatch.setattr(sys, "argv", ["report.py", "--val-examples", "0"])
+    with pytest.raises(SystemExit) as e:
+        report.main()
+    assert e.value.code == 2 and "--val-examples 0" in capsys.readouterr().err
+
+
 def test_a_named_run_on_another_cpu_is_published_beside_the_default_one(report, tmp_path: Path, monkeypatch,
                                                                        capsys) -> None:
     import common
