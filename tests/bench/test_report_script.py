@@ -177,3 +177,26 @@ def test_a_killed_grid_training_resumes_and_a_finished_one_trains_again(report, 
     (out / CHECKPOINT_DIR / "state.json").unlink()
     (out / "config.json").write_text("{}")
     assert common.train_flags(out) == ["--overwrite"]  # a finished older run is replaced
+
+
+def test_batch1_time_over_flops_is_the_mean_as_flops_are(report) -> None:
+    # an early-exit row: its median sentence leaves early (p50 8x), the mean time is 4x, its mean FLOPs 4x fewer
+    exits = dict(row("fastbert @ speed 0.9 · fp32 · seed 42", 42, [0.01], 8.0, 4.0, runtime="fp32"),
+                 b1_mean_speedup=4.0, flops_speedup=4.0)
+    data = dict(result(), rows=[exits])
+    assert report.over_flops(exits, 1, 32) == 1.0 and report.over_flops(exits, 32, 32) == 1.0
+    checks = report.flops_checks(data)
+    assert "| fp32 | 1 | 1.00 (fastbert @ speed 0.9 · fp32 · seed 42) | 1.00 |" in checks
+    assert "| 8.00 | 4.00 | 1.000 | 4.00 | 1.00 | 1.00 |" in report.main_table(data)
+
+
+def test_composition_section_names_the_values_that_ran_not_the_defaults(report) -> None:
+    import compose_mr
+
+    data = json.loads((Path(compose_mr.ROOT) / "docs" / "compose_mr_long.json").read_text())
+    for c in data["candidates"]:  # as if run with --sweep speed=0.3,0.6
+        if "speed" in c["knobs"]:
+            c["knobs"]["speed"] = 0.3 if c["knobs"]["speed"] < 0.6 else 0.6
+    md, _ = compose_mr.render(data)
+    assert "(speed 0.3, 0.6; keep_threshold 0, 0.5)" in md
+    assert "b1 ÷ FLOPs (mean)" in md
