@@ -735,14 +735,14 @@ def main() -> None:
         ap.error(f"--name {args.name!r}: give efficiency_<letters, digits, _> (the README shows efficiency_*)")
     if args.val_examples is not None and args.val_examples < 1:
         ap.error(f"--val-examples {args.val_examples}: give a positive number of examples")
+    name = args.name or default_name(args.data)
     if args.render:
-        name = args.name or default_name(args.data)
         result = json.loads((Path(args.docs or common.DOCS) / f"{name}.json").read_text())
     else:
         result = measure(args)
         if args.accuracy_only:
             return
-        result["name"] = args.name or default_name(args.data)
+        result["name"] = name
     print(publish(result, args.docs))
 
 
