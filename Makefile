@@ -4,7 +4,8 @@
 #   make test   run the test suite (offline, tiny random models)
 # and one regenerates every measured figure in docs/results.md from scratch (about 9 hours on 2 cores; the efficiency
 # report about 70 min of it on an Intel Xeon with AMX, about 2 hours on an AMD EPYC (Zen 4, 2026-12-06: trainings 55
-# min as two 1-thread streams, accuracy sweeps 16 + 16 min one seed at a time, timed run 32 min); on the Xeon: its
+# min as two 1-thread streams, accuracy sweeps 16 + 16 min one seed at a time (since 2026-12-06 one pass holds one model: they fit side
+# by side), timed run 32 min); on the Xeon: its
 # two seeds' trainings 37 + 36 min (the folders' train_seconds), 42 min as two 1-thread streams (report.py --train --accuracy-only --seeds N),
 # their accuracy sweep on five runtimes 10 min as two streams, and its timed run 16 min, measured on 2026-12-06 at
 # 1 thread; the sections added after it,
