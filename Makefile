@@ -2,17 +2,17 @@
 #   make demo   fine-tune MiniLM-L6 on the built-in `mr` data, evaluate it, print accuracy and speed,
 #               then a short FastBERT run and its speed sweep (6.6 minutes measured on 2 CPU cores)
 #   make test   run the test suite (offline, tiny random models)
-# and one regenerates every measured figure in docs/results.md from scratch (about 9 hours on 2 cores; the efficiency
-# report about 70 min of it on an Intel Xeon with AMX, about 2 hours on an AMD EPYC (Zen 4, 2026-12-06: trainings 55
-# min as two 1-thread streams, accuracy sweeps 16 + 16 min one seed at a time (since 2026-12-06 one pass holds one model: they fit side
-# by side), timed run 32 min); on the Xeon: its
-# two seeds' trainings 37 + 36 min (the folders' train_seconds), 42 min as two 1-thread streams (report.py --train --accuracy-only --seeds N),
-# their accuracy sweep on five runtimes 10 min as two streams, and its timed run 16 min, measured on 2026-12-06 at
-# 1 thread; the sections added after it,
-# about 5 hours more, mostly NAS-BERT's supernet and searches (~2 h), the small-data TinyBERT recipes (~1 h on 400
-# rows; on all of mr 2.5 h at 1 thread, 4 seeds x (290 + 569 + 178 s for the recipes + 1230 s for the TextBrewer
-# peer), 75 min as two 1-thread streams, measured on 2026-12-06) and the chnsenti teacher (103 min at low priority on
-# a shared core, an upper bound)):
+# and one regenerates every measured figure in docs/results.md from scratch (about 9 hours on 2 cores). Measured on
+# 2026-12-06 at 1 thread:
+#   - the efficiency report: about 2 hours on an AMD EPYC (Zen 4): trainings 55 min as two 1-thread streams,
+#     accuracy sweeps 16 + 16 min one seed at a time (a pass now holds one model at a time: they fit side by side),
+#     timed run 32 min; about 70 min on an Intel Xeon with AMX: trainings 37 + 36 min (the folders' train_seconds),
+#     42 min as two streams (report.py --train --accuracy-only --seeds N), accuracy sweeps on five runtimes 10 min as
+#     two streams, timed run 16 min;
+#   - the sections added after it, about 5 hours more: mostly NAS-BERT's supernet and searches (~2 h), the small-data
+#     TinyBERT recipes (~1 h on 400 rows; on all of mr 2.5 h at 1 thread, 4 seeds x (290 + 569 + 178 s for the
+#     recipes + 1230 s for the TextBrewer peer), 75 min as two 1-thread streams) and the chnsenti teacher (103 min at
+#     low priority on a shared core, an upper bound).
 #   make bench
 PYTHON ?= python3
 VENV   ?= .venv
