@@ -12,7 +12,8 @@ points ≥ 20×, and ≥ 3× ahead of onnxruntime's dynamic int8 of the teacher;
 - Selection: per model, runtime (``nimblebert.load(folder, runtime=...)``: see :data:`RUNTIMES`) and budget (0, 1
   and 3 points below the teacher's *validation* accuracy), every knob setting runs on validation *under that
   runtime* (int8 changes the logits the exit rule reads, so exits are re-checked, never assumed) and the one with
-  the fewest FLOPs within the budget is kept; it is then run once on test. Δ: paired difference from the fp32
+  the fewest FLOPs within the budget is kept (``--val-examples N``: chosen on a fixed random N of the validation
+  examples); it is then run once on test. Δ: paired difference from the fp32
   teacher on the same test sentences, bootstrap 95% interval.
 - Timing: all chosen settings and the baselines (transformers eager and sdpa: the baseline is the faster; the
   nimblebert teacher in fp32, fp32-onednn, bf16-onednn and int8; onnxruntime fp32 and dynamic int8 of the teacher,
@@ -712,7 +713,8 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=10000)
     ap.add_argument("--val-examples", type=int, metavar="N",
                     help="choose the settings on a fixed random subset of N validation examples (seed 0) instead of "
-                         "all of them; test stays whole (chnsenti: 1,736 at 128 tokens, ~2.4 h per seed on one core)")
+                         "all of them; test stays whole (chnsenti: 1,736 rows at 128 tokens; the FastBERT model "
+                         "alone takes ~11 min of one core on 868 of them)")
     ap.add_argument("--threads", type=int, help="CPU threads of training and timing (default: torch's)")
     ap.add_argument("--sweep", action="append", default=[], metavar="KNOB=V1,V2",
                     help="the values swept for one knob instead of the default ones (repeatable)")
