@@ -147,6 +147,11 @@ def train_flags(out: str | Path) -> list[str]:
     return ["--resume"] if has_checkpoint(out) else ["--overwrite"]
 
 
+def plain_mean_ms(batch1: dict[str, dict[str, float]]) -> float:
+    """The faster plain transformers contender's mean batch-1 time (ms; from its throughput) in a latency table."""
+    return min(1e3 / v["samples_per_s"] for k, v in batch1.items() if k.startswith("transformers-"))
+
+
 def cpu() -> dict[str, str]:
     """The CPU's model name and the instruction sets int8, bfloat16 and fp32 speed depend on (from /proc/cpuinfo)."""
     from nimblebert.bench.latency import cpu_info

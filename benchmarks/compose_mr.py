@@ -145,7 +145,7 @@ def render(result: dict[str, Any]) -> tuple[str, str]:
     table = ["| model @ setting (chosen on validation) | budget | test acc. | Δ vs teacher [95% CI] (points) | "
              f"mean layers | FLOPs × | b1 × | b{big} × | b1 ÷ FLOPs (mean) | b{big} ÷ FLOPs |", "|---" * 10 + "|"]
     # FLOPs × is a mean over the examples: at batch 1 it is set against the mean time (a p50 flatters early exits)
-    b1_mean_base = min(1e3 / v["samples_per_s"] for v in result["transformers_latency"]["batch1"].values())
+    b1_mean_base = common.plain_mean_ms(result["transformers_latency"]["batch1"])
     order = {g["name"]: i for i, g in enumerate(result["grid"])}
     for r in sorted(rows, key=lambda r: (min(r["budgets"]), order[r["name"]])):
         v = r["vs_teacher"]
@@ -331,7 +331,7 @@ def main() -> None:
     lat = measure_latency(contenders, teacher, baseline.encoded, batch_sizes=(1, big),
                           examples={1: args.b1_examples, big: examples}, rounds=args.rounds)
     add_speedups(lat)
-    b1_mean_base = min(1e3 / v["samples_per_s"] for k, v in lat["batch1"].items() if k.startswith("transformers-"))
+    b1_mean_base = common.plain_mean_ms(lat["batch1"])
     for r in rows:
         b1, bb = lat["batch1"][r["label"]], lat[f"batch{big}"][r["label"]]
         mean = 1e3 / b1["samples_per_s"]

@@ -328,7 +328,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                               examples={1: args.b1_examples, BIG: args.batch_examples}, rounds=args.rounds,
                               blocks={1: args.b1_block})
         add_speedups(lat)
-        b1_mean_base = min(1e3 / v["samples_per_s"] for k, v in lat["batch1"].items() if k.startswith("transformers-"))
+        b1_mean_base = common.plain_mean_ms(lat["batch1"])
         ort1, ortb = lat["batch1"][ORT_INT8], lat[f"batch{BIG}"][ORT_INT8]
         for r in phase_rows + (base_rows if not phases else []):
             b1, bb = lat["batch1"][r["label"]], lat[f"batch{BIG}"][r["label"]]
