@@ -198,3 +198,25 @@ def test_nasbert_render_redraws_the_section_from_the_published_json(scripts, tmp
     assert md.startswith("## NAS-BERT on mr") and "| NAS-BERT 1/10 |" in md
     assert "then `nimblebert export runs/s2-dyna --format hf --width 0.25 --out runs/s2-dyna-w25`" in md
     assert json.loads((tmp_path / "nasbert_mr.json").read_text()) == data  # the measurements are not touched
+
+
+def test_flops_gap_counts_products_apart_from_the_work_a_width_does_not_shrink(scripts) -> None:
+    import flops_gap  # importable: the scripts fixture holds benchmarks/ on the path
+    import torch
+    import torch.nn.functional as F
+
+    w = torch.randn(256, 256)
+    x = torch.randn(64, 256)
+    products, _ = flops_gap.product_share(lambda b: F.linear(b, w), [x] * 5)
+    assert products > 0.8  # a pure product: nearly all its operator time counted as products
+    elementwise, others = flops_gap.product_share(lambda b: F.layer_norm(F.gelu(b), (256,)), [x] * 5)
+    assert elementwise == 0.0 and "gelu" in others  # no product at all: every microsecond is the rest
+
+    row = {"batch": 1, "width": 0.25, "flops_x": 3.99, "measured_x": 2.85, "ratio": 0.714, "ms": 5.5}
+    data = {"model": "runs/dyna", "data": "mr", "max_length": 64, "b1_examples": 100, "b32_examples": 320,
+            "environment": {"cpu": "x"},
+            "rows": [{**row, "mode": "eager", "products_ms": 4.17, "gflops": 36.0, "rest_ms": 1.33,
+                      "rest_top": {"gelu": 0.05}}, {**row, "mode": "compiled"}]}
+    md = flops_gap.render(data, "python benchmarks/flops_gap.py")
+    assert "| 1 | 0.25 | eager | 5.500 | 3.99 | 2.85 | 0.71 | 4.170 | 36 | 1.330 | gelu 5% |" in md
+    assert "| 1 | 0.25 | compiled | 5.500 | 3.99 | 2.85 | 0.71 | — | — | — | — |" in md

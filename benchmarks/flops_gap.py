@@ -1,0 +1,155 @@
+"""Why narrow widths fall short of their FLOPs: where a float32 forward's time goes, by DynaBERT width.
+
+Issue 17 asks the measured speed-up ÷ FLOPs speed-up to be at least 0.9 on every float32 row; the efficiency
+reports' lowest rows are DynaBERT's narrowest width (0.25). The FLOPs count matrix products only (as the papers do:
+TinyBERT, DynaBERT and FastBERT all report them), so any work a width does not shrink shows up as a ratio below 1.
+This script measures that work on one DynaBERT folder (no exits: ``--width`` alone), on the `mr` test sentences,
+batch 1 and batch 32, one thread, every width interleaved in one run:
+
+1. time per sentence and measured ÷ FLOPs speed-up, both against the same folder at width 1;
+2. the time in the matrix products (torch.profiler self time of ``addmm`` / ``mm`` / ``bmm`` / the attention kernel,
+   as a share of all operator self time, applied to the measured time) against the rest: LayerNorm, GELU, residual
+   sums, views and copies, per-op dispatch; and the products' rate (GFLOP/s);
+3. a candidate for that rest: the same forward under ``torch.compile`` (inductor, dynamic shapes), which fuses the
+   element-wise ops into generated loops (``--no-compile`` skips it).
+
+    python benchmarks/flops_gap.py --threads 1 --model runs/dyna
+
+``--docs DIR`` writes the section and JSON there instead of docs/ (a trial run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import common
+import torch
+from common import env_line, environment
+
+# The operators that do the counted FLOPs (2 per multiply-add): the Linear products and the attention kernel
+PRODUCTS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu")
+
+
+def product_share(fn: Any, batches: list[Any]) -> tuple[float, dict[str, float]]:
+    """The products' share of all operator self time over one pass of ``fn`` on ``batches``, and the four largest
+    other operators' shares (the profiler inflates small ops a little; the share is an estimate, say so)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        for b in batches:
+            fn(b)
+    events = [e for e in prof.key_averages() if "::" in e.key]
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    products = sum(e.self_cpu_time_total for e in events if e.key in PRODUCTS)
+    others = sorted((e for e in events if e.key not in PRODUCTS), key=lambda e: -e.self_cpu_time_total)[:4]
+    return products / total, {e.key.removeprefix("aten::"): round(e.self_cpu_time_total / total, 4) for e in others}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="runs/dyna", help="a DynaBERT folder (its --width knob is swept)")
+    ap.add_argument("--widths", default="1,0.75,0.5,0.25")
+    ap.add_argument("--data", default="mr")
+    ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--no-compile", action="store_true", help="leave out the torch.compile contenders")
+    common.add_options(ap, bootstrap=False, timing={1: 100, 32: 320}, threads_default=1)
+    opts = ap.parse_args()
+    common.use_threads(opts.threads)
+    t_start = time.time()
+
+    from nimblebert import load
+    from nimblebert.bench.latency import compare_latency
+    from nimblebert.bench.measure import latency_batches, nimble_contender
+    from nimblebert.core.flops import sample_flops
+    from nimblebert.data import encode, load_task
+    from nimblebert.inference import contributions, run
+
+    folder = opts.model if Path(opts.model).is_absolute() else str(common.ROOT / opts.model)
+    model = load(folder).eval()
+    widths = [float(w) for w in opts.widths.split(",")]
+    if 1.0 not in widths:
+        widths.insert(0, 1.0)  # the reference
+    task = load_task(opts.data, label_names=model.label_names)
+    split = "test" if task.test is not None else "validation"
+    encoded = encode(getattr(task, split), model.tokenizer, opts.max_length, task.has_pair)
+
+    eager = {w: nimble_contender(model, {"width": w}) for w in widths}
+    compiled: dict[float, Any] = {}
+    if not opts.no_compile:
+        # One compiled encoder (dynamic shapes: one graph set for every length and row count), called with each
+        # width's plan, as ``run`` would call the eager one. Compiled before timing; its warm-up is not timed.
+        encoder = torch.compile(model.encoder, dynamic=True)
+        for w in widths:
+            plan = contributions(model, {}, model.check_knobs({"width": w})).plan
+
+            def call(b: dict[str, torch.Tensor], plan: Any = plan) -> Any:
+                return encoder(b["input_ids"], b["attention_mask"], b.get("token_type_ids"), plan=plan)
+
+            compiled[w] = call
+
+    rows: list[dict[str, Any]] = []
+    for bs, n in ((1, opts.b1_examples), (32, opts.b32_examples)):
+        batches = latency_batches(model, encoded, bs, n)
+        with torch.inference_mode():
+            flops = {w: float(torch.cat([sample_flops(model.encoder, run(model, b, model.check_knobs({"width": w})))
+                                         for b in batches]).double().mean()) for w in widths}
+            for w in compiled:  # compile every graph before the timing starts
+                for b in batches[:3]:
+                    compiled[w](b)
+        contenders = {**{f"eager {w:g}": fn for w, fn in eager.items()},
+                      **{f"compiled {w:g}": fn for w, fn in compiled.items()}}
+        lat = compare_latency(contenders, batches, bs, rounds=opts.rounds)
+        ref = lat["eager 1"]["ms_per_sample"] if bs > 1 else 1e3 / lat["eager 1"]["samples_per_s"]
+        for w in widths:
+            share, others = product_share(eager[w], batches)
+            for mode in ("eager", "compiled") if w in compiled else ("eager",):
+                entry = lat[f"{mode} {w:g}"]
+                # batch 1: the mean time (FLOPs × is a mean over the sentences); batch 32: per sentence
+                ms = entry["ms_per_sample"] if bs > 1 else 1e3 / entry["samples_per_s"]
+                row = {"batch": bs, "width": w, "mode": mode, "ms": round(ms, 4), "flops": flops[w],
+                       "flops_x": round(flops[1.0] / flops[w], 3), "measured_x": round(ref / ms, 3)}
+                row["ratio"] = round(row["measured_x"] / row["flops_x"], 3)
+                if mode == "eager":
+                    products_ms = share * ms
+                    row.update(products_ms=round(products_ms, 4), rest_ms=round(ms - products_ms, 4),
+                               gflops=round(flops[w] / (products_ms * 1e-3) / 1e9, 1), rest_top=others)
+                rows.append(row)
+
+    env = {**environment(), "minutes": round((time.time() - t_start) / 60, 1)}
+    data = {"model": opts.model, "data": opts.data, "max_length": opts.max_length, "b1_examples": opts.b1_examples,
+            "b32_examples": opts.b32_examples, "rows": rows, "environment": env}
+    md = render(data, common.command_line())
+    common.publish("flops_gap", md, data, headline=None, docs=common.docs_folder(opts))
+    print(md)
+
+
+def render(data: dict[str, Any], command: str) -> str:
+    lines = [
+        "## Why narrow widths fall short of their FLOPs (float32, by DynaBERT width)",
+        "",
+        f"`{command}` — {data['model']} at each width (no exits), `{data['data']}` test sentences (max "
+        f"{data['max_length']} tokens): batch 1 over {data['b1_examples']} (mean ms per sentence, as FLOPs × is a "
+        f"mean), batch 32 over {data['b32_examples']} (median batch time per sentence); every row interleaved in one "
+        "run. × and FLOPs × against the same folder at width 1, eager. Products: the matrix products' share of the "
+        "operator self time (torch.profiler, a separate pass) applied to the measured time; rest: everything else "
+        "(LayerNorm, GELU, residual sums, copies, dispatch). compiled: `torch.compile(encoder, dynamic=True)`.",
+        "",
+        "| batch | width | mode | ms / sentence | FLOPs × | measured × | measured ÷ FLOPs | products ms | "
+        "products GFLOP/s | rest ms | largest rest (share of all op time) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in data["rows"]:
+        rest = ", ".join(f"{k} {v:.0%}" for k, v in r.get("rest_top", {}).items())
+        extra = (f"{r['products_ms']:.3f} | {r['gflops']:.0f} | {r['rest_ms']:.3f} | {rest}" if "products_ms" in r
+                 else "— | — | — | —")
+        lines.append(f"| {r['batch']} | {r['width']:g} | {r['mode']} | {r['ms']:.3f} | {r['flops_x']:.2f} | "
+                     f"{r['measured_x']:.2f} | {r['ratio']:.2f} | {extra} |")
+    lines += ["", env_line(data["environment"]) + " The process is pinned to one core."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
