@@ -1,8 +1,8 @@
 """Why narrow widths fall short of their FLOPs: where a float32 forward's time goes, by DynaBERT width.
 
 Issue 17 asks the measured speed-up ÷ FLOPs speed-up to be at least 0.9 on every float32 row; the efficiency
-reports' lowest rows are DynaBERT's narrowest width (0.25). The FLOPs count matrix products only (as the papers do:
-TinyBERT, DynaBERT and FastBERT all report them), so any work a width does not shrink shows up as a ratio below 1.
+reports' lowest rows are DynaBERT's narrowest width (0.25). The FLOPs count matrix products only
+(:mod:`nimblebert.core.flops`), so any work a width does not shrink shows up as a ratio below 1.
 This script measures that work on one DynaBERT folder (no exits: ``--width`` alone), on the `mr` test sentences,
 batch 1 and batch 32, one thread, every width interleaved in one run:
 
