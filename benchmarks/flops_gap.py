@@ -76,14 +76,15 @@ def main() -> None:
     split = "test" if task.test is not None else "validation"
     encoded = encode(getattr(task, split), model.tokenizer, opts.max_length, task.has_pair)
 
-    eager = {w: nimble_contender(model, {"width": w}) for w in widths}
+    knobs = {w: model.check_knobs({"width": w}) for w in widths}
+    eager = {w: nimble_contender(model, knobs[w]) for w in widths}
     compiled: dict[float, Any] = {}
     if not opts.no_compile:
         # One compiled encoder (dynamic shapes: one graph set for every length and row count), called with each
         # width's plan, as ``run`` would call the eager one. Compiled before timing; its warm-up is not timed.
         encoder = torch.compile(model.encoder, dynamic=True)
         for w in widths:
-            plan = contributions(model, {}, model.check_knobs({"width": w})).plan
+            plan = contributions(model, {}, knobs[w]).plan
 
             def call(b: dict[str, torch.Tensor], plan: Any = plan) -> Any:
                 return encoder(b["input_ids"], b["attention_mask"], b.get("token_type_ids"), plan=plan)
@@ -94,7 +95,7 @@ def main() -> None:
     for bs, n in ((1, opts.b1_examples), (32, opts.b32_examples)):
         batches = latency_batches(model, encoded, bs, n)
         with torch.inference_mode():
-            flops = {w: float(torch.cat([sample_flops(model.encoder, run(model, b, model.check_knobs({"width": w})))
+            flops = {w: float(torch.cat([sample_flops(model.encoder, run(model, b, knobs[w]))
                                          for b in batches]).double().mean()) for w in widths}
             for w in compiled:  # compile every graph before the timing starts
                 for b in batches[:3]:
@@ -102,13 +103,11 @@ def main() -> None:
         contenders = {**{f"eager {w:g}": fn for w, fn in eager.items()},
                       **{f"compiled {w:g}": fn for w, fn in compiled.items()}}
         lat = compare_latency(contenders, batches, bs, rounds=opts.rounds)
-        ref = lat["eager 1"]["ms_per_sample"] if bs > 1 else 1e3 / lat["eager 1"]["samples_per_s"]
+        ref = common.mean_ms(lat["eager 1"], bs)
         for w in widths:
             share, others = product_share(eager[w], batches)
             for mode in ("eager", "compiled") if w in compiled else ("eager",):
-                entry = lat[f"{mode} {w:g}"]
-                # batch 1: the mean time (FLOPs × is a mean over the sentences); batch 32: per sentence
-                ms = entry["ms_per_sample"] if bs > 1 else 1e3 / entry["samples_per_s"]
+                ms = common.mean_ms(lat[f"{mode} {w:g}"], bs)  # batch 1: the mean, as FLOPs × is a mean
                 row = {"batch": bs, "width": w, "mode": mode, "ms": round(ms, 4), "flops": flops[w],
                        "flops_x": round(flops[1.0] / flops[w], 3), "measured_x": round(ref / ms, 3)}
                 row["ratio"] = round(row["measured_x"] / row["flops_x"], 3)

@@ -60,11 +60,6 @@ def torchao_int8(hf: Any) -> Any | None:
     return model
 
 
-def mean_ms(entry: dict[str, float], batch: int) -> float:
-    """Mean (throughput) milliseconds per sentence of a latency entry."""
-    return 1000.0 / entry["samples_per_s"] if batch == 1 else entry["ms_per_sample"]
-
-
 def paired(base: Any, correct: np.ndarray) -> dict[str, float]:
     return common.paired_bootstrap(base.correct, correct)
 
@@ -150,7 +145,7 @@ def main() -> None:
     add_speedups(lat)
     for name, row in rows.items():
         b1, b32 = lat["batch1"][name], lat["batch32"][name]
-        row.update(b1_p50_ms=b1["p50_ms"], b1_mean_ms=round(mean_ms(b1, 1), 3), b1_p90_ms=b1["p90_ms"],
+        row.update(b1_p50_ms=b1["p50_ms"], b1_mean_ms=round(common.mean_ms(b1, 1), 3), b1_p90_ms=b1["p90_ms"],
                    b1_speedup=b1["speedup"], b32_ms_per_sample=b32["ms_per_sample"], b32_speedup=b32["speedup"])
     faster = {f"b{b}": min((n for n in rows if n.startswith("transformers-")),
                            key=lambda n, t=f"batch{b}": lat[t][n]["ms_per_sample"]) for b in (1, 32)}

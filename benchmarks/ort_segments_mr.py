@@ -188,10 +188,6 @@ def seg_predict(runner: Any, loader: Any, speed: float) -> tuple[np.ndarray, np.
     return (np.concatenate(preds)[order], np.concatenate(labels)[order], np.concatenate(layers)[order])
 
 
-def mean_ms(entry: dict[str, float], batch: int) -> float:
-    return 1000.0 / entry["samples_per_s"] if batch == 1 else entry["ms_per_sample"]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", default="runs/teacher-mr")
@@ -297,7 +293,7 @@ def main() -> None:
     timing = []
     for name, _ in fns.items():
         b1, b32 = lat["batch1"][name], lat["batch32"][name]
-        timing.append({"name": name, "b1_p50_ms": b1["p50_ms"], "b1_mean_ms": round(mean_ms(b1, 1), 3),
+        timing.append({"name": name, "b1_p50_ms": b1["p50_ms"], "b1_mean_ms": round(common.mean_ms(b1, 1), 3),
                        "b1_p90_ms": b1["p90_ms"], "b1_speedup": b1["speedup"],
                        "b32_ms_per_sample": b32["ms_per_sample"], "b32_speedup": b32["speedup"],
                        "vs_onnxruntime_int8": {"b1": round(ort[1] / b1["ms_per_sample"], 3),
