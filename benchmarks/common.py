@@ -29,8 +29,12 @@ if not sys.stderr.isatty():  # a log file or CI: no per-load progress bars from 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 DOCS = ROOT / "docs"
 SECTIONS = DOCS / "sections"
-ORDER = ["efficiency_mr", "efficiency", "finetune_mr", "compose_mr", "report_mr", "fastbert_mr", "fastbert_chnsenti",
-         "tinybert_mr", "dynabert_mr", "dynabert_mr_last", "trbert_mr_long", "ssa"]
+# The report first, then what explains its speed (kernels, segments, overhead, the FLOPs gap, start-up, serving), then
+# the methods one by one.
+ORDER = ["efficiency_mr", "efficiency", "int8_mr", "ort_segments_mr", "overhead", "flops_gap", "startup", "serve_mr",
+         "finetune_mr", "compose_mr", "report_mr", "fastbert_mr", "fastbert_chnsenti", "fastbert_uncertain",
+         "tinybert_mr", "tinybert_small", "dynabert_mr", "dynabert_mr_last", "trbert_mr_long", "trbert_knobs", "ssa",
+         "nasbert_mr", "nasbert"]
 # Methods whose many runs (recipe variants, seeds) would crowd the README: it shows only this run's headline for
 # the method (the first word of a section's name); docs/results.md keeps every run. DynaBERT: the recipe that met
 # issue 5's targets.
