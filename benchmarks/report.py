@@ -101,6 +101,18 @@ def grid_of(runs: str, teacher: str, data: str, length: int, seed: int) -> list[
     return grid
 
 
+def only(grid: list[dict[str, Any]], names: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """``--only``: the grid's models named in ``names`` (comma-separated: a model's name, or its folder's name, which
+    a name with a comma in it, ``dynabert → fastbert, w0.75 fixed``, needs), and the names of the ones left out."""
+    wanted = {n.strip() for n in names.split(",")}
+    unknown = wanted - {g["name"] for g in grid} - {Path(g["out"]).name for g in grid}
+    if unknown:
+        raise SystemExit(f"--only: no model of the grid is called {', '.join(sorted(unknown))} (a name, or a "
+                         f"folder name such as dyna-fast-w75)")
+    kept = [g for g in grid if g["name"] in wanted or Path(g["out"]).name in wanted]
+    return kept, list(dict.fromkeys(g["name"] for g in grid if g not in kept))
+
+
 def teacher_length(teacher: str, default: int) -> int:
     """The teacher's training max length (its train_summary.json), which the students and the report use."""
     summary = Path(teacher) / "train_summary.json"
@@ -227,9 +239,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     grid = [g for s in seeds for g in grid_of(args.runs, args.teacher, args.data, length, s)]
     excluded: list[str] = []  # the grid's models this run leaves out (--only): the section names them
     if args.only:
-        wanted = {n.strip() for n in args.only.split(",")}
-        excluded = list(dict.fromkeys(g["name"] for g in grid if g["name"] not in wanted))
-        grid = [g for g in grid if g["name"] in wanted]
+        grid, excluded = only(grid, args.only)
     missing = []
     for g in grid:
         if finished(g["out"]):
@@ -702,7 +712,8 @@ def main() -> None:
     ap.add_argument("--runs", default="runs", help="folder of the trained students (seed 42; others in seed<N>/)")
     ap.add_argument("--seeds", default="42,43", help="comma-separated training seeds of the students")
     ap.add_argument("--train", action="store_true", help="train the students that are missing (slow)")
-    ap.add_argument("--only", help="comma-separated model names of the grid to include (a trial)")
+    ap.add_argument("--only", help="comma-separated models of the grid to include, by name or folder name "
+                    "(dyna-fast-w75): a trial, or a report without the models not trained yet")
     ap.add_argument("--max-length", type=int, default=64, help="when the teacher's train_summary.json does not say")
     ap.add_argument("--b1-examples", type=int, default=200)
     ap.add_argument("--batch-examples", type=int, default=640, help=f"examples timed at batch {BIG}")

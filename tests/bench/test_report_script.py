@@ -77,6 +77,16 @@ def result() -> dict:
     }
 
 
+def test_only_takes_names_and_folder_names_and_names_what_it_left_out(report) -> None:
+    grid = report.grid_of("runs", "runs/teacher-mr", "mr", 64, 42)
+    # a name with a comma in it can only be given by its folder's name
+    kept, left = report.only(grid, "fastbert, dyna-fast-w75")
+    assert [g["name"] for g in kept] == ["fastbert", "dynabert → fastbert, w0.75 fixed"]
+    assert len(left) == len(grid) - 2 and "tinybert3" in left and "fastbert" not in left
+    with pytest.raises(SystemExit, match="no model of the grid is called dyna-fast-w33"):
+        report.only(grid, "fastbert,dyna-fast-w33")
+
+
 def test_goal_table_names_the_fastest_setting_within_each_budget(report) -> None:
     lines = report.goal_table(result()).splitlines()
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
