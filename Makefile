@@ -69,7 +69,7 @@ bench: data
 	$(BIN)/python benchmarks/ssa.py --teacher-check
 	$(BIN)/python benchmarks/ssa.py
 	$(BIN)/python benchmarks/overhead.py --threads 1 --fast runs/fast --dyna-fast runs/dyna-fast --teacher runs/teacher-mr
-	$(BIN)/python benchmarks/flops_gap.py --threads 1 --model runs/dyna --rounds 5  # time by width: products and the rest
+	$(BIN)/python benchmarks/flops_gap.py --threads 1 --model runs/dyna --exits runs/dyna-w25-fast --rounds 5  # time by width and by exits: products and the rest
 	$(BIN)/python benchmarks/overhead_ab.py --threads 1 --before 0903e3c --fast runs/fast --dyna-fast runs/dyna-fast
 	$(BIN)/python benchmarks/nasbert_mr.py --phase train && $(BIN)/python benchmarks/nasbert_mr.py --phase measure
 	$(BIN)/python benchmarks/fastbert_uncertain.py --threads 1

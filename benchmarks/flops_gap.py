@@ -1,4 +1,4 @@
-"""Why narrow widths fall short of their FLOPs: where a float32 forward's time goes, by DynaBERT width.
+"""Why narrow widths and early exits fall short of their FLOPs: where a float32 forward's time goes.
 
 Issue 17 asks the measured speed-up ÷ FLOPs speed-up to be at least 0.9 on every float32 row; the efficiency
 reports' lowest rows are DynaBERT's narrowest width (0.25). The FLOPs count matrix products only
@@ -11,9 +11,13 @@ batch 1 and batch 32, one thread, every width interleaved in one run:
    as a share of all operator self time, applied to the measured time) against the rest: LayerNorm, GELU, residual
    sums, views and copies, per-op dispatch; and the products' rate (GFLOP/s);
 3. a candidate for that rest: the same forward under ``torch.compile`` (inductor, dynamic shapes), which fuses the
-   element-wise ops into generated loops (``--no-compile`` skips it).
+   element-wise ops into generated loops (``--no-compile`` skips it);
+4. the exits apart from the width: a FastBERT folder (``--exits``, by default DynaBERT width 0.25 then FastBERT, the
+   reports' lowest float32 rows) at each ``--speeds`` setting against the same folder at speed 0 (every layer), with
+   the same split into products and the rest. Rows that leave early shrink the batch the later layers run on, so
+   those layers' products run on fewer rows (batch 32) and every layer's per-op costs are paid by fewer sentences.
 
-    python benchmarks/flops_gap.py --threads 1 --model runs/dyna
+    python benchmarks/flops_gap.py --threads 1 --model runs/dyna --exits runs/dyna-w25-fast
 
 ``--docs DIR`` writes the section and JSON there instead of docs/ (a trial run).
 """
@@ -55,6 +59,9 @@ def main() -> None:
     ap.add_argument("--data", default="mr")
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--no-compile", action="store_true", help="leave out the torch.compile contenders")
+    ap.add_argument("--exits", default="runs/dyna-w25-fast",
+                    help="a FastBERT folder whose exits are measured against its own speed 0 ('' leaves them out)")
+    ap.add_argument("--speeds", default="0.5,0.9", help="the --exits folder's speeds (speed 0 is the reference)")
     common.add_options(ap, bootstrap=False, timing={1: 100, 32: 320}, threads_default=1)
     opts = ap.parse_args()
     common.use_threads(opts.threads)
@@ -67,8 +74,10 @@ def main() -> None:
     from nimblebert.data import encode, load_task
     from nimblebert.inference import contributions, run
 
-    folder = opts.model if Path(opts.model).is_absolute() else str(common.ROOT / opts.model)
-    model = load(folder).eval()
+    def folder(path: str) -> str:
+        return path if Path(path).is_absolute() else str(common.ROOT / path)
+
+    model = load(folder(opts.model)).eval()
     widths = [float(w) for w in opts.widths.split(",")]
     if 1.0 not in widths:
         widths.insert(0, 1.0)  # the reference
@@ -91,7 +100,14 @@ def main() -> None:
 
             compiled[w] = call
 
+    # The exits apart from the width: one FastBERT folder at each speed against its own speed 0 (every layer).
+    fast = load(folder(opts.exits)).eval() if opts.exits else None
+    speeds = [0.0, *(float(s) for s in opts.speeds.split(",") if float(s) != 0.0)] if fast is not None else []
+    exit_knobs = {s: fast.check_knobs({"speed": s}) for s in speeds} if fast is not None else {}
+    exiting = {s: nimble_contender(fast, exit_knobs[s]) for s in speeds}
+
     rows: list[dict[str, Any]] = []
+    exit_rows: list[dict[str, Any]] = []
     for bs, n in ((1, opts.b1_examples), (32, opts.b32_examples)):
         batches = latency_batches(model, encoded, bs, n)
         with torch.inference_mode():
@@ -100,8 +116,14 @@ def main() -> None:
             for w in compiled:  # compile every graph before the timing starts
                 for b in batches[:3]:
                     compiled[w](b)
+            exit_flops, layers = {}, {}
+            for s in speeds:
+                outs = [run(fast, b, exit_knobs[s]) for b in batches]
+                exit_flops[s] = float(torch.cat([sample_flops(fast.encoder, o) for o in outs]).double().mean())
+                layers[s] = float(torch.cat([o.layers_run.float() for o in outs]).mean())
         contenders = {**{f"eager {w:g}": fn for w, fn in eager.items()},
-                      **{f"compiled {w:g}": fn for w, fn in compiled.items()}}
+                      **{f"compiled {w:g}": fn for w, fn in compiled.items()},
+                      **{f"exits {s:g}": fn for s, fn in exiting.items()}}
         lat = compare_latency(contenders, batches, bs, rounds=opts.rounds)
         ref = common.mean_ms(lat["eager 1"], bs)
         for w in widths:
@@ -116,10 +138,26 @@ def main() -> None:
                     row.update(products_ms=round(products_ms, 4), rest_ms=round(ms - products_ms, 4),
                                gflops=round(flops[w] / (products_ms * 1e-3) / 1e9, 1), rest_top=others)
                 rows.append(row)
+        for s in speeds:
+            ms = common.mean_ms(lat[f"exits {s:g}"], bs)
+            row = {"batch": bs, "speed": s, "mean_layers": round(layers[s], 3), "ms": round(ms, 4),
+                   "flops": exit_flops[s], "flops_x": round(exit_flops[0.0] / exit_flops[s], 3),
+                   "measured_x": round(common.mean_ms(lat["exits 0"], bs) / ms, 3)}
+            row["ratio"] = round(row["measured_x"] / row["flops_x"], 3)
+            # The composed row as the reports count it: against --model at width 1 (the same run's "eager 1")
+            row["vs_full_flops_x"] = round(flops[1.0] / exit_flops[s], 3)
+            row["vs_full_measured_x"] = round(ref / ms, 3)
+            row["vs_full_ratio"] = round(row["vs_full_measured_x"] / row["vs_full_flops_x"], 3)
+            share, others = product_share(exiting[s], batches)
+            products_ms = share * ms
+            row.update(products_ms=round(products_ms, 4), rest_ms=round(ms - products_ms, 4),
+                       gflops=round(exit_flops[s] / (products_ms * 1e-3) / 1e9, 1), rest_top=others)
+            exit_rows.append(row)
 
     env = {**environment(), "minutes": round((time.time() - t_start) / 60, 1)}
     data = {"model": opts.model, "data": opts.data, "max_length": opts.max_length, "b1_examples": opts.b1_examples,
-            "b32_examples": opts.b32_examples, "rows": rows, "environment": env}
+            "b32_examples": opts.b32_examples, "rows": rows, "exits": opts.exits, "exit_rows": exit_rows,
+            "environment": env}
     md = render(data, common.command_line())
     common.publish("flops_gap", md, data, headline=None, docs=common.docs_folder(opts))
     print(md)
@@ -127,7 +165,7 @@ def main() -> None:
 
 def render(data: dict[str, Any], command: str) -> str:
     lines = [
-        "## Why narrow widths fall short of their FLOPs (float32, by DynaBERT width)",
+        "## Why narrow widths and early exits fall short of their FLOPs (float32)",
         "",
         f"`{command}` — {data['model']} at each width (no exits), `{data['data']}` test sentences (max "
         f"{data['max_length']} tokens): batch 1 over {data['b1_examples']} (mean ms per sentence, as FLOPs × is a "
@@ -146,6 +184,24 @@ def render(data: dict[str, Any], command: str) -> str:
                  else "— | — | — | —")
         lines.append(f"| {r['batch']} | {r['width']:g} | {r['mode']} | {r['ms']:.3f} | {r['flops_x']:.2f} | "
                      f"{r['measured_x']:.2f} | {r['ratio']:.2f} | {extra} |")
+    if data.get("exit_rows"):
+        lines += [
+            "",
+            f"The exits apart from the width: {data['exits']} at each speed against the same folder at speed 0 (every "
+            "layer), eager, same sentences, interleaved with the rows above. Mean layers: the layers a sentence ran. "
+            f"Composed: the same row against {data['model']} at width 1 (the first row of its batch size), as the "
+            "efficiency reports count it.",
+            "",
+            "| batch | speed | mean layers | ms / sentence | FLOPs × | measured × | measured ÷ FLOPs | products ms | "
+            "products GFLOP/s | rest ms | largest rest (share of all op time) | composed: FLOPs × / measured × / ÷ |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in data["exit_rows"]:
+            rest = ", ".join(f"{k} {v:.0%}" for k, v in r["rest_top"].items())
+            lines.append(f"| {r['batch']} | {r['speed']:g} | {r['mean_layers']:.2f} | {r['ms']:.3f} | "
+                         f"{r['flops_x']:.2f} | {r['measured_x']:.2f} | {r['ratio']:.2f} | {r['products_ms']:.3f} | "
+                         f"{r['gflops']:.0f} | {r['rest_ms']:.3f} | {rest} | {r['vs_full_flops_x']:.2f} / "
+                         f"{r['vs_full_measured_x']:.2f} / {r['vs_full_ratio']:.2f} |")
     lines += ["", env_line(data["environment"]) + " The process is pinned to one core."]
     return "\n".join(lines) + "\n"
 

@@ -220,3 +220,11 @@ def test_flops_gap_counts_products_apart_from_the_work_a_width_does_not_shrink(s
     md = flops_gap.render(data, "python benchmarks/flops_gap.py")
     assert "| 1 | 0.25 | eager | 5.500 | 3.99 | 2.85 | 0.71 | 4.170 | 36 | 1.330 | gelu 5% |" in md
     assert "| 1 | 0.25 | compiled | 5.500 | 3.99 | 2.85 | 0.71 | — | — | — | — |" in md
+    assert "exits apart" not in md  # no exit rows measured: no second table
+
+    exits = {"batch": 32, "speed": 0.9, "mean_layers": 1.55, "ms": 0.797, "flops_x": 3.27, "measured_x": 2.46,
+             "ratio": 0.752, "products_ms": 0.609, "gflops": 75.0, "rest_ms": 0.188, "rest_top": {"tanh": 0.03},
+             "vs_full_flops_x": 11.3, "vs_full_measured_x": 8.1, "vs_full_ratio": 0.717}
+    md = flops_gap.render({**data, "exits": "runs/dyna-w25-fast", "exit_rows": [exits]}, "x")
+    assert "runs/dyna-w25-fast at each speed" in md
+    assert "| 32 | 0.9 | 1.55 | 0.797 | 3.27 | 2.46 | 0.75 | 0.609 | 75 | 0.188 | tanh 3% | 11.30 / 8.10 / 0.72 |" in md
