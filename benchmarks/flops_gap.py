@@ -52,6 +52,15 @@ def product_share(fn: Any, batches: list[Any]) -> tuple[float, dict[str, float]]
     return products / total, {e.key.removeprefix("aten::"): round(e.self_cpu_time_total / total, 4) for e in others}
 
 
+def split_time(fn: Any, batches: list[Any], ms: float, flops: float) -> dict[str, Any]:
+    """``ms`` (a measured time per sentence of ``fn`` doing ``flops`` per sentence) split into the products and the
+    rest by :func:`product_share`, with the products' rate."""
+    share, others = product_share(fn, batches)
+    products_ms = share * ms
+    return {"products_ms": round(products_ms, 4), "rest_ms": round(ms - products_ms, 4),
+            "gflops": round(flops / (products_ms * 1e-3) / 1e9, 1), "rest_top": others}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="runs/dyna", help="a DynaBERT folder (its --width knob is swept)")
@@ -103,7 +112,7 @@ def main() -> None:
     # The exits apart from the width: one FastBERT folder at each speed against its own speed 0 (every layer).
     fast = load(folder(opts.exits)).eval() if opts.exits else None
     speeds = [0.0, *(float(s) for s in opts.speeds.split(",") if float(s) != 0.0)] if fast is not None else []
-    exit_knobs = {s: fast.check_knobs({"speed": s}) for s in speeds} if fast is not None else {}
+    exit_knobs = {s: fast.check_knobs({"speed": s}) for s in speeds}
     exiting = {s: nimble_contender(fast, exit_knobs[s]) for s in speeds}
 
     rows: list[dict[str, Any]] = []
@@ -127,16 +136,13 @@ def main() -> None:
         lat = compare_latency(contenders, batches, bs, rounds=opts.rounds)
         ref = common.mean_ms(lat["eager 1"], bs)
         for w in widths:
-            share, others = product_share(eager[w], batches)
             for mode in ("eager", "compiled") if w in compiled else ("eager",):
                 ms = common.mean_ms(lat[f"{mode} {w:g}"], bs)  # batch 1: the mean, as FLOPs × is a mean
                 row = {"batch": bs, "width": w, "mode": mode, "ms": round(ms, 4), "flops": flops[w],
                        "flops_x": round(flops[1.0] / flops[w], 3), "measured_x": round(ref / ms, 3)}
                 row["ratio"] = round(row["measured_x"] / row["flops_x"], 3)
                 if mode == "eager":
-                    products_ms = share * ms
-                    row.update(products_ms=round(products_ms, 4), rest_ms=round(ms - products_ms, 4),
-                               gflops=round(flops[w] / (products_ms * 1e-3) / 1e9, 1), rest_top=others)
+                    row.update(split_time(eager[w], batches, ms, flops[w]))
                 rows.append(row)
         for s in speeds:
             ms = common.mean_ms(lat[f"exits {s:g}"], bs)
@@ -148,10 +154,7 @@ def main() -> None:
             row["vs_full_flops_x"] = round(flops[1.0] / exit_flops[s], 3)
             row["vs_full_measured_x"] = round(ref / ms, 3)
             row["vs_full_ratio"] = round(row["vs_full_measured_x"] / row["vs_full_flops_x"], 3)
-            share, others = product_share(exiting[s], batches)
-            products_ms = share * ms
-            row.update(products_ms=round(products_ms, 4), rest_ms=round(ms - products_ms, 4),
-                       gflops=round(exit_flops[s] / (products_ms * 1e-3) / 1e9, 1), rest_top=others)
+            row.update(split_time(exiting[s], batches, ms, exit_flops[s]))
             exit_rows.append(row)
 
     env = {**environment(), "minutes": round((time.time() - t_start) / 60, 1)}
@@ -161,6 +164,10 @@ def main() -> None:
     md = render(data, common.command_line())
     common.publish("flops_gap", md, data, headline=None, docs=common.docs_folder(opts))
     print(md)
+
+
+def _rest(row: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.0%}" for k, v in row.get("rest_top", {}).items())
 
 
 def render(data: dict[str, Any], command: str) -> str:
@@ -179,8 +186,7 @@ def render(data: dict[str, Any], command: str) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["rows"]:
-        rest = ", ".join(f"{k} {v:.0%}" for k, v in r.get("rest_top", {}).items())
-        extra = (f"{r['products_ms']:.3f} | {r['gflops']:.0f} | {r['rest_ms']:.3f} | {rest}" if "products_ms" in r
+        extra = (f"{r['products_ms']:.3f} | {r['gflops']:.0f} | {r['rest_ms']:.3f} | {_rest(r)}" if "products_ms" in r
                  else "— | — | — | —")
         lines.append(f"| {r['batch']} | {r['width']:g} | {r['mode']} | {r['ms']:.3f} | {r['flops_x']:.2f} | "
                      f"{r['measured_x']:.2f} | {r['ratio']:.2f} | {extra} |")
@@ -197,10 +203,9 @@ def render(data: dict[str, Any], command: str) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in data["exit_rows"]:
-            rest = ", ".join(f"{k} {v:.0%}" for k, v in r["rest_top"].items())
             lines.append(f"| {r['batch']} | {r['speed']:g} | {r['mean_layers']:.2f} | {r['ms']:.3f} | "
                          f"{r['flops_x']:.2f} | {r['measured_x']:.2f} | {r['ratio']:.2f} | {r['products_ms']:.3f} | "
-                         f"{r['gflops']:.0f} | {r['rest_ms']:.3f} | {rest} | {r['vs_full_flops_x']:.2f} / "
+                         f"{r['gflops']:.0f} | {r['rest_ms']:.3f} | {_rest(r)} | {r['vs_full_flops_x']:.2f} / "
                          f"{r['vs_full_measured_x']:.2f} / {r['vs_full_ratio']:.2f} |")
     lines += ["", env_line(data["environment"]) + " The process is pinned to one core."]
     return "\n".join(lines) + "\n"
