@@ -138,6 +138,12 @@ def points_ci(v: dict[str, float] | None) -> str:
     return "—" if v is None else f"{100 * v['diff']:+.2f} [{100 * v['low']:+.2f}, {100 * v['high']:+.2f}]"
 
 
+def in_repo(path: str) -> str:
+    """``path`` as the scripts take it on the command line: relative to the repository root (where the commands in
+    the sections run from), an absolute path as it is, an empty one (an option left out) empty."""
+    return str(ROOT / path) if path else path
+
+
 def finished(folder: str | Path) -> bool:
     return (Path(folder) / "config.json").exists()
 

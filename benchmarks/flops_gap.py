@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any
 
 import common
@@ -83,10 +82,7 @@ def main() -> None:
     from nimblebert.data import encode, load_task
     from nimblebert.inference import contributions, run
 
-    def folder(path: str) -> str:
-        return path if Path(path).is_absolute() else str(common.ROOT / path)
-
-    model = load(folder(opts.model)).eval()
+    model = load(common.in_repo(opts.model)).eval()
     widths = [float(w) for w in opts.widths.split(",")]
     if 1.0 not in widths:
         widths.insert(0, 1.0)  # the reference
@@ -110,7 +106,7 @@ def main() -> None:
             compiled[w] = call
 
     # The exits apart from the width: one FastBERT folder at each speed against its own speed 0 (every layer).
-    fast = load(folder(opts.exits)).eval() if opts.exits else None
+    fast = load(common.in_repo(opts.exits)).eval() if opts.exits else None
     speeds = [0.0, *(float(s) for s in opts.speeds.split(",") if float(s) != 0.0)] if fast is not None else []
     exit_knobs = {s: fast.check_knobs({"speed": s}) for s in speeds}
     exiting = {s: nimble_contender(fast, exit_knobs[s]) for s in speeds}

@@ -33,7 +33,7 @@ from typing import Any
 
 import common
 import numpy as np
-from common import ROOT, environment, finished, points_ci
+from common import environment, finished, points_ci
 
 SPEEDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 WIDTHS = (1.0, 0.75, 0.5, 0.25)
@@ -74,7 +74,7 @@ def main() -> None:
     ap.add_argument("--no-torchao", action="store_true", help="skip the torchao row even when it imports")
     opts = ap.parse_args()
     common.use_threads(opts.threads)
-    teacher_dir = str(ROOT / opts.teacher) if not Path(opts.teacher).is_absolute() else opts.teacher
+    teacher_dir = common.in_repo(opts.teacher)
     if not finished(teacher_dir):
         raise SystemExit(f"{teacher_dir} is missing: run benchmarks/finetune_mr.py first")
     t_start = time.time()
@@ -155,7 +155,7 @@ def main() -> None:
                                       "b32": round(ort["b32_ms_per_sample"] / row["b32_ms_per_sample"], 3)}
 
     # ---- per-call overhead: a row that leaves after layer 1 against the full model, batch 1 ------------
-    fast_dir = str(ROOT / opts.fastbert) if opts.fastbert and not Path(opts.fastbert).is_absolute() else opts.fastbert
+    fast_dir = common.in_repo(opts.fastbert)
     trained_fast = bool(fast_dir) and finished(fast_dir)
     if trained_fast:
         fast32, fast8 = load(fast_dir), load(fast_dir, runtime="int8")
@@ -190,7 +190,7 @@ def main() -> None:
                 exits.append({"speed": speed, "runtime": tag, "accuracy": float(correct.mean()),
                               "mean_layers": float(p.layers.float().mean()), "vs_teacher": paired(base, correct)})
     widths = []
-    dyna_dir = str(ROOT / opts.dynabert) if opts.dynabert and not Path(opts.dynabert).is_absolute() else opts.dynabert
+    dyna_dir = common.in_repo(opts.dynabert)
     if dyna_dir and finished(dyna_dir):
         d32, d8 = load(dyna_dir), load(dyna_dir, runtime="int8")
         for width in WIDTHS:

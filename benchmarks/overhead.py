@@ -31,7 +31,7 @@ from typing import Any
 
 import common
 import torch
-from common import env_line, environment
+from common import env_line, environment, in_repo
 
 
 def timed(fn: Any, inputs: list[Any], rounds: int, warmup: int = 3) -> dict[str, float]:
@@ -122,14 +122,10 @@ def main() -> None:
     from nimblebert.bench.latency import compare_latency
     from nimblebert.bench.measure import hf_contender, latency_batches, nimble_contender, transformers_baselines
     from nimblebert.data import encode, load_task
-
-    def path(p: str) -> str:
-        return str(common.ROOT / p) if p and not Path(p).is_absolute() else p
-
     from nimblebert.runtime.onednn import bf16_supported
 
     # Parts 1 and 3 in float32 and int8; part 2 (exit after layer 1 vs full) also in bf16-onednn where oneDNN has it
-    fast = {rt: load(path(opts.fast), runtime=rt).eval() for rt in ("fp32", "int8")}
+    fast = {rt: load(in_repo(opts.fast), runtime=rt).eval() for rt in ("fp32", "int8")}
     exit_runtimes = ("fp32", "int8", *(("bf16-onednn",) if bf16_supported() else ()))
     task = load_task(opts.data, label_names=fast["fp32"].label_names)
     split = "test" if task.test is not None else "validation"
@@ -141,10 +137,10 @@ def main() -> None:
 
     # 2. exit after layer 1 vs the full model, interleaved
     fns: dict[str, Any] = {}
-    models = [("fast", {**fast, **{rt: load(path(opts.fast), runtime=rt).eval() for rt in exit_runtimes
+    models = [("fast", {**fast, **{rt: load(in_repo(opts.fast), runtime=rt).eval() for rt in exit_runtimes
                                    if rt not in fast}}, {})]
     if opts.dyna_fast:
-        models.append(("dyna-fast w0.5", {rt: load(path(opts.dyna_fast), runtime=rt).eval() for rt in exit_runtimes},
+        models.append(("dyna-fast w0.5", {rt: load(in_repo(opts.dyna_fast), runtime=rt).eval() for rt in exit_runtimes},
                        {"width": 0.5}))
     for tag, ms, extra in models:
         for rt, m in ms.items():
@@ -184,8 +180,8 @@ def main() -> None:
         print(json.dumps(partial, indent=1))
         return
     # 3. the teacher against plain transformers, batch 1 and 32
-    teacher = {rt: load(path(opts.teacher), runtime=rt).eval() for rt in ("fp32", "int8")}
-    plain = transformers_baselines(path(opts.teacher))
+    teacher = {rt: load(in_repo(opts.teacher), runtime=rt).eval() for rt in ("fp32", "int8")}
+    plain = transformers_baselines(in_repo(opts.teacher))
     contenders: dict[str, Any] = {name: hf_contender(hf) for name, hf in plain.items()}
     contenders.update({f"nimblebert-{rt}": nimble_contender(m, {}) for rt, m in teacher.items()})
     lat = {}

@@ -29,7 +29,7 @@ from typing import Any
 
 import common
 import torch
-from common import ROOT, env_line, environment
+from common import ROOT, env_line, environment, in_repo
 from overhead import aten_ops, timed
 
 
@@ -68,10 +68,7 @@ def main() -> None:
     old_run = importlib.import_module(f"{old.__name__}.inference").run
     new_run = importlib.import_module("nimblebert.inference").run
 
-    def path(p: str) -> str:
-        return str(ROOT / p) if p and not Path(p).is_absolute() else p
-
-    specs = [("fast", path(opts.fast), {})] + ([("dyna-fast w0.5", path(opts.dyna_fast), {"width": 0.5})]
+    specs = [("fast", in_repo(opts.fast), {})] + ([("dyna-fast w0.5", in_repo(opts.dyna_fast), {"width": 0.5})]
                                                if opts.dyna_fast else [])
     first = nimblebert.load(specs[0][1])
     task = load_task(opts.data, label_names=first.label_names)

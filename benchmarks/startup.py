@@ -80,7 +80,7 @@ def main() -> None:
     common.add_options(ap, bootstrap=False, threads_default=1)
     opts = ap.parse_args()
     common.use_threads(opts.threads)
-    model = opts.model if Path(opts.model).is_absolute() else str(ROOT / opts.model)
+    model = common.in_repo(opts.model)
     if not common.finished(model):
         raise SystemExit(f"{model} is missing: run benchmarks/finetune_mr.py first")
     work = Path(tempfile.mkdtemp(prefix="startup_"))

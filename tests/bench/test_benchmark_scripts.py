@@ -116,6 +116,15 @@ def test_the_quoted_command_leaves_out_where_the_files_went(scripts, monkeypatch
     assert common.quoted_command(stored) == "python benchmarks/report.py --data chnsenti --threads 1"
 
 
+def test_a_folder_on_the_command_line_is_relative_to_the_repository(scripts) -> None:
+    """The sections' commands run from the repository root: a relative folder is under it wherever the script is
+    started from; an absolute one stays as it is; an option left out (empty) stays empty instead of the root."""
+    common = scripts[0]
+    assert common.in_repo("runs/dyna") == str(common.ROOT / "runs" / "dyna")
+    assert common.in_repo("/elsewhere/runs/dyna") == "/elsewhere/runs/dyna"
+    assert common.in_repo("") == ""
+
+
 @pytest.mark.parametrize("script", sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name != "common.py"))
 def test_every_benchmark_builds_its_options(script: str, monkeypatch, capsys) -> None:
     """`--help` builds every script's parser (the shared options of common.add_options included: an option added
