@@ -2,8 +2,9 @@
 #   make demo   fine-tune MiniLM-L6 on the built-in `mr` data, evaluate it, print accuracy and speed,
 #               then a short FastBERT run and its speed sweep (6.6 minutes measured on 2 CPU cores)
 #   make test   run the test suite (offline, tiny random models)
-# and one regenerates every measured figure in docs/results.md from scratch (about 9 hours on 2 cores). Measured on
-# 2026-12-06 at 1 thread:
+# and one regenerates every measured figure in docs/results.md from scratch (about 20 hours on 2 cores as written,
+# one job after another; half of it is the chnsenti report, which splits over two streams). Measured on 2026-12-06
+# and 2026-12-07 at 1 thread:
 #   - the efficiency report: about 2 hours on an AMD EPYC (Zen 4): trainings 55 min as two 1-thread streams,
 #     accuracy sweeps 16 + 16 min one seed at a time (a pass now holds one model at a time: they fit side by side),
 #     timed run 32 min; about 70 min on an Intel Xeon with AMX: trainings 37 + 36 min (the folders' train_seconds),
@@ -12,7 +13,8 @@
 #   - the sections added after it, about 5 hours more: mostly NAS-BERT's supernet and searches (~2 h), the small-data
 #     TinyBERT recipes (~1 h on 400 rows; on all of mr 2.5 h at 1 thread, 4 seeds x (290 + 569 + 178 s for the
 #     recipes + 1230 s for the TextBrewer peer), 75 min as two 1-thread streams) and the chnsenti teacher (10 epochs,
-#     86 min at 2 threads; it keeps its best epoch on validation, the 6th).
+#     86 min at 2 threads; it keeps its best epoch on validation, the 6th);
+#   - the efficiency report on chnsenti, about 10 hours more as one stream (below, at its line).
 #   make bench
 PYTHON ?= python3
 VENV   ?= .venv
@@ -81,9 +83,11 @@ bench: data
 		--reference textbrewer,short --name tinybert_small_full --threads 1 $(if $(TB_PYTHON),--textbrewer $(TB_PYTHON))
 	$(BIN)/nimblebert train finetune --model minilm-l6 --data chnsenti --out runs/teacher-chnsenti --epochs 10 \
 		--batch-size 32 --lr 5e-5 --max-length 128 --seed 42
-	# chnsenti's grid: FastBERT only, both seeds (23 min of training each at 1 thread, two streams; tinybert3 and
-	# DynaBERT at 128 tokens on 13,891 rows would take hours per seed; without --only it trains the whole grid)
-	$(BIN)/python benchmarks/report.py --data chnsenti --threads 1 --seeds 42,43 --only fastbert --train
+	# chnsenti's report, the whole grid at 128 tokens on 13,891 rows, seed 42 (the second seed is still training):
+	# 7.3 h of training at 1 thread (DynaBERT 2.1 h, then its FastBERT 1.5 h; the folders' train_seconds) plus the
+	# accuracy passes on five runtimes (6-10 min per model): about 10 h as this one line runs, about 5 h as two
+	# 1-thread streams (report.py --train --accuracy-only --only ..., one per chain); then the timed run alone, 36 min
+	$(BIN)/python benchmarks/report.py --data chnsenti --threads 1 --seeds 42 --val-examples 868 --train
 
 clean-runs:
 	rm -rf runs bench
