@@ -315,7 +315,7 @@ HISTORY_INTRO = ("# nimblebert — earlier runs\n",
                  "Runs kept for the record, not the current figures (those are in [results.md](results.md)): recipe "
                  "explorations and reports measured with models or teachers that later runs replaced. Each section "
                  "still names the script and the machine that produced it.\n",
-                 "The `chnsenti` section here was measured with an earlier teacher in `runs/teacher-chnsenti`, "
+                 "The `chnsenti` section here was measured with a teacher in `runs/teacher-chnsenti` since replaced, "
                  "stopped while its validation accuracy was still rising: 1 epoch at 64 tokens (0.6866 on test). "
                  "Today's teacher there, which every current `chnsenti` figure uses, is the 10-epoch fine-tune at 128 "
                  "tokens that keeps its best epoch on validation (0.7431 on test; 2 epochs gave 0.7235, 5 gave "

@@ -214,11 +214,12 @@ def test_flops_gap_counts_products_apart_from_the_work_a_width_does_not_shrink(s
     import torch
     import torch.nn.functional as F
 
-    w = torch.randn(256, 256)
-    x = torch.randn(64, 256)
+    # a product big enough (34 MFLOPs a call) that dispatch cannot eat a fifth of it on a busy machine
+    w = torch.randn(512, 512)
+    x = torch.randn(128, 512)
     products, _ = flops_gap.product_share(lambda b: F.linear(b, w), [x] * 5)
     assert products > 0.8  # a pure product: nearly all its operator time counted as products
-    elementwise, others = flops_gap.product_share(lambda b: F.layer_norm(F.gelu(b), (256,)), [x] * 5)
+    elementwise, others = flops_gap.product_share(lambda b: F.layer_norm(F.gelu(b), (512,)), [x] * 5)
     assert elementwise == 0.0 and "gelu" in others  # no product at all: every microsecond is the rest
 
     row = {"batch": 1, "width": 0.25, "flops_x": 3.99, "measured_x": 2.85, "ratio": 0.714, "ms": 5.5}
