@@ -684,8 +684,10 @@ Every chosen setting and the baselines:
 - Models, seed {seeds[0]} (each from the folder before{other_seeds}):
 {recipe}{missing}
 """
+    # a subset's accuracy is not the teacher's validation accuracy quoted elsewhere: name the subset
+    val_short = "validation" if n_val == all_val else f"validation ({n_val} of {all_val} rows)"
     headline = (f"**Efficiency on `{data}`** (`{command}`; teacher {tt['accuracy']:.4f} test / "
-                f"{tv['accuracy']:.4f} validation; × over plain transformers in the same run, batch 1 p50; "
+                f"{tv['accuracy']:.4f} {val_short}; × over plain transformers in the same run, batch 1 p50; "
                 f"{env_text(env)}):\n\n{goal_table(result)}\n\n![Pareto chart](docs/{Path(chart).name})\n")
     return md, headline
 

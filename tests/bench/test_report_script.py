@@ -120,6 +120,7 @@ def test_render_from_json_alone_writes_section_and_chart(report, tmp_path: Path,
     md = (tmp_path / "efficiency_mr.md").read_text()
     assert (tmp_path / "efficiency_mr.png").read_bytes()[:4] == b"\x89PNG"
     assert "0.8087 on the 800 test" in md and "0.8075 on the 400 validation" in md
+    assert "teacher 0.8087 test / 0.8075 validation;" in report.render(data, "c.png")[1]  # the README's headline
     assert "AMD EPYC (avx512_vnni), 1 thread(s), pinned to CPU 0" in md
     assert "| **onnxruntime-int8** | int8 |" in md
     assert json.loads((tmp_path / "efficiency_mr.json").read_text())["rows"] == data["rows"]  # JSON untouched
@@ -132,6 +133,8 @@ def test_settings_chosen_on_a_validation_subset_say_so(report, tmp_path: Path, m
     report.main()
     md = " ".join((tmp_path / "efficiency_mr.md").read_text().split())
     assert "0.8075 on 868 of the 1736 validation examples (a fixed random subset" in md
+    # the README's headline too: a subset's accuracy must not read as the teacher's validation accuracy
+    assert "teacher 0.8087 test / 0.8075 validation (868 of 1736 rows);" in report.render(data, "c.png")[1]
     monkeypatch.setattr(sys, "argv", ["report.py", "--val-examples", "0"])
     with pytest.raises(SystemExit) as e:
         report.main()
