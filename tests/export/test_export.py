@@ -155,3 +155,27 @@ def test_materializer_hook_gets_the_knobs(tmp_path: Path, monkeypatch: pytest.Mo
     assert static.method == "finetune" and seen["speed"] == 0.5  # checked and converted by the method's knob
     with pytest.raises(UserError, match="out of range"):
         to_static(model, {"speed": 2})
+
+
+def test_static_shapes_leaves_an_uninferable_graph_as_it_is_and_writes_nothing_in_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime's symbolic shape inference, where it cannot finish (here: an operator it does not know), saves its
+    partial graph as ``sym_shape_infer_temp.onnx`` (with the weights beside it) into the working directory and raises;
+    three such copies once reached this repository's root. The rewrite only saves time, so the graph stays as
+    exported and the user's directory stays clean."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Foo", ["x"], ["f"], domain="com.example"),
+             helper.make_node("Shape", ["f"], ["s"]), helper.make_node("Reshape", ["f", "s"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    before = path.read_bytes()
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert onnx_format.static_shapes(path) == 0
+    assert path.read_bytes() == before
+    assert list(work.iterdir()) == [] and Path.cwd() == work

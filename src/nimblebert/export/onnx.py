@@ -19,6 +19,8 @@ import copy
 import inspect
 import json
 import logging
+import os
+import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -150,7 +152,7 @@ SLOW_FUSIONS = ("SkipLayerNormFusion",)
 
 def static_shapes(path: str | Path) -> int:
     """Rewrite the ONNX graph at ``path`` in place so that its reshapes need no shape arithmetic at run time; returns
-    how many nodes were rewritten.
+    how many nodes were rewritten (0, the file untouched, where onnxruntime's shape inference cannot finish).
 
     The TorchScript exporter writes ``x.view(b, t, h, d)`` as Shape → Gather → Unsqueeze → Concat → Reshape, about
     ten small nodes per reshape, each a kernel call of ~1 µs that onnxruntime cannot fold away (the sizes are
@@ -165,8 +167,20 @@ def static_shapes(path: str | Path) -> int:
 
     model = onnx.load(str(path))
     # auto_merge: the position embeddings' slice ([:t] of a 512-row table) is a new symbol that the sum with the
-    # token embeddings equates with the sequence length.
-    inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    # token embeddings equates with the sequence length. Where inference stops short, onnxruntime saves the partial
+    # graph as sym_shape_infer_temp.onnx plus ~50 MB of weight files under random names into the working directory
+    # and raises: it runs in a directory of its own, and the graph is left as exported (the rewrite only saves time).
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory() as scratch:
+        os.chdir(scratch)
+        try:
+            inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+        except Exception:  # onnxruntime raises a bare Exception("Incomplete symbolic shape inference")
+            inferred = None
+        finally:
+            os.chdir(here)
+    if inferred is None:
+        return 0
     g = inferred.graph
     dims: dict[str, list[int | str | None]] = {}
     for v in [*g.value_info, *g.input, *g.output]:
