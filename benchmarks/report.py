@@ -68,8 +68,9 @@ TEACHERS = {"mr": "runs/teacher-mr", "chnsenti": "runs/teacher-chnsenti"}
 BIG = 32
 ORT_INT8 = "onnxruntime-int8"
 CACHE = ROOT / "bench" / "report_cache.json"
-# The code whose change changes logits: a cached accuracy is only reused under the same code.
-NUMERICS = ("core", "runtime", "methods", "inference.py", "model.py")
+# The code whose change changes logits: a cached accuracy is only reused under the same code. export/: the ort-int8
+# runtime's graphs are traced from the static model (export/static.py) and rewritten by export/onnx.py.
+NUMERICS = ("core", "runtime", "methods", "export", "inference.py", "model.py")
 
 
 # ---- models ---------------------------------------------------------------------------------------
