@@ -117,6 +117,7 @@ def main() -> None:
     opts = ap.parse_args()
     common.use_threads(opts.threads)
     t_start = time.time()
+    fast_dir, dyna_fast_dir, teacher_dir = (in_repo(p) for p in (opts.fast, opts.dyna_fast, opts.teacher))
 
     from nimblebert import load
     from nimblebert.bench.latency import compare_latency
@@ -125,7 +126,7 @@ def main() -> None:
     from nimblebert.runtime.onednn import bf16_supported
 
     # Parts 1 and 3 in float32 and int8; part 2 (exit after layer 1 vs full) also in bf16-onednn where oneDNN has it
-    fast = {rt: load(in_repo(opts.fast), runtime=rt).eval() for rt in ("fp32", "int8")}
+    fast = {rt: load(fast_dir, runtime=rt).eval() for rt in ("fp32", "int8")}
     exit_runtimes = ("fp32", "int8", *(("bf16-onednn",) if bf16_supported() else ()))
     task = load_task(opts.data, label_names=fast["fp32"].label_names)
     split = "test" if task.test is not None else "validation"
@@ -137,10 +138,10 @@ def main() -> None:
 
     # 2. exit after layer 1 vs the full model, interleaved
     fns: dict[str, Any] = {}
-    models = [("fast", {**fast, **{rt: load(in_repo(opts.fast), runtime=rt).eval() for rt in exit_runtimes
+    models = [("fast", {**fast, **{rt: load(fast_dir, runtime=rt).eval() for rt in exit_runtimes
                                    if rt not in fast}}, {})]
     if opts.dyna_fast:
-        models.append(("dyna-fast w0.5", {rt: load(in_repo(opts.dyna_fast), runtime=rt).eval() for rt in exit_runtimes},
+        models.append(("dyna-fast w0.5", {rt: load(dyna_fast_dir, runtime=rt).eval() for rt in exit_runtimes},
                        {"width": 0.5}))
     for tag, ms, extra in models:
         for rt, m in ms.items():
@@ -180,8 +181,8 @@ def main() -> None:
         print(json.dumps(partial, indent=1))
         return
     # 3. the teacher against plain transformers, batch 1 and 32
-    teacher = {rt: load(in_repo(opts.teacher), runtime=rt).eval() for rt in ("fp32", "int8")}
-    plain = transformers_baselines(in_repo(opts.teacher))
+    teacher = {rt: load(teacher_dir, runtime=rt).eval() for rt in ("fp32", "int8")}
+    plain = transformers_baselines(teacher_dir)
     contenders: dict[str, Any] = {name: hf_contender(hf) for name, hf in plain.items()}
     contenders.update({f"nimblebert-{rt}": nimble_contender(m, {}) for rt, m in teacher.items()})
     lat = {}
