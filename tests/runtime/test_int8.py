@@ -216,7 +216,19 @@ def test_narrow_widths_run_in_int8() -> None:
     assert float((out - ref).abs().max()) < 0.05 * float(ref.abs().max()) + 0.02
     assert not torch.allclose(out, full)  # the width really changed what ran
     layer0 = q.encoder.parts[0]
-    assert (2 * 16, None) in layer0.query._packed and (None, 64) in layer0.ffn_out._packed  # packed once per width
+    # packed once per width; Q, K and V as one fused product at the narrow width too
+    assert 2 * 16 in layer0.query.fused_qkv._widths and (None, 64) in layer0.ffn_out._packed
+    assert (2 * 16, None) not in layer0.query._packed
+    x = torch.randn(5, 64)
+    with torch.inference_mode():  # it gives what the three narrow products give (same input quantization)
+        fused = layer0.query.fused_qkv.width(2 * 16)(x)
+        separate = torch.cat([m.narrow(x, rows=2 * 16) for m in (layer0.query, layer0.key, layer0.value)], dim=-1)
+    torch.testing.assert_close(fused, separate, atol=1e-5, rtol=1e-5)
+    for p in q.encoder.parts:  # and so the whole model, against the three-call path the core takes without it
+        object.__setattr__(p.query, "fused_qkv", None)
+    with torch.inference_mode():
+        unfused = q.encoder(b["input_ids"], b["attention_mask"], plan=plan).logits
+    torch.testing.assert_close(out, unfused, atol=1e-5, rtol=1e-5)
 
 
 def test_fastbert_exits_fire_under_int8() -> None:

@@ -307,7 +307,7 @@ class CoreEncoder(nn.Module):
         if layout is not None and need_scores:
             raise ValueError("the row layout pads keys; explicit scores run without it")
         # The int8 and oneDNN runtimes pack Q, K, V as one product: one call (and, in int8, one input
-        # quantization) instead of three; the oneDNN runtimes' also at each narrower width (their ``width``).
+        # quantization) instead of three, at each narrower width too (their ``width``).
         fused = getattr(p.query, "fused_qkv", None)
         if fused is not None and h != self.stored_heads:
             fused = fused.width(n) if hasattr(fused, "width") else None

@@ -250,19 +250,34 @@ def quantize_(module: nn.Module, min_features: int | None = None) -> int:
 class FusedInt8:
     """Several Linears reading the same input as one int8 product: their weights stacked by rows, packed once.
 
-    The core's attention calls it for Q, K and V at full width (``p.query.fused_qkv``) and splits the output:
-    one input quantization and one kernel call instead of three. Not an ``nn.Module`` on purpose: it is
-    derived from the Linears' float32 weights at load time and must not appear in ``state_dict``.
+    The core's attention calls it for Q, K and V (``p.query.fused_qkv``) and splits the output: one input
+    quantization and one kernel call instead of three. At a DynaBERT width the core asks :meth:`width` for the first
+    ``rows`` channels of each of the three, stacked and packed once per width (as the fp32-onednn runtime's
+    :class:`~nimblebert.runtime.onednn.FusedPacked` does), so a live width keeps the fused call. Not an
+    ``nn.Module`` on purpose: it is derived from the Linears' float32 weights at load time and must not appear in
+    ``state_dict``.
     """
 
     def __init__(self, linears: list[nn.Linear]) -> None:
-        weight = torch.cat([m.weight.detach().float() for m in linears])
-        biases = [m.bias for m in linears]
-        bias = torch.cat([b.detach().float() for b in biases]) if all(b is not None for b in biases) else None
-        self.product = Int8Product(_quantize_weight(weight), bias)
+        self.linears = linears
+        self._widths: dict[int, Int8Product] = {}
+        self._full = self.width(linears[0].out_features)
+
+    def width(self, rows: int) -> Int8Product:
+        """The fused product of the first ``rows`` output channels of each Linear (with their biases)."""
+        product = self._widths.get(rows)
+        if product is None:
+            # per-output-channel scales: each kept row quantizes as it did in the full weight, so a narrow fused
+            # product equals the three narrow ones (Int8Linear.narrow), whose input quantization is the same
+            weight = torch.cat([m.weight.detach().float()[:rows] for m in self.linears])
+            biases = [m.bias for m in self.linears]
+            bias = (torch.cat([b.detach().float()[:rows] for b in biases]) if all(b is not None for b in biases)
+                    else None)
+            product = self._widths[rows] = Int8Product(_quantize_weight(weight), bias)
+        return product
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.product(x)
+        return self._full(x)
 
 
 def fuse_qkv_(parts: list, kind: type[nn.Linear] = Int8Linear, make: Callable[[list[nn.Linear]], Any] = FusedInt8
