@@ -9,6 +9,9 @@ and imported under another name (its imports are relative).
     python benchmarks/overhead_ab.py --threads 1 --before 0903e3c --fast /work/main/runs/fast \
         --dyna-fast /work/main/runs/dyna-fast
 
+Another change's comparison publishes beside that one under its own ``--name`` (e.g. ``overhead_ab_int8_width``
+with ``--dyna-fast runs/dyna-fast --width 0.25``: the int8 runtime's fused Q·K·V at a live width).
+
 For each model and runtime: batch-1 p50 of the full model (speed 0) and of a sentence that leaves after layer 1
 (speed 1), warm (each contender over every sentence in turn) and interleaved (contenders take turns sentence by
 sentence), and the operator calls one call dispatches.
@@ -49,7 +52,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--before", required=True, help="the git commit to compare this checkout with")
     ap.add_argument("--fast", default="runs/fast")
-    ap.add_argument("--dyna-fast", default="", help="also FastBERT on DynaBERT, at width 0.5")
+    ap.add_argument("--dyna-fast", default="", help="also FastBERT on DynaBERT (width live), at --width")
+    ap.add_argument("--width", type=float, default=0.5, help="the width --dyna-fast runs at")
+    ap.add_argument("--name", default="overhead_ab",
+                    help="the section's name: another change's comparison (overhead_ab_<what>) sits beside the first")
     ap.add_argument("--data", default="mr")
     ap.add_argument("--max-length", type=int, default=64)
     common.add_options(ap, bootstrap=False, timing={1: 100}, threads_default=1)
@@ -68,8 +74,8 @@ def main() -> None:
     old_run = importlib.import_module(f"{old.__name__}.inference").run
     new_run = importlib.import_module("nimblebert.inference").run
 
-    specs = [("fast", in_repo(opts.fast), {})] + ([("dyna-fast w0.5", in_repo(opts.dyna_fast), {"width": 0.5})]
-                                               if opts.dyna_fast else [])
+    specs = [("fast", in_repo(opts.fast), {})] + ([(f"dyna-fast w{opts.width:g}", in_repo(opts.dyna_fast),
+                                                    {"width": opts.width})] if opts.dyna_fast else [])
     first = nimblebert.load(specs[0][1])
     task = load_task(opts.data, label_names=first.label_names)
     split = "test" if task.test is not None else "validation"
@@ -120,7 +126,7 @@ def main() -> None:
     data = {"before": opts.before, "after": git_head(), "data": opts.data, "b1_examples": len(b1), "rows": rows,
             "checks": checks, "split": split, "environment": env}
     md = render(data, common.command_line())
-    common.publish("overhead_ab", md, data, headline=None, docs=common.docs_folder(opts))  # docs/ when not given
+    common.publish(opts.name, md, data, headline=None, docs=common.docs_folder(opts))  # docs/ when not given
     print(md)
 
 
@@ -131,7 +137,7 @@ def git_head() -> str:
 
 def render(data: dict[str, Any], command: str) -> str:
     lines = [
-        "## Per-call overhead before and after, in one process",
+        f"## Per-call overhead before and after, in one process: `{data['before']}` → `{data['after']}`",
         "",
         f"`{command}`. The package at `{data['before']}` (*before*) and this checkout at `{data['after']}` "
         f"(*after*) run the same folders, taking turns on {data['b1_examples']} `{data['data']}` test sentences one "
