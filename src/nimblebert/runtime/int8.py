@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .onednn import on_bucket_rows, row_bucket  # importing it sets oneDNN's primitive cache size
+from .onednn import on_bucket_rows, row_bucket, stack_rows  # importing it sets oneDNN's primitive cache size
 
 # A Linear is worth quantizing when both of its sides are at least this wide: below it (classifiers with a
 # handful of outputs, TR-BERT's 32-wide policies) the per-call input quantization costs more than the int8
@@ -269,11 +269,9 @@ class FusedInt8:
         if product is None:
             # per-output-channel scales: each kept row quantizes as it did in the full weight, so a narrow fused
             # product equals the three narrow ones (Int8Linear.narrow), whose input quantization is the same
-            weight = torch.cat([m.weight.detach().float()[:rows] for m in self.linears])
-            biases = [m.bias for m in self.linears]
-            bias = (torch.cat([b.detach().float()[:rows] for b in biases]) if all(b is not None for b in biases)
-                    else None)
-            product = self._widths[rows] = Int8Product(_quantize_weight(weight), bias)
+            weight, bias = stack_rows(self.linears, rows)
+            product = self._widths[rows] = Int8Product(_quantize_weight(weight),
+                                                       None if bias is None else bias.float())
         return product
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

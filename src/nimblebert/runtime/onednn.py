@@ -181,6 +181,15 @@ class BF16FloatLinear(BF16Linear):
         return super().narrow(x, rows, cols).float()
 
 
+def stack_rows(linears: list[nn.Linear], rows: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first ``rows`` output channels of each Linear's weight, stacked by rows (detached), and their biases
+    likewise (None unless every Linear has one): the weight of a fused product such as Q·K·V at a width."""
+    weight = torch.cat([m.weight.detach()[:rows] for m in linears])
+    biases = [m.bias for m in linears]
+    bias = torch.cat([b.detach()[:rows] for b in biases]) if all(b is not None for b in biases) else None
+    return weight, bias
+
+
 class FusedPacked:
     """Q, K and V as one packed product (in the Linears' ``compute_dtype``): their weights stacked by rows, one
     oneDNN call instead of three.
@@ -202,10 +211,7 @@ class FusedPacked:
         """The fused product of the first ``rows`` output channels of Q, K and V (with their biases)."""
         run = self._widths.get(rows)
         if run is None:
-            weight = torch.cat([m.weight.detach()[:rows] for m in self.linears])
-            biases = [m.bias for m in self.linears]
-            bias = torch.cat([b.detach()[:rows] for b in biases]) if all(b is not None for b in biases) else None
-            run = self._widths[rows] = _product(weight, bias, self.linears[0].compute_dtype)
+            run = self._widths[rows] = _product(*stack_rows(self.linears, rows), self.linears[0].compute_dtype)
         return run
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
