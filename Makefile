@@ -73,6 +73,8 @@ bench: data
 	$(BIN)/python benchmarks/overhead.py --threads 1 --fast runs/fast --dyna-fast runs/dyna-fast --teacher runs/teacher-mr
 	$(BIN)/python benchmarks/flops_gap.py --threads 1 --model runs/dyna --exits runs/dyna-w25-fast --rounds 5  # time by width and by exits: products and the rest
 	$(BIN)/python benchmarks/overhead_ab.py --threads 1 --before 0903e3c --fast runs/fast --dyna-fast runs/dyna-fast
+	$(BIN)/python benchmarks/overhead_ab.py --threads 1 --before 427343f --fast runs/fast --dyna-fast runs/dyna-fast \
+		--width 0.25 --name overhead_ab_int8_width --rounds 5  # int8's fused Q·K·V at a width (3 min)
 	$(BIN)/python benchmarks/nasbert_mr.py --phase train && $(BIN)/python benchmarks/nasbert_mr.py --phase measure
 	$(BIN)/python benchmarks/fastbert_uncertain.py --threads 1
 	$(BIN)/python benchmarks/trbert_knobs.py --threads 1
