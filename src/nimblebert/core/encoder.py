@@ -310,7 +310,7 @@ class CoreEncoder(nn.Module):
         # quantization) instead of three, at each narrower width too (their ``width``).
         fused = getattr(p.query, "fused_qkv", None)
         if fused is not None and h != self.stored_heads:
-            fused = fused.width(n) if hasattr(fused, "width") else None
+            fused = fused.width(n)
         if layout is not None:
             x = layout.rows(x.reshape(b * t, d))  # (R, d) the real tokens, then filler rows
         elif pack is not None:

@@ -282,7 +282,8 @@ def fuse_qkv_(parts: list, kind: type[nn.Linear] = Int8Linear, make: Callable[[l
               ) -> int:
     """Give every layer whose Q, K and V are ``kind`` Linears of one shape a fused Q·K·V product ``make([q, k,
     v])`` (:class:`FusedInt8`; the fp32-onednn runtime's :class:`~nimblebert.runtime.onednn.FusedPacked`), as
-    ``query.fused_qkv``. Returns how many layers got one. ``parts``: the core's
+    ``query.fused_qkv``; what ``make`` returns also answers ``width(rows)`` (the core asks it at narrower widths).
+    Returns how many layers got one. ``parts``: the core's
     :class:`~nimblebert.core.families.LayerParts`."""
     count = 0
     for p in parts:
