@@ -641,7 +641,9 @@ def render(result: dict[str, Any], chart: str) -> tuple[str, str]:
     turns = ("the contenders taking turns sentence by sentence" if block == 1 else
              f"the contenders taking turns {block} sentences at a time (a turn's first call pays for the caches "
              "the previous contender filled; a server running one model does not)")
-    cpu = cpu_name(env)  # CPUs differ: the title says which
+    # CPUs differ: the title says which, and when (two hosts may report the same CPU name: the date tells the
+    # sections apart)
+    cpu = cpu_name(env) + (f", {str(env['date']).split()[0]}" if env.get("date") else "")
     n_val, all_val = result["validation_examples"], result.get("validation_total", result["validation_examples"])
     val_text = (f"the {n_val} validation examples" if n_val == all_val else
                 f"{n_val} of the {all_val} validation examples (a fixed random subset, seed 0, on which every "
@@ -687,9 +689,15 @@ Every chosen setting and the baselines:
 """
     # a subset's accuracy is not the teacher's validation accuracy quoted elsewhere: name the subset
     val_short = "validation" if n_val == all_val else f"validation ({n_val} of {all_val} rows)"
+    # The baseline's own speed: two hosts that report the same CPU name and flags can differ twofold (two Intel
+    # Xeon VMs, 2026-12-06 and -07: plain transformers 7.1 against 14.7 ms at batch 1), and every × here is over it.
+    plain_rows = [b for b in result["baselines"] if b["label"].startswith("transformers-")]
+    base_speed = (f"plain transformers {min(b['b1_p50_ms'] for b in plain_rows):.2f} ms at batch 1, "
+                  f"{min(b[f'b{big}_ms_per_sample'] for b in plain_rows):.2f} ms per sentence at batch {big}; "
+                  if plain_rows else "")
     headline = (f"**Efficiency on `{data}`** (`{command}`; teacher {tt['accuracy']:.4f} test / "
                 f"{tv['accuracy']:.4f} {val_short}; × over plain transformers in the same run, batch 1 p50; "
-                f"{env_text(env)}):\n\n{goal_table(result)}\n\n![Pareto chart](docs/{Path(chart).name})\n")
+                f"{base_speed}{env_text(env)}):\n\n{goal_table(result)}\n\n![Pareto chart](docs/{Path(chart).name})\n")
     return md, headline
 
 

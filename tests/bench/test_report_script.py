@@ -126,6 +126,20 @@ def test_render_from_json_alone_writes_section_and_chart(report, tmp_path: Path,
     assert json.loads((tmp_path / "efficiency_mr.json").read_text())["rows"] == data["rows"]  # JSON untouched
 
 
+def test_two_hosts_of_one_cpu_name_are_told_apart(report) -> None:
+    # Two Xeon VMs reported the same name and flags but ran plain transformers 2x apart: the title carries the date
+    # (no two sections share a title) and the headline the baseline's own speed, which every x is over.
+    md, headline = report.render(result(), "c.png")
+    assert md.startswith("## Efficiency report on `mr` (AMD EPYC, today):")
+    assert "plain transformers 10.00 ms at batch 1, 5.00 ms per sentence at batch 32; AMD EPYC" in headline
+    later = result()
+    later["environment"] = dict(later["environment"], date="2026-12-07 19:09 UTC")
+    later["baselines"][0] = dict(later["baselines"][0], b1_p50_ms=14.7)
+    md, headline = report.render(later, "c.png")
+    assert md.startswith("## Efficiency report on `mr` (AMD EPYC, 2026-12-07):")
+    assert "plain transformers 14.70 ms at batch 1" in headline
+
+
 def test_settings_chosen_on_a_validation_subset_say_so(report, tmp_path: Path, monkeypatch, capsys) -> None:
     data = dict(result(), validation_examples=868, validation_total=1736)
     (tmp_path / "efficiency_mr.json").write_text(json.dumps(data))
