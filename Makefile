@@ -9,7 +9,8 @@
 #     accuracy sweeps 16 + 16 min one seed at a time (a pass now holds one model at a time: they fit side by side),
 #     timed run 32 min; about 70 min on an Intel Xeon with AMX: trainings 37 + 36 min (the folders' train_seconds),
 #     42 min as two streams (report.py --train --accuracy-only --seeds N), accuracy sweeps on five runtimes 10 min as
-#     two streams, timed run 16 min;
+#     two streams, timed run 16 min (2026-12-07, a slower Xeon host of the same name: trainings 37 + 37 min, with
+#     their accuracy sweeps about 60 min as two streams, timed run 31 min);
 #   - the sections added after it, about 5 hours more: mostly NAS-BERT's supernet and searches (~2 h), the small-data
 #     TinyBERT recipes (~1 h on 400 rows; on all of mr 2.5 h at 1 thread, 4 seeds x (290 + 569 + 178 s for the
 #     recipes + 1230 s for the TextBrewer peer), 75 min as two 1-thread streams) and the chnsenti teacher (10 epochs,
